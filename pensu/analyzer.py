@@ -1,0 +1,247 @@
+"""`MetricAnalyzer`: one metric's prediction model, anomaly model and decision rule.
+
+Per sample it returns an `Analysis`: raw anomaly score and likelihood from the anomaly model,
+a forecast `prediction_steps` samples ahead from the prediction model, the prediction that
+was made earlier *for this sample* (used for the direction and the report), and whether the
+decision rule reports an anomaly:
+
+    report  ⇔  raw score ≥ score threshold
+              ∧ likelihood ≥ likelihood threshold   (a spatial anomaly counts as likelihood 1)
+              ∧ confidence of the prediction for this sample ≥ minimum confidence
+
+Direction is +1 when the value is above the prediction made for it, −1 when below (when no
+prediction exists, the previous value stands in), 0 when nothing is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import msgpack
+
+from pensu.errors import CorruptData, LineRejected, SerializationError, UnsupportedFormatVersion
+from pensu.htm.model import HtmModel, ModelParams
+from pensu.htm.serialization import require
+
+FORMAT_TAG = "pensu-analyzer"
+FORMAT_VERSION = 1
+_INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The decision rule's three thresholds."""
+
+    anomaly_score: float = 0.5
+    anomaly_likelihood: float = 0.99999
+    minimum_confidence: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """Thresholds as they appear in a JSON report."""
+        return {"anomaly_score": self.anomaly_score, "anomaly_likelihood": self.anomaly_likelihood,
+                "minimum_confidence": self.minimum_confidence}
+
+
+@dataclass(frozen=True)
+class AnalyzerConfig:
+    """How to build a fresh analyzer."""
+
+    anomaly_params: ModelParams
+    prediction_params: ModelParams
+    thresholds: Thresholds = Thresholds()
+    prediction_steps: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Everything the service emits for one processed sample."""
+
+    metric: str
+    timestamp: float
+    value: float
+    anomaly_score: float  # raw TM anomaly, 0..1
+    anomaly_likelihood: float  # 0..1; 1.0 on a spatial anomaly
+    log_likelihood: float  # log-scaled likelihood, 0..1
+    final_score: float  # log-likelihood, or 1.0 on a spatial anomaly
+    spatial_anomaly: bool
+    predicted_value: float | None  # the prediction made earlier for this sample
+    prediction_confidence: float
+    forecast: float | None  # prediction for forecast_timestamp
+    forecast_confidence: float
+    forecast_timestamp: float | None
+    direction: int
+    reported: bool
+    model_age: int  # samples seen, this one included
+    warming_up: bool
+
+
+def metric_seed(metric: str) -> int:
+    """A stable per-metric seed, so a metric's fresh model is the same on every instance."""
+    return int.from_bytes(hashlib.sha256(metric.encode("utf-8")).digest()[:4], "little")
+
+
+class MetricAnalyzer:
+    """The model pair of one metric plus the decision rule and per-metric bookkeeping."""
+
+    def __init__(self, metric: str, config: AnalyzerConfig) -> None:
+        seed = metric_seed(metric)
+        self.metric = metric
+        self.thresholds = config.thresholds
+        self.prediction_steps = int(config.prediction_steps)
+        self.anomaly_model = HtmModel(config.anomaly_params, seed=seed)
+        self.prediction_model = HtmModel(config.prediction_params, seed=seed ^ 0x5A5A5A5A)
+        self.sample_count = 0
+        self.last_timestamp: float | None = None
+        self.last_value: float | None = None
+        self.positions: dict[str, tuple[int, int]] = {}  # "topic:partition" -> (offset, line) applied
+        self._deltas: deque[float] = deque(maxlen=_INTERVAL_WINDOW)
+        # predictions made for upcoming samples, oldest first: (value, confidence)
+        self._pending: deque[tuple[float | None, float]] = deque(maxlen=self.prediction_steps)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def already_applied(self, source: str, offset: int, line: int) -> bool:
+        """True when the sample at (source, offset, line) was learned before (a replay)."""
+        seen = self.positions.get(source)
+        return seen is not None and (offset, line) <= seen
+
+    def check_order(self, timestamp: float) -> None:
+        """Raise `LineRejected` for a timestamp not after the last one seen."""
+        if self.last_timestamp is None:
+            return
+        if timestamp == self.last_timestamp:
+            raise LineRejected("duplicate", f"{self.metric}: timestamp {timestamp!r} already seen")
+        if timestamp < self.last_timestamp:
+            raise LineRejected("out_of_order",
+                               f"{self.metric}: timestamp {timestamp!r} is older than {self.last_timestamp!r}")
+
+    @property
+    def interval(self) -> float | None:
+        """The metric's observed sampling interval (median of recent deltas), if known."""
+        if not self._deltas:
+            return None
+        ordered = sorted(self._deltas)
+        return ordered[len(ordered) // 2]
+
+    # -- processing -----------------------------------------------------------------------
+    def process(self, timestamp: float, value: float, source: str | None = None,
+                offset: int = -1, line: int = 0) -> Analysis:
+        """Learn one sample and return its analysis; rejects out-of-order samples."""
+        timestamp, value = float(timestamp), float(value)
+        if not math.isfinite(value) or not math.isfinite(timestamp):
+            raise LineRejected("value_not_finite", f"{self.metric}: {value!r} at {timestamp!r}")
+        self.check_order(timestamp)
+        anomaly = self.anomaly_model.step(timestamp, value)
+        forecast = self.prediction_model.step(timestamp, value)
+
+        predicted_for_now: tuple[float | None, float] = (None, 0.0)
+        if len(self._pending) == self.prediction_steps:
+            predicted_for_now = self._pending.popleft()
+        self._pending.append((forecast.prediction, forecast.confidence))
+
+        if self.last_timestamp is not None:
+            self._deltas.append(timestamp - self.last_timestamp)
+        interval = self.interval
+        forecast_ts = None if interval is None else timestamp + self.prediction_steps * interval
+
+        likelihood = 1.0 if anomaly.spatial_anomaly else anomaly.likelihood
+        predicted_value, confidence = predicted_for_now
+        reported = (not anomaly.warming_up
+                    and anomaly.raw_score >= self.thresholds.anomaly_score
+                    and likelihood >= self.thresholds.anomaly_likelihood
+                    and confidence >= self.thresholds.minimum_confidence)
+        reference = predicted_value if predicted_value is not None else self.last_value
+        direction = 0
+        if reported and reference is not None:
+            direction = 1 if value > reference else -1 if value < reference else 0
+
+        self.sample_count += 1
+        self.last_timestamp = timestamp
+        self.last_value = value
+        if source is not None:
+            self.positions[source] = (int(offset), int(line))
+        return Analysis(
+            metric=self.metric, timestamp=timestamp, value=value,
+            anomaly_score=anomaly.raw_score, anomaly_likelihood=likelihood,
+            log_likelihood=anomaly.log_likelihood, final_score=anomaly.anomaly_score,
+            spatial_anomaly=anomaly.spatial_anomaly, predicted_value=predicted_value,
+            prediction_confidence=confidence, forecast=forecast.prediction,
+            forecast_confidence=forecast.confidence, forecast_timestamp=forecast_ts,
+            direction=direction, reported=reported, model_age=self.sample_count,
+            warming_up=anomaly.warming_up,
+        )
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held by both models."""
+        return self.anomaly_model.memory_bytes() + self.prediction_model.memory_bytes()
+
+    # -- serialization --------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Serialize the analyzer and both models (msgpack, versioned)."""
+        state = {
+            "metric": self.metric,
+            "prediction_steps": self.prediction_steps,
+            "sample_count": self.sample_count,
+            "last_timestamp": self.last_timestamp,
+            "last_value": self.last_value,
+            "positions": {k: list(v) for k, v in self.positions.items()},
+            "deltas": list(self._deltas),
+            "pending": [list(p) for p in self._pending],
+            "anomaly_model": self.anomaly_model.get_state(),
+            "prediction_model": self.prediction_model.get_state(),
+        }
+        return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "analyzer": state},
+                             use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, thresholds: Thresholds, expected_metric: str | None = None) -> "MetricAnalyzer":
+        """Restore an analyzer; the thresholds come from the current settings, not the bytes."""
+        try:
+            envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException, TypeError) as exc:
+            raise CorruptData(f"MetricAnalyzer: undecodable bytes ({exc})") from exc
+        if not isinstance(envelope, dict) or envelope.get("format") != FORMAT_TAG:
+            raise CorruptData("MetricAnalyzer: not an analyzer payload")
+        if envelope.get("version") != FORMAT_VERSION:
+            raise UnsupportedFormatVersion(
+                f"MetricAnalyzer: format version {envelope.get('version')!r} is not supported")
+        state = require(envelope, "analyzer", "MetricAnalyzer")
+        return cls._from_state(state, thresholds, expected_metric)
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any], thresholds: Thresholds,
+                    expected_metric: str | None) -> "MetricAnalyzer":
+        metric = require(state, "metric", "MetricAnalyzer")
+        if not isinstance(metric, str) or (expected_metric is not None and metric != expected_metric):
+            raise CorruptData(f"MetricAnalyzer: holds metric {metric!r}, expected {expected_metric!r}")
+        try:
+            analyzer = cls.__new__(cls)
+            analyzer.metric = metric
+            analyzer.thresholds = thresholds
+            analyzer.prediction_steps = int(require(state, "prediction_steps", "MetricAnalyzer"))
+            analyzer.sample_count = int(require(state, "sample_count", "MetricAnalyzer"))
+            last_ts = require(state, "last_timestamp", "MetricAnalyzer")
+            analyzer.last_timestamp = None if last_ts is None else float(last_ts)
+            last_value = require(state, "last_value", "MetricAnalyzer")
+            analyzer.last_value = None if last_value is None else float(last_value)
+            analyzer.positions = {str(k): (int(v[0]), int(v[1]))
+                                  for k, v in require(state, "positions", "MetricAnalyzer").items()}
+            analyzer._deltas = deque((float(d) for d in require(state, "deltas", "MetricAnalyzer")),
+                                     maxlen=_INTERVAL_WINDOW)
+            analyzer._pending = deque(
+                ((None if p[0] is None else float(p[0]), float(p[1]))
+                 for p in require(state, "pending", "MetricAnalyzer")),
+                maxlen=analyzer.prediction_steps)
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise CorruptData(f"MetricAnalyzer: malformed state ({exc})") from exc
+        try:
+            analyzer.anomaly_model = HtmModel.from_state(require(state, "anomaly_model", "MetricAnalyzer"))
+            analyzer.prediction_model = HtmModel.from_state(require(state, "prediction_model", "MetricAnalyzer"))
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise CorruptData(f"MetricAnalyzer: malformed model state ({exc})") from exc
+        return analyzer

@@ -1,0 +1,325 @@
+"""`HtmModel`: encoders → spatial pooler → temporal memory → heads, for one scalar stream.
+
+Range and resolution rule (a stream's range is not known up front)
+------------------------------------------------------------------
+The value encoder is an RDSE whose resolution follows htm.core's NAB detector:
+``resolution = max(0.001, (max - min) / 130)``.
+
+* With a configured range (``ModelParams.min_value``/``max_value``) the resolution is fixed
+  from it at construction and every sample is modelled at once.
+* Otherwise the first ``warmup_samples`` samples are buffered. When the buffer is full the
+  range of the buffered values sets the resolution once and for all, and the buffered samples
+  are fed through the model (learning from them) before the current one, so nothing is lost.
+  A warm-up whose values are all equal says nothing about scale: warming up continues, up to
+  ``10 × warmup_samples`` samples, after which the resolution falls back to
+  ``max(0.001, |value| × 0.01)`` (1 % of the level seen).
+* While warming up a step returns the neutral output: raw score 0, likelihood 0.5, no
+  prediction (``warming_up=True``). Keep ``warmup_samples`` below the likelihood's probation
+  (learning period + estimation samples) and the warm-up costs no detection at all.
+* After the resolution is fixed, values outside the warm-up range still encode (the RDSE is
+  unbounded); a value far outside it is what the optional spatial-anomaly rule flags.
+
+Serialization: ``to_bytes()`` gives msgpack with a format tag and version; ``from_bytes``
+restores a model whose subsequent outputs are bit-identical to the original's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import msgpack
+
+from pensu.errors import CorruptData, UnsupportedFormatVersion
+from pensu.htm.encoders import RDSE, DateEncoder, DateEncoderParams, RDSEParams, concat_sdrs
+from pensu.htm.likelihood import (
+    AnomalyLikelihood,
+    AnomalyLikelihoodParams,
+    SpatialAnomaly,
+    SpatialAnomalyParams,
+    log_likelihood,
+)
+from pensu.htm.predictor import Predictor, PredictorParams
+from pensu.htm.serialization import require
+from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
+from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
+
+FORMAT_TAG = "pensu-htm-model"
+FORMAT_VERSION = 1
+RESOLUTION_DIVISOR = 130.0
+MIN_RESOLUTION = 0.001
+FLAT_WARMUP_FACTOR = 10
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Everything that defines an HtmModel apart from its seed."""
+
+    rdse_size: int = 400
+    rdse_active_bits: int = 21
+    date: DateEncoderParams = field(default_factory=DateEncoderParams)
+    sp: SpatialPoolerParams = field(default_factory=SpatialPoolerParams)
+    tm: TemporalMemoryParams = field(default_factory=TemporalMemoryParams)
+    likelihood: AnomalyLikelihoodParams | None = field(default_factory=AnomalyLikelihoodParams)
+    spatial_anomaly: SpatialAnomalyParams | None = field(default_factory=SpatialAnomalyParams)
+    predictor: PredictorParams | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+    warmup_samples: int = 150
+
+    def replace(self, **changes: Any) -> "ModelParams":
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOutput:
+    """What one step of an HtmModel returns."""
+
+    raw_score: float
+    likelihood: float
+    log_likelihood: float
+    anomaly_score: float  # final score: log-likelihood, or 1.0 on a spatial anomaly
+    spatial_anomaly: bool
+    prediction: float | None  # value predicted for `prediction_step` samples ahead
+    confidence: float
+    prediction_step: int
+    warming_up: bool
+
+
+def resolution_for_range(min_value: float, max_value: float) -> float:
+    """Return the RDSE resolution htm.core's NAB detector uses for a value range."""
+    return max(MIN_RESOLUTION, (float(max_value) - float(min_value)) / RESOLUTION_DIVISOR)
+
+
+class HtmModel:
+    """One HTM model for one scalar stream: encoders, SP, TM and optional heads."""
+
+    def __init__(self, params: ModelParams, seed: int = 42) -> None:
+        self.params = params
+        self.seed = int(seed)
+        self.date_encoder = DateEncoder(params.date)
+        self.sp: SpatialPooler | None = None
+        self.tm: TemporalMemory | None = None
+        self.rdse: RDSE | None = None
+        self.likelihood = AnomalyLikelihood(params.likelihood) if params.likelihood else None
+        self.spatial = SpatialAnomaly(params.spatial_anomaly) if params.spatial_anomaly else None
+        self.predictor = Predictor(params.predictor) if params.predictor else None
+        self.iteration = 0
+        self._warmup: list[tuple[float, float]] = []
+        if params.min_value is not None and params.max_value is not None:
+            self._build(resolution_for_range(params.min_value, params.max_value))
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 42, **overrides: Any) -> "HtmModel":
+        """Build a model from a named preset (see `pensu.htm.presets`)."""
+        from pensu.htm.presets import preset_params
+
+        return cls(preset_params(name, **overrides), seed=seed)
+
+    # -- construction -------------------------------------------------------------------
+    def _build(self, resolution: float) -> None:
+        rdse = RDSE(RDSEParams(size=self.params.rdse_size, active_bits=self.params.rdse_active_bits,
+                               resolution=resolution, seed=self.seed))
+        input_size = rdse.size + self.date_encoder.size
+        self.rdse = rdse
+        self.sp = SpatialPooler(input_size, self.params.sp, seed=self.seed)
+        self.tm = TemporalMemory(self.params.sp.column_count, self.params.tm, seed=self.seed)
+
+    @property
+    def resolution(self) -> float | None:
+        """The value encoder's resolution, or None while warming up."""
+        return None if self.rdse is None else self.rdse.params.resolution
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the value range is still being estimated."""
+        return self.rdse is None
+
+    # -- stepping -----------------------------------------------------------------------
+    def step(self, timestamp: float, value: float, learn: bool = True) -> ModelOutput:
+        """Feed one sample and return scores and prediction for it."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"value must be finite, got {value!r}")
+        if self.rdse is None:
+            self._warmup.append((float(timestamp), value))
+            resolution = self._resolution_after_warmup()
+            if resolution is None:
+                self.iteration += 1
+                return self._neutral_output()
+            self._build(resolution)
+            buffered, self._warmup = self._warmup[:-1], []
+            for ts, val in buffered:
+                self._compute(ts, val, learn)
+        self.iteration += 1
+        return self._compute(float(timestamp), value, learn)
+
+    def _resolution_after_warmup(self) -> float | None:
+        n = len(self._warmup)
+        if n < self.params.warmup_samples:
+            return None
+        values = [v for _, v in self._warmup]
+        lo, hi = min(values), max(values)
+        if hi > lo:
+            return resolution_for_range(lo, hi)
+        if n < FLAT_WARMUP_FACTOR * self.params.warmup_samples:
+            return None
+        return max(MIN_RESOLUTION, abs(values[-1]) * 0.01)
+
+    def _neutral_output(self) -> ModelOutput:
+        step = self.params.predictor.steps[0] if self.params.predictor else 0
+        return ModelOutput(raw_score=0.0, likelihood=0.5, log_likelihood=log_likelihood(0.5),
+                           anomaly_score=log_likelihood(0.5), spatial_anomaly=False,
+                           prediction=None, confidence=0.0, prediction_step=step, warming_up=True)
+
+    def _compute(self, timestamp: float, value: float, learn: bool) -> ModelOutput:
+        assert self.rdse is not None and self.sp is not None and self.tm is not None
+        value_bits = self.rdse.encode(value)
+        date_bits = self.date_encoder.encode(timestamp)
+        sdr = concat_sdrs([value_bits, date_bits], [self.rdse.size, self.date_encoder.size])
+        columns = self.sp.compute(sdr, learn)
+        raw = float(self.tm.compute(columns, learn))
+        likelihood = 0.5
+        if self.likelihood is not None:
+            likelihood = float(self.likelihood.update(raw, value))
+        log_score = float(log_likelihood(likelihood))
+        spatial = bool(self.spatial.update(value)) if self.spatial is not None else False
+        prediction: float | None = None
+        confidence = 0.0
+        step = 0
+        if self.predictor is not None:
+            cells = self.tm.active_cells
+            step = self.params.predictor.steps[0]  # type: ignore[union-attr]
+            inferred = self.predictor.infer(cells).get(step)
+            if inferred is not None and inferred.value is not None:
+                prediction, confidence = float(inferred.value), float(inferred.confidence)
+            if learn:
+                self.predictor.learn(cells, self.rdse.bucket(value), value)
+        return ModelOutput(raw_score=raw, likelihood=likelihood, log_likelihood=log_score,
+                           anomaly_score=1.0 if spatial else log_score, spatial_anomaly=spatial,
+                           prediction=prediction, confidence=confidence, prediction_step=step,
+                           warming_up=False)
+
+    # -- introspection ------------------------------------------------------------------
+    def memory_bytes(self) -> int:
+        """Approximate bytes held in this model's arrays."""
+        total = 0
+        for part in (self.sp, self.tm, self.predictor):
+            if part is not None:
+                total += int(part.memory_bytes())
+        return total + 16 * len(self._warmup)
+
+    # -- serialization ------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Return the model's full state as msgpack-native values."""
+        return {
+            "params": params_to_dict(self.params),
+            "seed": self.seed,
+            "iteration": self.iteration,
+            "warmup": [list(pair) for pair in self._warmup],
+            "resolution": self.resolution,
+            "sp": None if self.sp is None else self.sp.get_state(),
+            "tm": None if self.tm is None else self.tm.get_state(),
+            "likelihood": None if self.likelihood is None else self.likelihood.get_state(),
+            "spatial": None if self.spatial is None else self.spatial.get_state(),
+            "predictor": None if self.predictor is None else self.predictor.get_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "HtmModel":
+        """Rebuild a model from `get_state()` output."""
+        params = params_from_dict(require(state, "params", "HtmModel"))
+        model = cls(params.replace(min_value=None, max_value=None), seed=int(require(state, "seed", "HtmModel")))
+        model.params = params
+        model.iteration = int(require(state, "iteration", "HtmModel"))
+        model._warmup = [(float(ts), float(v)) for ts, v in require(state, "warmup", "HtmModel")]
+        resolution = require(state, "resolution", "HtmModel")
+        if resolution is not None:
+            model.rdse = RDSE(RDSEParams(size=params.rdse_size, active_bits=params.rdse_active_bits,
+                                         resolution=float(resolution), seed=model.seed))
+            model.sp = SpatialPooler.from_state(require(state, "sp", "HtmModel"))
+            model.tm = TemporalMemory.from_state(require(state, "tm", "HtmModel"))
+        for attr, klass in (("likelihood", AnomalyLikelihood), ("spatial", SpatialAnomaly),
+                            ("predictor", Predictor)):
+            part = state.get(attr)
+            if (part is None) != (getattr(model, attr) is None):
+                raise CorruptData(f"HtmModel: {attr} state does not match the parameters")
+            if part is not None:
+                setattr(model, attr, klass.from_state(part))
+        return model
+
+    def to_bytes(self) -> bytes:
+        """Serialize the model (msgpack, versioned)."""
+        return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "model": self.get_state()},
+                             use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "HtmModel":
+        """Restore a model serialized by `to_bytes`; raise a `SerializationError` subclass if unusable."""
+        envelope = unpack_envelope(data, FORMAT_TAG, "HtmModel")
+        return cls.from_state(envelope)
+
+
+def unpack_envelope(data: bytes, tag: str, owner: str) -> Mapping[str, Any]:
+    """Decode a versioned msgpack envelope and return its payload under the key after the tag."""
+    try:
+        envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise CorruptData(f"{owner}: undecodable bytes ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(envelope, dict) or envelope.get("format") != tag:
+        raise CorruptData(f"{owner}: not a {tag} payload")
+    version = envelope.get("version")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatVersion(f"{owner}: format version {version!r} is not supported (this build reads {FORMAT_VERSION})")
+    payload = [v for k, v in envelope.items() if k not in ("format", "version")]
+    if len(payload) != 1 or not isinstance(payload[0], dict):
+        raise CorruptData(f"{owner}: envelope has no payload")
+    return payload[0]
+
+
+# -- params <-> dict ------------------------------------------------------------------------
+def params_to_dict(params: Any) -> Any:
+    """Turn a (nested) params dataclass into msgpack-native values."""
+    if dataclasses.is_dataclass(params):
+        return {f.name: params_to_dict(getattr(params, f.name)) for f in dataclasses.fields(params)}
+    if isinstance(params, tuple):
+        return [params_to_dict(v) for v in params]
+    return params
+
+
+_NESTED = {
+    "date": DateEncoderParams,
+    "sp": SpatialPoolerParams,
+    "tm": TemporalMemoryParams,
+    "likelihood": AnomalyLikelihoodParams,
+    "spatial_anomaly": SpatialAnomalyParams,
+    "predictor": PredictorParams,
+}
+
+
+def _build_dataclass(klass: type, values: Any) -> Any:
+    if not isinstance(values, Mapping):
+        raise CorruptData(f"{klass.__name__}: expected a mapping of parameters")
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = set(values) - names
+    if unknown:
+        raise CorruptData(f"{klass.__name__}: unknown parameters {sorted(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return klass(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CorruptData(f"{klass.__name__}: bad parameters ({exc})") from exc
+
+
+def params_from_dict(values: Any) -> ModelParams:
+    """Rebuild `ModelParams` from `params_to_dict` output."""
+    if not isinstance(values, Mapping):
+        raise CorruptData("ModelParams: expected a mapping")
+    converted = dict(values)
+    for key, klass in _NESTED.items():
+        if converted.get(key) is not None:
+            converted[key] = _build_dataclass(klass, converted[key])
+    return _build_dataclass(ModelParams, converted)

@@ -1,0 +1,92 @@
+"""Turn an `Analysis` into the records Pensu produces (DESIGN.md "Output contract").
+
+Pure: returns `OutputRecord`s (topic, key, value); the Kafka edge only sends them.
+Every record is keyed by the input metric name so downstream consumers keep per-metric order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pensu.analyzer import Analysis, Thresholds
+from pensu.carbon import format_line, format_report, output_metric_name
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTopics:
+    """The three output topics."""
+
+    anomaly_metrics: str = "pensu.htm.anomaly_metrics"
+    prediction_metrics: str = "pensu.htm.predictions"
+    anomaly_reports: str = "pensu_anomalies"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """One message to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class OutputFormatter:
+    """Renders analyses as carbon lines and JSON reports."""
+
+    def __init__(self, topics: OutputTopics, name_template: str, thresholds: Thresholds, instance: str) -> None:
+        self.topics = topics
+        self.template = name_template
+        self.thresholds = thresholds
+        self.instance = instance
+        self._names: dict[tuple[str, str], str] = {}
+
+    def name(self, kind: str, metric: str) -> str:
+        """The output metric name of `kind` for `metric` (memoised: names repeat every sample)."""
+        key = (kind, metric)
+        name = self._names.get(key)
+        if name is None:
+            if len(self._names) > 200_000:  # bound the memo under a cardinality flood
+                self._names.clear()
+            name = self._names[key] = output_metric_name(self.template, kind, metric)
+        return name
+
+    def records(self, analysis: Analysis) -> list[OutputRecord]:
+        """All records for one analysis: 3 anomaly lines, 2 prediction lines, maybe a report."""
+        metric = analysis.metric
+        key = metric.encode("utf-8")
+        ts = analysis.timestamp
+        out = [
+            OutputRecord(self.topics.anomaly_metrics, key,
+                         format_line(self.name("anomaly_score", metric), analysis.anomaly_score, ts)),
+            OutputRecord(self.topics.anomaly_metrics, key,
+                         format_line(self.name("anomaly_likelihood", metric), analysis.anomaly_likelihood, ts)),
+            OutputRecord(self.topics.anomaly_metrics, key,
+                         format_line(self.name("anomaly_direction", metric), analysis.direction, ts)),
+        ]
+        if analysis.forecast is not None and analysis.forecast_timestamp is not None:
+            ts_pred = analysis.forecast_timestamp
+            out.append(OutputRecord(self.topics.prediction_metrics, key,
+                                    format_line(self.name("prediction", metric), analysis.forecast, ts_pred)))
+            out.append(OutputRecord(self.topics.prediction_metrics, key,
+                                    format_line(self.name("prediction_confidence", metric),
+                                                analysis.forecast_confidence, ts_pred)))
+        if analysis.reported:
+            out.append(OutputRecord(self.topics.anomaly_reports, key, format_report(self.report(analysis))))
+        return out
+
+    def report(self, analysis: Analysis) -> dict[str, object]:
+        """The JSON anomaly report for a reported analysis."""
+        return {
+            "metric": analysis.metric,
+            "timestamp": analysis.timestamp,
+            "value": analysis.value,
+            "predicted_value": analysis.predicted_value,
+            "prediction_confidence": analysis.prediction_confidence,
+            "anomaly_score": analysis.anomaly_score,
+            "anomaly_likelihood": analysis.anomaly_likelihood,
+            "direction": analysis.direction,
+            "thresholds": self.thresholds.as_dict(),
+            "model_age": analysis.model_age,
+            "pensu_instance": self.instance,
+        }

@@ -1,0 +1,121 @@
+"""One consumed message → parsed samples → routed to analyzers → output records.
+
+Pure logic between the Kafka edges: no sockets, no threads. Data flows one way:
+parse → filter (allow-list, own outputs) → order/replay checks → analyzer → outputs.
+Nothing a message contains can raise out of `Pipeline.process`: every bad line becomes a
+counted `Rejection` (and a dead-letter record when that topic is configured).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pensu.carbon import OWN_OUTPUT_PREFIX, Rejection, parse_message
+from pensu.errors import LineRejected
+from pensu.outputs import OutputFormatter, OutputRecord
+from pensu.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_MAX_BYTES = 64 * 1024  # a dead-lettered line is truncated beyond this
+
+
+@dataclass
+class PipelineEvents:
+    """Callbacks the service wires to Prometheus; all optional."""
+
+    sample: Callable[[float], None] = lambda seconds: None  # one analyzer step took `seconds`
+    rejected: Callable[[str], None] = lambda reason: None
+    skipped: Callable[[str], None] = lambda reason: None  # not_allowed | own_output | replayed
+    reported: Callable[[], None] = lambda: None
+
+
+@dataclass
+class MessageResult:
+    """What processing one Kafka message produced."""
+
+    records: list[OutputRecord] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    metrics: set[str] = field(default_factory=set)  # metrics whose analyzers learned something
+    samples: int = 0
+
+
+class Pipeline:
+    """Routes the samples of consumed messages to their analyzers and renders the outputs."""
+
+    def __init__(self, registry: ModelRegistry, formatter: OutputFormatter, allowed: re.Pattern[str],
+                 dead_letter_topic: str | None = None, events: PipelineEvents | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.registry = registry
+        self.formatter = formatter
+        self.allowed = allowed
+        self.dead_letter_topic = dead_letter_topic or None
+        self.events = events or PipelineEvents()
+        self._clock = clock
+        self._logged_reasons: set[str] = set()
+
+    def is_modelled(self, metric: str) -> bool:
+        """True when the allow-list admits the metric and it is not one of Pensu's own outputs."""
+        return not metric.startswith(OWN_OUTPUT_PREFIX) and self.allowed.match(metric) is not None
+
+    def process(self, payload: bytes | None, source: str = "", offset: int = -1) -> MessageResult:
+        """Process one message value; `source` ("topic:partition") and `offset` locate it."""
+        result = MessageResult()
+        samples, rejections = parse_message(payload)
+        for rejection in rejections:
+            self._reject(result, rejection, source, offset)
+        for line_no, sample in enumerate(samples):
+            metric = sample.metric
+            if metric.startswith(OWN_OUTPUT_PREFIX):
+                self.events.skipped("own_output")
+                continue
+            if self.allowed.match(metric) is None:
+                self.events.skipped("not_allowed")
+                continue
+            analyzer = self.registry.get(metric)
+            if source and analyzer.already_applied(source, offset, line_no):
+                self.events.skipped("replayed")
+                continue
+            started = self._clock()
+            try:
+                analysis = analyzer.process(sample.timestamp, sample.value, source or None, offset, line_no)
+            except LineRejected as exc:
+                raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
+                self._reject(result, Rejection(exc.reason, exc.detail, raw), source, offset)
+                continue
+            self.events.sample(self._clock() - started)
+            self.registry.mark_dirty(metric)
+            result.samples += 1
+            result.metrics.add(metric)
+            records = self.formatter.records(analysis)
+            if analysis.reported:
+                self.events.reported()
+            result.records.extend(records)
+        return result
+
+    def _reject(self, result: MessageResult, rejection: Rejection, source: str, offset: int) -> None:
+        result.rejections.append(rejection)
+        self.events.rejected(rejection.reason)
+        if rejection.reason not in self._logged_reasons:
+            # Logged once per reason per process; the counter carries the volume.
+            self._logged_reasons.add(rejection.reason)
+            log.warning("rejected a line (%s) at %s@%s: %s; raw=%r (further '%s' rejections are only counted)",
+                        rejection.reason, source or "-", offset, rejection.detail,
+                        rejection.raw[:200], rejection.reason)
+        if self.dead_letter_topic:
+            headers = (("pensu-reason", rejection.reason.encode()),
+                       ("pensu-detail", rejection.detail.encode("utf-8", "replace")[:1024]),
+                       ("pensu-source", f"{source}@{offset}".encode()))
+            result.records.append(OutputRecord(self.dead_letter_topic, None,
+                                               bytes(rejection.raw[:DEAD_LETTER_MAX_BYTES]), headers))
+
+
+def describe_rejection(rejection: Rejection) -> str:
+    """A one-line JSON description of a rejection (for logs and the CLI)."""
+    return json.dumps({"reason": rejection.reason, "detail": rejection.detail,
+                       "raw": rejection.raw[:200].decode("utf-8", "replace")})
