@@ -1,0 +1,364 @@
+"""Durable per-metric checkpoints: one checksummed file per metric, written atomically.
+
+File layout (all integers big-endian):
+
+    MAGIC (8 bytes) | format version (u16) | header length (u32) | msgpack header
+    | payload length (u64) | payload | sha256 of everything before it (32 bytes)
+
+Files are named by the sha256 of the metric name and fanned out into 256 subdirectories
+(first two hex digits), so no metric name, however hostile, can steer a path, and a million
+files stay listable. A file that cannot be trusted is moved to `<dir>/quarantine/`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import math
+import os
+import struct
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Collection, Iterator
+
+import msgpack
+
+from pensu.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAGIC = b"PENSUCKP"
+_PREFIX = struct.Struct(">8sHI")  # magic, format version, header length
+_PAYLOAD_LEN = struct.Struct(">Q")
+_DIGEST_SIZE = hashlib.sha256().digest_size
+_MIN_SIZE = _PREFIX.size + _PAYLOAD_LEN.size + _DIGEST_SIZE
+_SUFFIX = ".ckpt"
+_TEMP_PREFIX = ".tmp-"
+QUARANTINE_DIR = "quarantine"
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """What a checkpoint says about its model, readable without decoding the payload."""
+
+    metric: str
+    sample_count: int
+    last_timestamp: float | None
+    last_offsets: dict[str, int]  # "topic:partition" -> last applied offset
+    saved_at: float  # unix time of the save
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One stored checkpoint as seen by a listing: opaque key, size in bytes, modification time."""
+
+    key: str
+    size: int
+    mtime: float
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A checkpoint exists but cannot be trusted; it has been quarantined. `reason` is one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def checkpoint_key(metric: str) -> str:
+    """Return the storage key of `metric`: the sha256 hex digest of its UTF-8 name."""
+    # surrogatepass: any Python str hashes, even one decoded from hostile bytes.
+    return hashlib.sha256(metric.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def encode_checkpoint(header: CheckpointHeader, payload: bytes) -> bytes:
+    """Serialize a header and payload into the checksummed checkpoint file format."""
+    if header.format_version != FORMAT_VERSION:
+        raise CheckpointError(f"this build writes checkpoint format {FORMAT_VERSION}, not {header.format_version}")
+    try:
+        header_bytes = msgpack.packb({
+            "metric": header.metric,
+            "sample_count": int(header.sample_count),
+            "last_timestamp": None if header.last_timestamp is None else float(header.last_timestamp),
+            "last_offsets": {str(k): int(v) for k, v in header.last_offsets.items()},
+            "saved_at": float(header.saved_at),
+        }, use_bin_type=True)
+    except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+        # e.g. a lone surrogate in the name or an offset beyond 64 bits: not storable as given.
+        raise CheckpointError(_one_line(f"cannot encode checkpoint header: {type(exc).__name__}: {exc}")) from exc
+    body = b"".join((
+        _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)), header_bytes,
+        _PAYLOAD_LEN.pack(len(payload)), bytes(payload),
+    ))
+    return body + hashlib.sha256(body).digest()
+
+
+def decode_checkpoint(blob: bytes, expected_metric: str | None = None) -> tuple[CheckpointHeader, bytes]:
+    """Parse checkpoint bytes; raise `CheckpointCorrupt` with a one-line reason if untrustworthy."""
+    if len(blob) < _PREFIX.size:
+        raise CheckpointCorrupt(f"truncated: {len(blob)} bytes")
+    magic, version, header_len = _PREFIX.unpack_from(blob)
+    if magic != MAGIC:
+        raise CheckpointCorrupt("bad magic bytes")
+    # Version before checksum: another version may lay out (and checksum) its bytes differently.
+    if version != FORMAT_VERSION:
+        raise CheckpointCorrupt(f"unsupported format version {version}")
+    payload_len_at = _PREFIX.size + header_len
+    if len(blob) < payload_len_at + _PAYLOAD_LEN.size + _DIGEST_SIZE:
+        raise CheckpointCorrupt(f"truncated: {len(blob)} bytes, header alone needs more")
+    (payload_len,) = _PAYLOAD_LEN.unpack_from(blob, payload_len_at)
+    payload_at = payload_len_at + _PAYLOAD_LEN.size
+    expected_size = payload_at + payload_len + _DIGEST_SIZE
+    if len(blob) != expected_size:
+        kind = "truncated" if len(blob) < expected_size else "trailing bytes"
+        raise CheckpointCorrupt(f"{kind}: {len(blob)} bytes, expected {expected_size}")
+    body = memoryview(blob)[:-_DIGEST_SIZE]
+    if hashlib.sha256(body).digest() != blob[-_DIGEST_SIZE:]:
+        raise CheckpointCorrupt("checksum mismatch")
+    header = _decode_header(blob[_PREFIX.size:payload_len_at], version)
+    if expected_metric is not None and header.metric != expected_metric:
+        raise CheckpointCorrupt("metric mismatch: file holds another metric")
+    return header, bytes(blob[payload_at:payload_at + payload_len])
+
+
+def _decode_header(raw: bytes, version: int) -> CheckpointHeader:
+    try:
+        fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise CheckpointCorrupt(f"undecodable header: {type(exc).__name__}") from exc
+    if not isinstance(fields, dict):
+        raise CheckpointCorrupt("undecodable header: not a map")
+    metric = fields.get("metric")
+    count = fields.get("sample_count")
+    last_ts = fields.get("last_timestamp")
+    offsets = fields.get("last_offsets")
+    saved_at = fields.get("saved_at")
+    if not isinstance(metric, str):
+        raise CheckpointCorrupt("undecodable header: metric is not a string")
+    if not _is_int(count) or count < 0:
+        raise CheckpointCorrupt("undecodable header: bad sample_count")
+    if last_ts is not None and not _is_finite_number(last_ts):
+        raise CheckpointCorrupt("undecodable header: bad last_timestamp")
+    if not _is_finite_number(saved_at):
+        raise CheckpointCorrupt("undecodable header: bad saved_at")
+    if not isinstance(offsets, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in offsets.items()):
+        raise CheckpointCorrupt("undecodable header: bad last_offsets")
+    return CheckpointHeader(
+        metric=metric, sample_count=count, last_timestamp=None if last_ts is None else float(last_ts),
+        last_offsets=dict(offsets), saved_at=float(saved_at), format_version=version)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class CheckpointStore(ABC):
+    """Where checkpoints live; a local directory today, an object store later."""
+
+    @abstractmethod
+    def save(self, header: CheckpointHeader, payload: bytes) -> None:
+        """Store (replace) the checkpoint of `header.metric`; raise `CheckpointError` on failure."""
+
+    @abstractmethod
+    def load(self, metric: str) -> tuple[CheckpointHeader, bytes] | None:
+        """Return the metric's checkpoint, None if absent; quarantine and raise `CheckpointCorrupt` if bad."""
+
+    @abstractmethod
+    def delete(self, metric: str) -> None:
+        """Remove the metric's checkpoint if there is one."""
+
+    @abstractmethod
+    def quarantine(self, metric: str, reason: str) -> bool:
+        """Set the metric's checkpoint aside as untrustworthy; return whether there was one."""
+
+    @abstractmethod
+    def entries(self) -> Iterator[CheckpointEntry]:
+        """List stored checkpoints (keys, sizes, modification times), in no particular order."""
+
+    @abstractmethod
+    def delete_key(self, key: str) -> None:
+        """Remove the checkpoint stored under `key` (as listed by `entries`) if present."""
+
+    def enforce_limit(self, max_entries: int, protect: Collection[str] = ()) -> int:
+        """Delete the longest-idle checkpoints beyond `max_entries`, sparing metrics in `protect`."""
+        if max_entries < 0:
+            raise ValueError("max_entries must be >= 0")
+        listed = list(self.entries())
+        excess = len(listed) - max_entries
+        if excess <= 0:
+            return 0
+        protected = {checkpoint_key(m) for m in protect}
+        candidates = sorted((e for e in listed if e.key not in protected), key=lambda e: (e.mtime, e.key))
+        for entry in candidates[:excess]:
+            self.delete_key(entry.key)
+        return min(excess, len(candidates))
+
+
+class LocalCheckpointStore(CheckpointStore):
+    """Checkpoints as files under one directory (fan-out by hash prefix)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"cannot create checkpoint directory {str(self.directory)!r}: {exc}") from exc
+        self.quarantine_directory = self.directory / QUARANTINE_DIR
+
+    def path_for(self, metric: str) -> Path:
+        """Return the file path that holds (or would hold) the metric's checkpoint."""
+        return self._key_path(checkpoint_key(metric))
+
+    def _key_path(self, key: str) -> Path:
+        # Keys are 64 lowercase hex digits by construction; reject anything else defensively.
+        if len(key) != 2 * _DIGEST_SIZE or key.strip("0123456789abcdef"):
+            raise ValueError(f"not a checkpoint key: {key!r}")
+        return self.directory / key[:2] / (key + _SUFFIX)
+
+    def save(self, header: CheckpointHeader, payload: bytes) -> None:
+        """Write the checkpoint atomically: temp file, fsync, rename, fsync the directory."""
+        blob = encode_checkpoint(header, payload)
+        path = self.path_for(header.metric)
+        try:
+            self._write_atomically(path, blob)
+        except OSError as exc:
+            raise CheckpointError(_one_line(f"cannot save checkpoint of {header.metric!r}: {exc}")) from exc
+
+    def _write_atomically(self, path: Path, blob: bytes) -> None:
+        parent = path.parent
+        if not parent.is_dir():
+            parent.mkdir(exist_ok=True)
+            _fsync_directory(self.directory)  # make the new subdirectory itself durable
+        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=parent)
+        renamed = False
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, path)
+            renamed = True
+            _fsync_directory(parent)
+        finally:
+            if not renamed:
+                try:
+                    os.unlink(temp_name)
+                except OSError:
+                    log.warning("could not remove temporary checkpoint file %s", temp_name)
+
+    def load(self, metric: str) -> tuple[CheckpointHeader, bytes] | None:
+        """Read and verify the metric's checkpoint; quarantine it and raise if it is bad."""
+        path = self.path_for(metric)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            reason = _one_line(f"unreadable: {exc.strerror or exc}")
+            self._quarantine_path(path, reason)
+            raise CheckpointCorrupt(reason) from exc
+        try:
+            return decode_checkpoint(blob, expected_metric=metric)
+        except CheckpointCorrupt as exc:
+            self._quarantine_path(path, exc.reason)
+            raise
+
+    def delete(self, metric: str) -> None:
+        """Remove the metric's checkpoint; a missing file is not an error."""
+        self.delete_key(checkpoint_key(metric))
+
+    def delete_key(self, key: str) -> None:
+        """Remove the checkpoint stored under `key`; a missing file is not an error."""
+        try:
+            os.unlink(self._key_path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CheckpointError(_one_line(f"cannot delete checkpoint {key}: {exc}")) from exc
+
+    def quarantine(self, metric: str, reason: str) -> bool:
+        """Move the metric's checkpoint to the quarantine directory; return whether one existed."""
+        path = self.path_for(metric)
+        if not os.path.lexists(path):
+            return False
+        return self._quarantine_path(path, reason)
+
+    def _quarantine_path(self, path: Path, reason: str) -> bool:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        try:
+            self.quarantine_directory.mkdir(exist_ok=True)
+            for attempt in range(1000):
+                target = self.quarantine_directory / f"{path.stem}.{stamp}.{attempt}{_SUFFIX}"
+                if not os.path.lexists(target):
+                    break
+            os.replace(path, target)
+        except OSError as exc:
+            log.error("could not quarantine checkpoint %s (%s): %s", path.name, reason, exc)
+            return False
+        log.warning("quarantined checkpoint %s as %s: %s", path.name, target.name, reason)
+        return True
+
+    def entries(self) -> Iterator[CheckpointEntry]:
+        """Yield every stored checkpoint; skips temp files, the quarantine and foreign files."""
+        try:
+            top = list(os.scandir(self.directory))
+        except OSError as exc:
+            raise CheckpointError(f"cannot list checkpoint directory: {exc}") from exc
+        for sub in top:
+            if len(sub.name) != 2 or sub.name.strip("0123456789abcdef") or not sub.is_dir(follow_symlinks=False):
+                continue
+            try:
+                files = list(os.scandir(sub.path))
+            except OSError as exc:
+                raise CheckpointError(f"cannot list checkpoint directory {sub.name}: {exc}") from exc
+            for item in files:
+                key = item.name[:-len(_SUFFIX)]
+                if not item.name.endswith(_SUFFIX) or not key.startswith(sub.name):
+                    continue
+                try:
+                    stat = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the listing; another instance may share the store
+                yield CheckpointEntry(key=key, size=stat.st_size, mtime=stat.st_mtime)
+
+    def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete temp files left by crashed writers; young ones may belong to a live writer."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for sub in self.directory.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for item in sub.glob(_TEMP_PREFIX + "*"):
+                try:
+                    if item.stat().st_mtime < cutoff:
+                        item.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems cannot fsync a directory; the rename itself is still atomic.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
