@@ -44,11 +44,13 @@ class ModelRegistry:
     """Resident analyzers (LRU, capped) backed by a checkpoint store."""
 
     def __init__(self, store: CheckpointStore, config: AnalyzerConfig, capacity: int,
-                 events: RegistryEvents | None = None, clock: Callable[[], float] = time.time) -> None:
+                 events: RegistryEvents | None = None, clock: Callable[[], float] = time.time,
+                 config_for: Callable[[str], AnalyzerConfig] | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.store = store
         self.config = config
+        self._config_for = config_for or (lambda metric: config)
         self.capacity = capacity
         self.events = events or RegistryEvents()
         self._clock = clock
@@ -105,7 +107,7 @@ class ModelRegistry:
                 self.events.loaded("checkpoint")
                 return analyzer, True
         self.events.loaded("fresh")
-        return MetricAnalyzer(metric, self.config), False
+        return MetricAnalyzer(metric, self._config_for(metric)), False
 
     def _evict_over_capacity(self, keep: str) -> None:
         # Walk from the LRU end; a failed save leaves that analyzer resident and tries the next.

@@ -1,0 +1,175 @@
+"""Thin Kafka edges: the embedded mock cluster, topic creation, and a bounded producer.
+
+librdkafka's mock cluster (``test.mock.num.brokers``) speaks the Kafka protocol on loopback,
+with consumer groups and transactions; it auto-creates topics with 4 partitions and does not
+answer CreateTopics, so `ensure_topics` is best effort there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pensu.errors import KafkaUnavailable
+from pensu.outputs import OutputRecord
+
+if TYPE_CHECKING:
+    from pensu.generator import SyntheticMetrics
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedKafka:
+    """An in-process librdkafka mock cluster; lives as long as this object is open."""
+
+    def __init__(self, num_brokers: int = 1) -> None:
+        self._handle = Producer({"test.mock.num.brokers": num_brokers, "log_level": 3})
+        metadata = self._handle.list_topics(timeout=10)
+        brokers = sorted(metadata.brokers.values(), key=lambda b: b.id)
+        self.bootstrap_servers = ",".join(f"{b.host}:{b.port}" for b in brokers)
+
+    def close(self) -> None:
+        """Stop the mock cluster."""
+        if self._handle is not None:
+            self._handle.flush(1)
+            self._handle = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "EmbeddedKafka":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int = 4,
+                  timeout: float = 10.0) -> None:
+    """Create missing topics (best effort: clusters that auto-create or refuse are tolerated)."""
+    admin = AdminClient({k: v for k, v in config.items() if not k.startswith(("group.", "enable.auto"))})
+    wanted = [t for t in dict.fromkeys(topics) if t]
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot list topics: {exc}") from exc
+    missing = [t for t in wanted if t not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions) for t in missing],
+                                  operation_timeout=timeout, request_timeout=timeout)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout + 1)
+            log.info("created topic %s with %d partitions", topic, partitions)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code != KafkaError.TOPIC_ALREADY_EXISTS:
+                log.info("topic %s not created (%s); relying on broker auto-creation", topic, exc)
+
+
+class OutputProducer:
+    """A producer whose queue is bounded: `send` blocks (serving callbacks) while it is full."""
+
+    def __init__(self, config: dict[str, str], on_delivery_error: Callable[[str, KafkaError], None],
+                 on_delivered: Callable[[str], None] = lambda topic: None) -> None:
+        merged = {
+            "enable.idempotence": "true",  # per-key order survives retries
+            "linger.ms": "20",
+            "message.timeout.ms": "0",  # retry forever through a broker outage; never drop outputs
+            "queue.buffering.max.messages": "200000",
+            "queue.buffering.max.kbytes": "262144",
+        }
+        merged.update(config)
+        self._producer = Producer(merged)
+        self._on_delivery_error = on_delivery_error
+        self._on_delivered = on_delivered
+        self.failed = 0
+
+    def _delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed += 1
+            self._on_delivery_error(msg.topic() or "?", err)
+        else:
+            self._on_delivered(msg.topic() or "?")
+
+    def send(self, record: OutputRecord, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Queue one record, waiting for room when the local queue is full."""
+        while True:
+            try:
+                self._producer.produce(record.topic, value=record.value, key=record.key,
+                                       headers=list(record.headers) or None, on_delivery=self._delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+                if should_stop():
+                    raise KafkaUnavailable("producer queue full while stopping") from None
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery callbacks."""
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` s for delivery; return the number still in flight."""
+        return self._producer.flush(timeout)
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+
+def wait_for_delivery(producer: OutputProducer, should_stop: Callable[[], bool],
+                      on_waiting: Callable[[bool], None] = lambda waiting: None,
+                      slice_seconds: float = 1.0) -> bool:
+    """Flush until every queued record is acknowledged; False if asked to stop first."""
+    started = time.monotonic()
+    waiting = False
+    while producer.flush(slice_seconds) > 0:
+        if not waiting and time.monotonic() - started > 5:
+            waiting = True
+            on_waiting(True)
+            log.warning("waiting for the broker to acknowledge %d output records", len(producer))
+        if should_stop():
+            return False
+    if waiting:
+        on_waiting(False)
+        log.info("outputs acknowledged after %.1f s", time.monotonic() - started)
+    return True
+
+
+def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticMetrics", backfill: int,
+                      rate: float, limit: int, stop: threading.Event) -> int:
+    """Produce `backfill` samples per series at once, then `rate` samples/s per series until stopped."""
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": "20"})
+    sent = 0
+
+    def send(index: int) -> None:
+        nonlocal sent
+        for metric, value, ts in generator.sample(index):
+            line = f"{metric} {value!r} {int(ts)}".encode()
+            while True:
+                try:
+                    producer.produce(topic, key=metric.encode(), value=line)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            sent += 1
+        producer.poll(0)
+
+    index = 0
+    while index < backfill and not stop.is_set() and (not limit or index < limit):
+        send(index)
+        index += 1
+    producer.flush(30)
+    log.info("generator: %d backfill samples per series sent to %s", index, topic)
+    period = 1.0 / rate if rate > 0 else 0.0
+    next_at = time.monotonic()
+    while not stop.is_set() and (not limit or index < limit) and rate > 0:
+        send(index)
+        index += 1
+        next_at += period
+        stop.wait(max(0.0, next_at - time.monotonic()))
+    producer.flush(30)
+    return sent

@@ -1,0 +1,183 @@
+"""Offline backtest of one series through the same `MetricAnalyzer` the service runs.
+
+Input: CSV with header ``timestamp,value``; timestamps as ``2014-07-01 00:00:00`` (UTC, ISO
+8601 also accepted) or unix seconds. Output: one row per input row, same order, columns
+``timestamp,value,anomaly_score,raw_score,anomaly_likelihood,prediction,prediction_confidence``
+where ``anomaly_score`` is the final score the service thresholds (log-likelihood, or 1.0 on
+a spatial anomaly) and ``prediction`` is the value predicted *for this row* (made
+``steps`` rows earlier), so it lines up with ``value``. Unparseable rows are reported on
+stderr with their line numbers and get empty score cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+from pensu.analyzer import AnalyzerConfig, MetricAnalyzer, Thresholds
+from pensu.errors import LineRejected, PensuError
+from pensu.htm.presets import prediction_params, preset_params
+
+OUTPUT_COLUMNS = ("timestamp", "value", "anomaly_score", "raw_score", "anomaly_likelihood",
+                  "prediction", "prediction_confidence")
+
+
+class ReplayInputError(PensuError):
+    """The input file as a whole is unusable (missing, no header, wrong columns)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRow:
+    """One output row; score fields are None for rows that could not be processed."""
+
+    line: int
+    timestamp: str
+    value: str
+    anomaly_score: float | None = None
+    raw_score: float | None = None
+    anomaly_likelihood: float | None = None
+    prediction: float | None = None
+    prediction_confidence: float | None = None
+    reported: bool = False
+
+    def cells(self) -> list[str]:
+        """The row as CSV cells."""
+        def fmt(x: float | None) -> str:
+            return "" if x is None else repr(float(x))
+        return [self.timestamp, self.value, fmt(self.anomaly_score), fmt(self.raw_score),
+                fmt(self.anomaly_likelihood), fmt(self.prediction), fmt(self.prediction_confidence)]
+
+
+def parse_timestamp(text: str) -> float:
+    """Unix seconds from unix-seconds text or a date-time (naive means UTC)."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"unrecognised timestamp {text!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    if not math.isfinite(value):
+        raise ValueError(f"timestamp {text!r} is not finite")
+    return value
+
+
+def build_analyzer(preset: str = "nab", min_value: float | None = None, max_value: float | None = None,
+                   steps: int = 1, thresholds: Thresholds | None = None, metric: str = "replay") -> MetricAnalyzer:
+    """An analyzer like the service's, optionally with a fixed value range."""
+    anomaly = preset_params(preset, min_value=min_value, max_value=max_value)
+    config = AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction_params(anomaly, steps),
+                            thresholds=thresholds or Thresholds(), prediction_steps=steps)
+    return MetricAnalyzer(metric, config)
+
+
+def read_rows(stream: IO[str]) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, cells) of data rows after checking the header."""
+    reader = csv.reader(stream)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ReplayInputError("input is empty (expected a header 'timestamp,value')") from None
+    names = [h.strip().lower() for h in header]
+    if names[:2] != ["timestamp", "value"]:
+        raise ReplayInputError(f"header must start with 'timestamp,value', got {','.join(header)!r}")
+    for cells in reader:
+        yield reader.line_num, cells
+
+
+def replay(stream: IO[str], analyzer: MetricAnalyzer, warn: Callable[[str], None],
+           progress: Callable[[int], None] = lambda n: None) -> Iterator[ReplayRow]:
+    """Run every row through `analyzer`, yielding output rows in input order."""
+    for count, (line, cells) in enumerate(read_rows(stream), start=1):
+        progress(count)
+        ts_text = cells[0] if cells else ""
+        value_text = cells[1] if len(cells) > 1 else ""
+        try:
+            if len(cells) < 2:
+                raise ValueError(f"expected 2 columns, got {len(cells)}")
+            ts = parse_timestamp(ts_text)
+            value = float(value_text)
+            if not math.isfinite(value):
+                raise ValueError(f"value {value_text!r} is not finite")
+            analysis = analyzer.process(ts, value)
+        except (ValueError, LineRejected) as exc:
+            warn(f"line {line}: skipped ({exc})")
+            yield ReplayRow(line, ts_text, value_text)
+            continue
+        yield ReplayRow(line, ts_text, value_text, analysis.final_score, analysis.anomaly_score,
+                        analysis.anomaly_likelihood, analysis.predicted_value, analysis.prediction_confidence,
+                        analysis.reported)
+
+
+def write_rows(rows: Iterator[ReplayRow], out: IO[str]) -> list[ReplayRow]:
+    """Write rows as CSV and return them (for plotting)."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(OUTPUT_COLUMNS)
+    kept = []
+    for row in rows:
+        writer.writerow(row.cells())
+        kept.append(row)
+    return kept
+
+
+def plot(rows: list[ReplayRow], path: Path, title: str) -> None:
+    """Draw value, prediction and anomaly score with reported anomalies marked (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PensuError("--plot needs matplotlib: pip install 'pensu[plot]'") from exc
+    good = [r for r in rows if r.anomaly_score is not None]
+    x = list(range(len(good)))
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(14, 7), height_ratios=(2, 1))
+    top.plot(x, [float(r.value) for r in good], lw=0.8, label="value")
+    top.plot(x, [r.prediction if r.prediction is not None else math.nan for r in good], lw=0.8,
+             alpha=0.7, label="prediction")
+    marks = [i for i, r in enumerate(good) if r.reported]
+    top.scatter(marks, [float(good[i].value) for i in marks], color="red", zorder=3, s=18, label="reported")
+    top.legend(loc="upper left")
+    top.set_title(title)
+    bottom.plot(x, [r.anomaly_score for r in good], lw=0.8, color="purple", label="anomaly score")
+    bottom.plot(x, [r.raw_score for r in good], lw=0.5, color="grey", alpha=0.5, label="raw score")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_replay(input_path: Path, output_path: Path, preset: str = "nab", min_value: float | None = None,
+               max_value: float | None = None, steps: int = 1, plot_path: Path | None = None,
+               err: IO[str] = sys.stderr) -> int:
+    """The `pensu replay` command; returns the exit code."""
+    try:
+        total = sum(1 for _ in input_path.open(encoding="utf-8", errors="replace")) - 1
+        analyzer = build_analyzer(preset, min_value, max_value, steps)
+        step = max(1000, total // 10)
+
+        def progress(n: int) -> None:
+            if total >= 5000 and n % step == 0:
+                print(f"replay: {n}/{total} rows ({100 * n // total}%)", file=err, flush=True)
+
+        with input_path.open(newline="", encoding="utf-8") as src, output_path.open("w", newline="") as out:
+            rows = write_rows(replay(src, analyzer, lambda m: print(f"replay: {m}", file=err), progress), out)
+    except (OSError, UnicodeDecodeError, ReplayInputError) as exc:
+        print(f"replay: cannot use {input_path}: {exc}", file=err)
+        return 2
+    reported = sum(r.reported for r in rows)
+    print(f"replay: {len(rows)} rows, {reported} reported anomalies -> {output_path}", file=err)
+    if plot_path is not None:
+        plot(rows, plot_path, input_path.name)
+        print(f"replay: plot written to {plot_path}", file=err)
+    return 0

@@ -1,0 +1,371 @@
+"""`PensuService`: the consume → pipeline → produce → commit loop, with health and autosave.
+
+Delivery guarantee (at least once, no double learning):
+1. a batch of messages is consumed and processed; their output records are queued;
+2. the producer is flushed until every record is acknowledged (a broker outage blocks here,
+   with readiness off, instead of consuming more: back-pressure and bounded memory);
+3. only then are the batch's offsets committed.
+Checkpoints are written only after a flush, so a checkpoint never holds a sample whose outputs
+were not delivered; it records the last (offset, line) applied per partition, and replayed
+samples at or before it are skipped instead of learned twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import defaultdict
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from pensu import __version__
+from pensu.analyzer import AnalyzerConfig, Thresholds
+from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
+from pensu.health import HealthServer, HealthStatus
+from pensu.htm.presets import prediction_params, preset_params
+from pensu.kafka_io import EmbeddedKafka, OutputProducer, ensure_topics, wait_for_delivery
+from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
+from pensu.pipeline import Pipeline, PipelineEvents
+from pensu.registry import ModelRegistry, RegistryEvents
+from pensu.settings import Settings
+from pensu.telemetry import RateLimitedLog, ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+LAG_REFRESH_SECONDS = 5.0
+
+
+def analyzer_config(settings: Settings) -> AnalyzerConfig:
+    """Build the analyzer configuration (presets, thresholds, steps) from settings."""
+    anomaly = preset_params(settings.anomaly_model_preset, warmup_samples=settings.warmup_samples)
+    prediction = prediction_params(preset_params(settings.prediction_model_preset,
+                                                 warmup_samples=settings.warmup_samples),
+                                   settings.prediction_steps)
+    thresholds = Thresholds(anomaly_score=settings.anomaly_score_threshold,
+                            anomaly_likelihood=settings.anomaly_likelihood_threshold,
+                            minimum_confidence=settings.minimum_confidence_for_reporting)
+    return AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction, thresholds=thresholds,
+                          prediction_steps=settings.prediction_steps)
+
+
+class RangeAwareConfig:
+    """Per-metric analyzer configs: settings' metric_ranges fix a metric's encoder range."""
+
+    def __init__(self, base: AnalyzerConfig, ranges: dict[str, tuple[float, float]]) -> None:
+        self.base = base
+        self._ranges = [(re.compile(pattern), bounds) for pattern, bounds in ranges.items()]
+
+    def for_metric(self, metric: str) -> AnalyzerConfig:
+        """The config for `metric`: the base one, with a fixed range when a pattern matches."""
+        for pattern, (lo, hi) in self._ranges:
+            if pattern.match(metric):
+                return AnalyzerConfig(
+                    anomaly_params=self.base.anomaly_params.replace(min_value=lo, max_value=hi),
+                    prediction_params=self.base.prediction_params.replace(min_value=lo, max_value=hi),
+                    thresholds=self.base.thresholds, prediction_steps=self.base.prediction_steps)
+        return self.base
+
+
+class PensuService:
+    """One Pensu instance: a consumer-group member with its models, outputs and health."""
+
+    def __init__(self, settings: Settings, store: CheckpointStore | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.prom = registry or CollectorRegistry()
+        self.metrics = ServiceMetrics(self.prom, version=__version__)
+        self.store = store or LocalCheckpointStore(settings.models_dir)
+        self._stop = threading.Event()
+        self._embedded: EmbeddedKafka | None = None
+        self._assigned: set[tuple[str, int]] = set()
+        self._metrics_by_partition: dict[str, set[str]] = defaultdict(set)
+        self._waiting_for_broker = False
+        self._broker_down = False
+        self._last_autosave = time.monotonic()
+        self._last_topics_report = time.monotonic()
+        self._last_lag = 0.0
+        self._kafka_log = RateLimitedLog(log, 30.0)
+        self._over_quota_log = RateLimitedLog(log, settings.min_seconds_between_over_quota_log_msg)
+        config = analyzer_config(settings)
+        self.models = ModelRegistry(
+            self.store, config, capacity=settings.max_allowed_models,
+            config_for=RangeAwareConfig(config, settings.metric_ranges).for_metric,
+            events=RegistryEvents(
+                evicted=self._on_evicted,
+                loaded=lambda source: self.metrics.model_loads.labels(source=source).inc(),
+                saved=self.metrics.checkpoint_saves.inc,
+                save_failed=lambda: self.metrics.checkpoint_failures.labels(operation="save").inc(),
+                load_failed=lambda: self.metrics.checkpoint_failures.labels(operation="load").inc(),
+                quarantined=self.metrics.checkpoints_quarantined.inc,
+            ))
+        self.formatter = OutputFormatter(
+            OutputTopics(settings.reported_anomalies_kafka_topic, settings.prediction_metrics_kafka_topic,
+                         settings.anomalies_metrics_kafka_topic),
+            settings.metric_names_template, config.thresholds, settings.instance_id)
+        self.pipeline = Pipeline(
+            self.models, self.formatter, re.compile(settings.allowed_to_work_on_metrics),
+            dead_letter_topic=settings.dead_letter_kafka_topic,
+            events=PipelineEvents(
+                sample=self._on_sample,
+                rejected=lambda reason: self.metrics.rejected_lines.labels(reason=reason).inc(),
+                skipped=self._on_skipped,
+                reported=self.metrics.reports_emitted.inc,
+            ))
+        self.health = HealthServer(
+            ping_host=settings.ping_listen_host, ping_port=settings.ping_listen_port,
+            http_host=settings.http_host, http_port=settings.http_port or None,
+            registry=self.prom, status=self.status)
+        self.consumer: Consumer | None = None
+        self.producer: OutputProducer | None = None
+        self.bootstrap_servers: str | None = settings.kafka_bootstrap_servers
+
+    # -- events ---------------------------------------------------------------------------
+    def _on_sample(self, seconds: float) -> None:
+        self.metrics.samples_processed.inc()
+        self.metrics.model_step_seconds.observe(seconds)
+
+    def _on_skipped(self, reason: str) -> None:
+        if reason == "replayed":
+            self.metrics.duplicate_samples_skipped.inc()
+
+    def _on_evicted(self) -> None:
+        self.metrics.model_evictions.inc()
+        self.metrics.over_quota.inc()
+        self._over_quota_log.log(logging.INFO,
+                                 "over the model quota (%d resident): swapping least recently used models to disk",
+                                 self.settings.max_allowed_models)
+
+    def status(self) -> HealthStatus:
+        """Liveness/readiness for the health endpoints."""
+        live = not self._stop.is_set() or self.consumer is not None
+        ready = (self.consumer is not None and bool(self._assigned) and not self._waiting_for_broker
+                 and not self._broker_down)
+        detail = (f"assigned={len(self._assigned)} models={len(self.models)} "
+                  f"broker={'down' if self._broker_down or self._waiting_for_broker else 'up'}")
+        return HealthStatus(live=live, ready=ready, detail=detail)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to finish its batch, save state and exit."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        """Start health servers, the embedded broker if needed, and the Kafka clients."""
+        self.health.start()
+        if not self.bootstrap_servers:
+            self._embedded = EmbeddedKafka()
+            self.bootstrap_servers = self._embedded.bootstrap_servers
+            log.info("no PENSU_KAFKA_BOOTSTRAP_SERVERS: started an embedded Kafka mock cluster at %s "
+                     "(produce carbon lines to topic %r)", self.bootstrap_servers, self.settings.metrics_kafka_topic)
+        instance, started = self.settings.instance_id, str(int(self.started_at))
+        consumer_conf = self.settings.consumer_config(instance, started)
+        producer_conf = self.settings.producer_config(instance, started)
+        consumer_conf["bootstrap.servers"] = producer_conf["bootstrap.servers"] = self.bootstrap_servers
+        consumer_conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
+        consumer_conf.setdefault("auto.offset.reset", "earliest")
+        consumer_conf["enable.auto.commit"] = "false"
+        consumer_conf["enable.auto.offset.store"] = "false"
+        consumer_conf["error_cb"] = self._on_kafka_error
+        producer_conf["error_cb"] = self._on_kafka_error
+        try:
+            ensure_topics({k: v for k, v in producer_conf.items() if k != "error_cb"},
+                          [self._input_topic(), self.settings.reported_anomalies_kafka_topic,
+                           self.settings.prediction_metrics_kafka_topic,
+                           self.settings.anomalies_metrics_kafka_topic],
+                          timeout=5.0)
+        except Exception as exc:  # noqa: BLE001 - topic creation is best effort; the loop survives outages
+            log.warning("could not check topics at start (%s); continuing", exc)
+        self.producer = OutputProducer(producer_conf, self._on_delivery_error,
+                                       lambda topic: self.metrics.outputs_produced.labels(topic=topic).inc())
+        self.consumer = Consumer(consumer_conf)
+        self.consumer.subscribe([self._input_topic()], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.metrics.ready.set(0)
+
+    def _input_topic(self) -> str:
+        return self.settings.metrics_kafka_topic
+
+    def run(self) -> int:
+        """Run until `request_stop`; returns the process exit code."""
+        if self.consumer is None:
+            self.start()
+        assert self.consumer is not None and self.producer is not None
+        try:
+            while not self._stop.is_set():
+                self._step()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _step(self) -> None:
+        assert self.consumer is not None and self.producer is not None
+        messages = self.consumer.consume(num_messages=BATCH_SIZE, timeout=0.5)
+        positions: dict[tuple[str, int], int] = {}
+        for message in messages:
+            err = message.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._on_kafka_error(err)
+                continue
+            self._broker_down = False
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            source = f"{topic}:{partition}"
+            result = self.pipeline.process(message.value(), source, offset)
+            if result.metrics:
+                self._metrics_by_partition[source].update(result.metrics)
+            for record in result.records:
+                self.producer.send(record, self._stop.is_set)
+            self.producer.poll(0)
+            positions[(topic, partition)] = offset + 1
+        if positions:
+            self._deliver_and_commit(positions)
+        self.metrics.resident_models.set(len(self.models))
+        self._periodic()
+
+    def _deliver_and_commit(self, positions: dict[tuple[str, int], int]) -> None:
+        assert self.consumer is not None and self.producer is not None
+        if not wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting):
+            return  # stopping with undelivered outputs: leave offsets uncommitted (replayed later)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items() if (t, p) in self._assigned]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Not fatal: the outputs were delivered; the next owner may replay and skip them.
+            self._kafka_log.log(logging.WARNING, "offset commit failed: %s", exc)
+            self.metrics.kafka_errors.labels(code="commit").inc()
+
+    def _set_waiting(self, waiting: bool) -> None:
+        self._waiting_for_broker = waiting
+        self.metrics.ready.set(0 if waiting else 1 if self._assigned else 0)
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_autosave >= self.settings.models_autosave_interval:
+            self._last_autosave = now
+            self.autosave()
+        interval = self.settings.topics_report_interval
+        if interval and now - self._last_topics_report >= interval:
+            self._last_topics_report = now
+            self._report_topics()
+        if now - self._last_lag >= LAG_REFRESH_SECONDS:
+            self._last_lag = now
+            self._refresh_lag()
+        self.metrics.ready.set(1 if self.status().ready else 0)
+
+    def autosave(self) -> None:
+        """Checkpoint every analyzer that learned since its last save, then trim old checkpoints."""
+        assert self.producer is not None
+        if not wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting):
+            return
+        saved, failed = self.models.save_dirty()
+        if saved or failed:
+            log.info("autosave: %d checkpoints written, %d failed", saved, failed)
+        try:
+            removed = self.store.enforce_limit(self.settings.max_tracked_metrics,
+                                               protect=self.models.resident_metrics())
+            if removed:
+                log.info("removed %d idle checkpoints beyond PENSU_MAX_TRACKED_METRICS=%d",
+                         removed, self.settings.max_tracked_metrics)
+        except OSError as exc:
+            log.warning("could not trim checkpoints: %s", exc)
+
+    def _report_topics(self) -> None:
+        assert self.producer is not None
+        metrics = sorted(self.models.resident_metrics())
+        payload = {"pensu_instance": self.settings.instance_id, "timestamp": int(time.time()),
+                   "metrics": metrics, "count": len(metrics)}
+        self.producer.send(OutputRecord(self.settings.topics_kafka_topic, self.settings.instance_id.encode(),
+                                        json.dumps(payload).encode()), self._stop.is_set)
+        self.metrics.tracked_metrics.set(len(metrics))
+
+    def _refresh_lag(self) -> None:
+        assert self.consumer is not None
+        if not self._assigned:
+            return
+        try:
+            positions = self.consumer.position([TopicPartition(t, p) for t, p in self._assigned])
+        except KafkaException:
+            return
+        for tp in positions:
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, timeout=0.5, cached=True)
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and high >= 0:
+                self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, high - tp.offset))
+
+    # -- Kafka callbacks -------------------------------------------------------------------
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        code = err.code()
+        self.metrics.kafka_errors.labels(code=err.name() if hasattr(err, "name") else str(code)).inc()
+        if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            self._broker_down = code == KafkaError._ALL_BROKERS_DOWN or self._broker_down
+        self._kafka_log.log(logging.WARNING, "kafka: %s", err)
+
+    def _on_delivery_error(self, topic: str, err: KafkaError) -> None:
+        self.metrics.kafka_delivery_errors.inc()
+        self._kafka_log.log(logging.ERROR, "output to %s not delivered: %s", topic, err)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+        log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._hand_over(partitions, "revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._hand_over(partitions, "lost")
+
+    def _hand_over(self, partitions: list[TopicPartition], why: str) -> None:
+        """Checkpoint and drop the analyzers of partitions this instance no longer owns."""
+        assert self.producer is not None
+        wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting)
+        released = 0
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+            metrics = self._metrics_by_partition.pop(f"{tp.topic}:{tp.partition}", set())
+            released += self.models.release(metrics)
+        log.info("partitions %s %s: %d models checkpointed and released",
+                 sorted(f"{tp.topic}:{tp.partition}" for tp in partitions), why, released)
+
+    def _shutdown(self) -> None:
+        log.info("stopping: delivering outputs and saving models")
+        try:
+            if self.producer is not None:
+                self.producer.flush(10)
+            saved, failed = self.models.save_dirty()
+            log.info("saved %d models on shutdown (%d failed)", saved, failed)
+            if self.consumer is not None:
+                self.consumer.close()
+        finally:
+            self.consumer = None
+            self.health.stop()
+            if self._embedded is not None:
+                self._embedded.close()
+
+
+def install_signal_handlers(service: PensuService) -> None:
+    """SIGTERM/SIGINT ask the service to stop cleanly (save state, exit 0)."""
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d received", signum)
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
