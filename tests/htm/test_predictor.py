@@ -1,0 +1,218 @@
+import math
+
+import msgpack
+import numpy as np
+import pytest
+
+from pensu.errors import ConfigurationError, CorruptData
+from pensu.htm.predictor import Prediction, Predictor, PredictorParams
+
+N_CELLS = 65536
+
+
+def phase_cells(n_phases, per_phase=40, seed=0):
+    """Distinct sorted active-cell sets, one per phase of a cycle."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(N_CELLS, size=n_phases * per_phase, replace=False)
+    return [np.sort(picked[i * per_phase:(i + 1) * per_phase]).astype(np.int32) for i in range(n_phases)]
+
+
+def cycle_buckets(n_phases):
+    """Arbitrary, non-contiguous buckets (negative and large) for the phases of a cycle."""
+    return [(-7 + 1013 * i) * (1 if i % 2 else -1) for i in range(n_phases)]
+
+
+def run_cycle(predictor, cells, buckets, n_samples, start=0):
+    """Feed the cycle through infer + learn as the model does; return the last inference."""
+    last = None
+    for t in range(start, start + n_samples):
+        phase = t % len(cells)
+        last = predictor.infer(cells[phase])
+        predictor.learn(cells[phase], buckets[phase], float(buckets[phase]) * 0.5 + 3.0)
+    return last
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_learns_a_periodic_series_ahead(step):
+    cells, buckets = phase_cells(8), cycle_buckets(8)
+    predictor = Predictor(PredictorParams(steps=(step,)))
+    run_cycle(predictor, cells, buckets, 8 * 60)
+    for phase in range(8):
+        pred = predictor.infer(cells[phase])[step]
+        expected = buckets[(phase + step) % 8]
+        assert pred.bucket == expected
+        assert pred.value == pytest.approx(expected * 0.5 + 3.0)
+        assert pred.confidence > 0.9
+
+
+def test_several_steps_at_once():
+    cells, buckets = phase_cells(8, seed=3), cycle_buckets(8)
+    predictor = Predictor(PredictorParams(steps=(1, 2, 5)))
+    run_cycle(predictor, cells, buckets, 8 * 60)
+    out = predictor.infer(cells[2])
+    assert set(out) == {1, 2, 5}
+    for step, pred in out.items():
+        assert pred.step == step
+        assert pred.bucket == buckets[(2 + step) % 8]
+
+
+def test_confidence_is_a_probability():
+    rng = np.random.default_rng(5)
+    predictor = Predictor(PredictorParams(steps=(1,)))
+    for _ in range(300):
+        cells = np.unique(rng.integers(0, N_CELLS, size=int(rng.integers(1, 300)))).astype(np.int32)
+        pred = predictor.infer(cells)[1]
+        assert 0.0 <= pred.confidence <= 1.0
+        dist = predictor.distribution(cells, 1)
+        if dist:
+            assert math.isclose(sum(dist.values()), 1.0, rel_tol=1e-9)
+            assert max(dist.values()) == pytest.approx(pred.confidence)
+        predictor.learn(cells, int(rng.integers(-20, 20)), float(rng.normal()))
+
+
+def test_no_prediction_before_learning():
+    predictor = Predictor(PredictorParams())
+    pred = predictor.infer(np.array([1, 2, 3], dtype=np.int32))[1]
+    assert pred == Prediction(step=1, value=None, confidence=0.0, bucket=None)
+
+
+def test_unseen_cells_give_a_uniform_answer():
+    cells, buckets = phase_cells(8, seed=1), cycle_buckets(8)
+    predictor = Predictor(PredictorParams())
+    run_cycle(predictor, cells, buckets, 8 * 30)
+    used = np.concatenate(cells)
+    unseen = np.setdiff1d(np.arange(1000, 1100, dtype=np.int32), used)
+    pred = predictor.infer(unseen)[1]
+    assert pred.confidence == pytest.approx(1.0 / 8)
+    assert list(predictor.distribution(unseen, 1).values()) == [pytest.approx(1.0 / 8)] * 8
+    # far beyond any cell ever seen: no row, no map entry, still uniform
+    assert predictor.infer(np.array([N_CELLS - 1], dtype=np.int32))[1].confidence == pytest.approx(1 / 8)
+
+
+def test_value_is_the_running_mean_of_the_bucket():
+    predictor = Predictor(PredictorParams())
+    cells = np.array([10, 20, 30], dtype=np.int32)
+    for value in (1.0, 2.0, 6.0):
+        predictor.learn(cells, 42, value)
+    pred = predictor.infer(cells)[1]
+    assert pred.bucket == 42
+    assert pred.value == pytest.approx(3.0)
+
+
+def test_classes_are_capped_and_overflow_merges_into_the_nearest_bucket():
+    predictor = Predictor(PredictorParams(max_classes=4))
+    cells = np.array([5], dtype=np.int32)
+    for bucket in (0, 10, 20, 30):
+        predictor.learn(cells, bucket, float(bucket))
+    predictor.learn(cells, 12, 12.0)  # nearest known bucket is 10
+    predictor.learn(cells, 1000, 1000.0)  # nearest is 30
+    assert predictor.n_classes == 4
+    dist_means = dict(zip(predictor._buckets.tolist(), predictor._means.tolist()))
+    assert dist_means[10] == pytest.approx(11.0)
+    assert dist_means[30] == pytest.approx(515.0)
+
+
+def test_weights_stay_sparse():
+    """Rows exist only for cells that were active during learning, with a bounded slot count."""
+    rng = np.random.default_rng(9)
+    params = PredictorParams(slots_per_cell=4)
+    predictor = Predictor(params)
+    seen = set()
+    previous = None
+    for _ in range(400):
+        cells = np.unique(rng.integers(0, 20000, size=60)).astype(np.int32)
+        predictor.learn(cells, int(rng.integers(0, 50)), 1.0)
+        if previous is not None:
+            seen.update(previous.tolist())
+        previous = cells
+    table = predictor._tables[1]
+    assert table.rows_used == len(seen)
+    assert table.row_class.shape[1] == 4
+    assert int(np.count_nonzero(table.cell_row >= 0)) == len(seen)
+    assert predictor.memory_bytes() < 20000 * 4 + table.row_class.shape[0] * 4 * 6 + 50_000
+
+
+def test_noise_does_not_break_learning_of_a_dominant_transition():
+    """Cells followed by bucket A 80% of the time and by random buckets otherwise predict A."""
+    rng = np.random.default_rng(2)
+    cells = np.arange(100, 140, dtype=np.int32)
+    other = np.arange(500, 540, dtype=np.int32)
+    predictor = Predictor(PredictorParams())
+    for _ in range(600):
+        predictor.learn(cells, int(rng.integers(0, 30)), 0.0)
+        bucket = 7 if rng.random() < 0.8 else int(rng.integers(0, 30))
+        predictor.learn(other, bucket, 7.0)
+    assert predictor.infer(cells)[1].bucket == 7
+
+
+def round_trip(predictor):
+    return Predictor.from_state(msgpack.unpackb(msgpack.packb(predictor.get_state()), strict_map_key=False))
+
+
+@pytest.mark.parametrize("steps", [(1,), (2, 4)])
+def test_round_trip_continues_bit_identically(steps):
+    rng = np.random.default_rng(11)
+    params = PredictorParams(steps=steps, max_classes=12, slots_per_cell=3)
+
+    def sample(t):
+        value = math.sin(t / 5.0) * 10 + rng.normal()
+        base = int((value + 20) * 3)
+        cells = np.unique(np.concatenate([base * 40 + np.arange(40),
+                                          rng.integers(0, N_CELLS, size=20)])).astype(np.int32)
+        return cells, int(round(value)), value
+
+    samples = [sample(t) for t in range(500)]
+    original = Predictor(params)
+    for cells, bucket, value in samples[:300]:
+        original.infer(cells)
+        original.learn(cells, bucket, value)
+    restored = round_trip(original)
+    for cells, bucket, value in samples[300:]:
+        assert original.infer(cells) == restored.infer(cells)
+        for step in steps:
+            assert original.distribution(cells, step) == restored.distribution(cells, step)
+        original.learn(cells, bucket, value)
+        restored.learn(cells, bucket, value)
+    assert msgpack.packb(original.get_state()) == msgpack.packb(restored.get_state())
+
+
+def test_fresh_round_trip():
+    restored = round_trip(Predictor(PredictorParams(steps=(3,))))
+    assert restored.params.steps == (3,)
+    assert restored.infer(np.array([1], dtype=np.int32))[3].value is None
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda s: s.pop("buckets"),
+    lambda s: s.update(params={"steps": [0]}),
+    lambda s: s.update(tables=[]),
+    lambda s: s["tables"][0][1].update(row_class=s["tables"][0][1]["row_weight"]),
+    lambda s: s["tables"][0][1]["rows"].update(data=b"\xff\xff\xff\x7f" * 3),
+    lambda s: s.update(history=[{"dtype": "<i4", "shape": [5], "data": b"\x00"}]),
+    lambda s: s.update(counts=s["means"]),
+])
+def test_malformed_state_raises_corrupt_data(corrupt):
+    predictor = Predictor(PredictorParams())
+    cells = np.array([1, 2, 3], dtype=np.int32)
+    for bucket in (1, 2, 3, 1):
+        predictor.learn(cells, bucket, 1.0)
+    state = msgpack.unpackb(msgpack.packb(predictor.get_state()))
+    corrupt(state)
+    with pytest.raises(CorruptData):
+        Predictor.from_state(state)
+
+
+def test_invalid_params_are_rejected():
+    for kwargs in ({"steps": ()}, {"steps": (0,)}, {"steps": (1, 1)}, {"alpha": 0.0},
+                   {"max_classes": 0}, {"slots_per_cell": 0}):
+        with pytest.raises(ConfigurationError):
+            PredictorParams(**kwargs)
+
+
+def test_bad_active_cells_are_rejected():
+    predictor = Predictor(PredictorParams())
+    with pytest.raises(ValueError):
+        predictor.infer(np.array([-1, 2]))
+    with pytest.raises(ValueError):
+        predictor.infer(np.array([[1, 2]]))
+    assert predictor.infer(np.array([], dtype=np.int32))[1].value is None
