@@ -1,0 +1,678 @@
+"""Service settings: every `PENSU_*` environment variable, validated once at start-up.
+
+Reading rules
+-------------
+* A field `x` is read from `PENSU_X` (names are case-insensitive, as pydantic-settings does).
+  An empty value counts as unset, so `PENSU_DEAD_LETTER_KAFKA_TOPIC=` keeps the default.
+* `PENSU_KAFKA_SERVERS` (the original service's name) is accepted for
+  `PENSU_KAFKA_BOOTSTRAP_SERVERS`; the new name wins when both are set.
+* librdkafka options pass through unchanged: `PENSU_KAFKA_OPT_<NAME>` goes to both clients,
+  `PENSU_KAFKA_CONSUMER_OPT_<NAME>` / `PENSU_KAFKA_PRODUCER_OPT_<NAME>` to one (and win over
+  the shared one). `<NAME>` is lower-cased with `_` turned into `.`, so
+  `PENSU_KAFKA_OPT_SOCKET_TIMEOUT_MS=30000` becomes `socket.timeout.ms=30000`. An option that
+  a typed setting already controls is refused, so each knob has exactly one variable.
+* `PENSU_ALLOWED_TO_WORK_ON_METRICS` uses `re.match` semantics like the original Pensu: the
+  pattern is anchored at the start of the metric name only (`web` allows `web.latency`;
+  append `$` to anchor the end too).
+* `PENSU_METRIC_RANGES` is a JSON object `{"regex": [min, max], ...}`; the first pattern (in
+  the object's order) that matches a metric (`re.match`) fixes its encoder range.
+
+`load_settings` turns every problem into one `ConfigurationError` naming each bad variable
+with the form it expects.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import math
+import os
+import re
+import socket
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from pensu.carbon import DEFAULT_NAME_TEMPLATE, validate_name_template
+from pensu.errors import ConfigurationError
+
+__all__ = [
+    "ModelPreset",
+    "Settings",
+    "describe_settings",
+    "effective_settings",
+    "load_settings",
+    "settings_table_markdown",
+    "unknown_variables",
+]
+
+ENV_PREFIX = "PENSU_"
+ModelPreset = Literal["nab", "nupic", "small"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# Prefix of pass-through librdkafka options -> which client(s) receive them.
+OPTION_PREFIXES: dict[str, str] = {
+    "PENSU_KAFKA_OPT_": "both",
+    "PENSU_KAFKA_CONSUMER_OPT_": "consumer",
+    "PENSU_KAFKA_PRODUCER_OPT_": "producer",
+}
+# PENSU_* variables read by tests and benchmarks, not by the service: never typos.
+TOOL_VARIABLES = frozenset({"PENSU_TEST_KAFKA_BOOTSTRAP", "PENSU_NAB_DATA", "PENSU_NAB_PRESET"})
+
+MASK = "********"
+_SENSITIVE_OPTION_WORDS = ("password", "secret", "token", "key.pem", "oauthbearer.config", "jaas")
+_PLACEHOLDER = re.compile(r"\{\{#([^}]*)\}\}")
+_CLIENT_ID_PLACEHOLDERS = ("instance_id", "time_started")
+_TOPIC = re.compile(r"[A-Za-z0-9._\-]{1,249}")
+_TOPIC_FORM = "a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)"
+_SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+_SASL_MECHANISMS = ("GSSAPI", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+
+# The environment mapping the settings being constructed read from (None: os.environ).
+_SOURCE_ENV: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("pensu_source_env",
+                                                                                      default=None)
+
+
+def _source_env() -> Mapping[str, str]:
+    env = _SOURCE_ENV.get()
+    return os.environ if env is None else env
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """The env source, reading the mapping handed to `load_settings` instead of os.environ."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _source_env()
+        # Case-insensitive like the stock source: keys lower-cased, empty values dropped.
+        return {k.lower(): v for k, v in env.items() if v != ""}
+
+
+def _topic(default: str, description: str) -> Any:
+    return Field(default, description=description, json_schema_extra={"expected": _TOPIC_FORM})
+
+
+class Settings(BaseSettings):
+    """Every setting of a Pensu instance; build it with `load_settings` for clear errors."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, env_ignore_empty=True,
+                                      validate_by_name=True, validate_by_alias=True, extra="ignore")
+
+    # --- Kafka connection -------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        None, validation_alias=AliasChoices("PENSU_KAFKA_BOOTSTRAP_SERVERS", "PENSU_KAFKA_SERVERS"),
+        description="Kafka bootstrap servers (host:port,...); also read from PENSU_KAFKA_SERVERS. "
+                    "Unset: run an embedded in-process mock cluster.",
+        json_schema_extra={"expected": "host:port[,host:port...]"})
+    kafka_consumer_group_id: str = Field("pensu", min_length=1,
+                                         description="Consumer group shared by all Pensu instances.")
+    kafka_consumer_client_id: str = Field(
+        "pensu-consumer-{{#instance_id}}-{{#time_started}}", min_length=1,
+        description="Consumer client.id; {{#instance_id}} and {{#time_started}} are replaced.",
+        json_schema_extra={"expected": "a string with only {{#instance_id}}/{{#time_started}} placeholders"})
+    kafka_producer_client_id: str = Field(
+        "pensu-producer-{{#instance_id}}-{{#time_started}}", min_length=1,
+        description="Producer client.id; {{#instance_id}} and {{#time_started}} are replaced.",
+        json_schema_extra={"expected": "a string with only {{#instance_id}}/{{#time_started}} placeholders"})
+    kafka_session_timeout_ms: int = Field(45000, ge=1, le=3_600_000,
+                                          description="Consumer session.timeout.ms.")
+    kafka_security_protocol: str | None = Field(
+        None, description="security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.",
+        json_schema_extra={"expected": "one of " + ", ".join(_SECURITY_PROTOCOLS)})
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512.",
+        json_schema_extra={"expected": "one of " + ", ".join(_SASL_MECHANISMS)})
+    kafka_sasl_username: str | None = Field(None, description="sasl.username.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="sasl.password (masked in output).")
+    kafka_ssl_ca_location: str | None = Field(None, description="ssl.ca.location (CA certificate file).")
+    kafka_ssl_certificate_location: str | None = Field(None, description="ssl.certificate.location.")
+    kafka_ssl_key_location: str | None = Field(None, description="ssl.key.location (client private key).")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="ssl.key.password (masked in output).")
+
+    # --- Topics -------------------------------------------------------------------------
+    metrics_kafka_topic: str = _topic("metrics", "Input topic of carbon lines.")
+    reported_anomalies_kafka_topic: str = _topic(
+        "pensu.htm.anomaly_metrics", "Output topic of anomaly score, likelihood and direction lines.")
+    prediction_metrics_kafka_topic: str = _topic(
+        "pensu.htm.predictions", "Output topic of prediction and prediction-confidence lines.")
+    anomalies_metrics_kafka_topic: str = _topic(
+        "pensu_anomalies", "Output topic of JSON reports, one per reported anomaly.")
+    topics_kafka_topic: str = _topic("pensu_topics", "Topic of the periodic list of monitored metrics.")
+    topics_report_interval: float = Field(60.0, ge=0, allow_inf_nan=False,
+                                          description="Seconds between monitored-metric lists; 0 disables.")
+    dead_letter_kafka_topic: str | None = Field(
+        None, description="Topic receiving rejected lines with their reason; unset: off.",
+        json_schema_extra={"expected": _TOPIC_FORM})
+    repartition: bool = Field(False, description="Run the repartition step that re-keys unkeyed input by "
+                                                 "metric name.")
+    repartition_kafka_topic: str = _topic("pensu.internal.repartition",
+                                          "Internal topic of the repartition step.")
+
+    # --- Outputs and decisions ------------------------------------------------------------
+    metric_names_template: str = Field(
+        DEFAULT_NAME_TEMPLATE, description="Output name prefix; {{#anomaly_metric}} becomes the output kind.",
+        json_schema_extra={"expected": "a dotted carbon name containing {{#anomaly_metric}}"})
+    allowed_to_work_on_metrics: str = Field(
+        ".*", description="Regex of metrics to model, matched at the start of the name (re.match).",
+        json_schema_extra={"expected": "a Python regular expression"})
+    anomaly_score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum raw anomaly score to report.")
+    anomaly_likelihood_threshold: float = Field(0.99999, ge=0, le=1,
+                                                description="Minimum anomaly likelihood to report.")
+    minimum_confidence_for_reporting: float = Field(0.0, ge=0, le=1,
+                                                    description="Minimum prediction confidence to report.")
+    prediction_steps: int = Field(1, ge=1, le=100, description="How many samples ahead to predict.")
+    anomaly_model_preset: ModelPreset = Field("nab", description="HTM parameter preset of the anomaly model.")
+    prediction_model_preset: ModelPreset = Field("nab",
+                                                 description="HTM parameter preset of the prediction model.")
+
+    # --- Models and state ---------------------------------------------------------------------
+    max_allowed_models: int = Field(1000, ge=1,
+                                    description="Analyzers resident in memory; beyond it the least recently "
+                                                "used is checkpointed and swapped out.")
+    min_seconds_between_over_quota_log_msg: float = Field(
+        60.0, ge=0, allow_inf_nan=False, description="Minimum seconds between 'over quota' log messages.")
+    max_tracked_metrics: int = Field(100_000, ge=1,
+                                     description="Checkpoints kept on disk; the longest idle are deleted "
+                                                 "beyond it (at least PENSU_MAX_ALLOWED_MODELS).")
+    models_dir: Path = Field(Path("models"), description="Directory of model checkpoints.",
+                             json_schema_extra={"expected": "a directory path"})
+    models_autosave_interval: float = Field(300.0, gt=0, allow_inf_nan=False,
+                                            description="Seconds between checkpoints of changed models.")
+    metric_ranges: Annotated[dict[str, tuple[float, float]], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON {"regex": [min, max]}: fixed encoder range for matching metrics (first match wins).',
+        json_schema_extra={"expected": 'a JSON object {"regex": [min, max], ...} with min < max',
+                           "default_doc": "{}"})
+    warmup_samples: int = Field(150, ge=1,
+                                description="Samples used to estimate a metric's range when none is configured.")
+
+    # --- Health, logging, identity ----------------------------------------------------------
+    ping_listen_host: str = Field("0.0.0.0", min_length=1, description="Address of the TCP ping server.")
+    ping_listen_port: int = Field(9999, ge=1, le=65535, description="Port of the TCP ping server.")
+    http_host: str = Field("0.0.0.0", min_length=1, description="Address of /healthz, /readyz and /metrics.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics; 0 disables.")
+    logging_format: str = Field(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        description="Python logging format, or 'json' for one JSON object per line.",
+        json_schema_extra={"expected": "'json' or a logging format with %(...)s fields"})
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    instance_id: str = Field(default_factory=socket.gethostname, min_length=1,
+                             description="Name of this instance in client ids and reports.",
+                             json_schema_extra={"default_doc": "the host name"})
+
+    # Pass-through librdkafka options (scope -> {option: value}) and their variables.
+    _kafka_options: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+    _kafka_option_vars: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Constructor arguments, then the environment (or the mapping given to load_settings)."""
+        return init_settings, _MappingEnvSource(settings_cls)
+
+    # --- Field checks ---------------------------------------------------------------------------
+    @field_validator("metrics_kafka_topic", "reported_anomalies_kafka_topic", "prediction_metrics_kafka_topic",
+                     "anomalies_metrics_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
+                     "dead_letter_kafka_topic")
+    @classmethod
+    def _check_topic(cls, value: str | None) -> str | None:
+        if value is not None and (_TOPIC.fullmatch(value) is None or value in (".", "..")):
+            raise ValueError("not a legal topic name")
+        return value
+
+    @field_validator("kafka_consumer_client_id", "kafka_producer_client_id")
+    @classmethod
+    def _check_client_id(cls, value: str) -> str:
+        unknown = [p for p in _PLACEHOLDER.findall(value) if p not in _CLIENT_ID_PLACEHOLDERS]
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{{#{unknown[0]}}}}}")
+        return value
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _check_protocol(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in _SECURITY_PROTOCOLS:
+            raise ValueError("unknown protocol")
+        return value
+
+    @field_validator("kafka_sasl_mechanism")
+    @classmethod
+    def _check_mechanism(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() not in _SASL_MECHANISMS:
+            raise ValueError("unknown mechanism")
+        return value
+
+    @field_validator("metric_names_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        try:
+            validate_name_template(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("allowed_to_work_on_metrics")
+    @classmethod
+    def _check_regex(cls, value: str) -> str:
+        _compile(value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        # Accept any case; leave unknown values untouched so the error shows what was given.
+        if isinstance(value, str) and value.upper() in typing.get_args(LogLevel):
+            return value.upper()
+        return value
+
+    @field_validator("logging_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        if value != "json":
+            try:
+                logging.Formatter(value, validate=True)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("metric_ranges", mode="before")
+    @classmethod
+    def _decode_ranges(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"invalid JSON ({exc.msg} at position {exc.pos})") from None
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+        return value
+
+    @field_validator("metric_ranges")
+    @classmethod
+    def _check_ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for pattern, (lo, hi) in value.items():
+            try:
+                _compile(pattern)
+            except ValueError as exc:
+                raise ValueError(f"pattern {pattern!r}: {exc}") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"range of {pattern!r} must be finite with min < max, got [{lo}, {hi}]")
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Settings:
+        self._kafka_options, self._kafka_option_vars, problems = _collect_options(_source_env())
+        if self.max_tracked_metrics < self.max_allowed_models:
+            # Fewer checkpoints than resident models would delete swapped-out models' state.
+            problems.insert(0, f"PENSU_MAX_TRACKED_METRICS: expected an integer >= PENSU_MAX_ALLOWED_MODELS "
+                               f"({self.max_allowed_models}), got {self.max_tracked_metrics}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # --- librdkafka configurations -----------------------------------------------------------
+    def _common_config(self, client_id_template: str, instance_id: str, time_started: str) -> dict[str, Any]:
+        conf: dict[str, Any] = {"client.id": render_client_id(client_id_template, instance_id, time_started)}
+        if self.kafka_bootstrap_servers:
+            conf["bootstrap.servers"] = self.kafka_bootstrap_servers
+        conf.update(self._security_config())
+        conf.update(self._kafka_options.get("both", {}))
+        return conf
+
+    def _security_config(self) -> dict[str, str]:
+        pairs: dict[str, str | SecretStr | None] = {
+            "security.protocol": self.kafka_security_protocol,
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+            "ssl.key.password": self.kafka_ssl_key_password,
+        }
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                for k, v in pairs.items() if v is not None}
+
+    def consumer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
+        """librdkafka consumer configuration: typed settings, security, then pass-through options."""
+        conf = self._common_config(self.kafka_consumer_client_id, instance_id, time_started)
+        conf.update({
+            "group.id": self.kafka_consumer_group_id,
+            "session.timeout.ms": self.kafka_session_timeout_ms,
+            # Offsets are committed by the service only after outputs are delivered.
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+        })
+        conf.update(self._kafka_options.get("consumer", {}))
+        return conf
+
+    def producer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
+        """librdkafka producer configuration: typed settings, security, then pass-through options."""
+        conf = self._common_config(self.kafka_producer_client_id, instance_id, time_started)
+        conf.update(self._kafka_options.get("producer", {}))
+        return conf
+
+    def kafka_options(self) -> dict[str, str]:
+        """The pass-through variables these settings picked up: env var name -> value."""
+        return dict(self._kafka_option_vars)
+
+
+# librdkafka options owned by a typed setting (or fixed by the service) -> who owns them.
+_RESERVED_OPTIONS: dict[str, str] = {
+    "bootstrap.servers": "use PENSU_KAFKA_BOOTSTRAP_SERVERS",
+    "metadata.broker.list": "use PENSU_KAFKA_BOOTSTRAP_SERVERS",
+    "group.id": "use PENSU_KAFKA_CONSUMER_GROUP_ID",
+    "client.id": "use PENSU_KAFKA_CONSUMER_CLIENT_ID / PENSU_KAFKA_PRODUCER_CLIENT_ID",
+    "session.timeout.ms": "use PENSU_KAFKA_SESSION_TIMEOUT_MS",
+    "security.protocol": "use PENSU_KAFKA_SECURITY_PROTOCOL",
+    "sasl.mechanism": "use PENSU_KAFKA_SASL_MECHANISM",
+    "sasl.mechanisms": "use PENSU_KAFKA_SASL_MECHANISM",
+    "sasl.username": "use PENSU_KAFKA_SASL_USERNAME",
+    "sasl.password": "use PENSU_KAFKA_SASL_PASSWORD",
+    "ssl.ca.location": "use PENSU_KAFKA_SSL_CA_LOCATION",
+    "ssl.certificate.location": "use PENSU_KAFKA_SSL_CERTIFICATE_LOCATION",
+    "ssl.key.location": "use PENSU_KAFKA_SSL_KEY_LOCATION",
+    "ssl.key.password": "use PENSU_KAFKA_SSL_KEY_PASSWORD",
+    "enable.auto.commit": "Pensu commits offsets itself, after outputs are delivered",
+}
+
+
+def _option_scope(name: str) -> tuple[str, str] | None:
+    """(scope, librdkafka name) of a pass-through variable, None if it is not one."""
+    upper = name.upper()
+    for prefix, scope in OPTION_PREFIXES.items():
+        if upper.startswith(prefix):
+            return scope, upper[len(prefix):].lower().replace("_", ".")
+    return None
+
+
+def _collect_options(env: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, str], list[str]]:
+    options: dict[str, dict[str, str]] = {"both": {}, "consumer": {}, "producer": {}}
+    variables: dict[str, str] = {}
+    problems: list[str] = []
+    for name in sorted(env):
+        found = _option_scope(name)
+        value = env[name]
+        if found is None or value == "":
+            continue
+        scope, option = found
+        var = name.upper()
+        if not option.strip("."):
+            problems.append(f"{var}: expected PENSU_KAFKA_[CONSUMER_|PRODUCER_]OPT_<NAME> with a librdkafka "
+                            f"option name, got an empty name")
+        elif option in _RESERVED_OPTIONS:
+            problems.append(f"{var}: {option} cannot be passed through ({_RESERVED_OPTIONS[option]})")
+        else:
+            options[scope][option] = value
+            variables[var] = value
+    return options, variables, problems
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+
+
+def render_client_id(template: str, instance_id: str, time_started: str) -> str:
+    """Replace `{{#instance_id}}` and `{{#time_started}}` in a client id template."""
+    return template.replace("{{#instance_id}}", instance_id).replace("{{#time_started}}", time_started)
+
+
+# --- Loading and errors ---------------------------------------------------------------------------
+
+def env_var(field_name: str) -> str:
+    """The environment variable of a settings field."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _field_for_loc(head: Any) -> str | None:
+    """Field name of an error location head (a field name or one of its aliases)."""
+    if head in Settings.model_fields:
+        return str(head)
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and head in alias.choices:
+            return name
+    return None
+
+
+def _variable_used(field_name: str, env: Mapping[str, str]) -> str:
+    """The variable that carried a field's value (an alias when that is what was set)."""
+    info = Settings.model_fields[field_name]
+    upper = {k.upper() for k, v in env.items() if v != ""}
+    if isinstance(info.validation_alias, AliasChoices):
+        for choice in info.validation_alias.choices:
+            if isinstance(choice, str) and choice.upper() in upper:
+                return choice.upper()
+    return env_var(field_name)
+
+
+def _bound_text(metadata: list[Any]) -> tuple[Any, Any, bool, bool]:
+    lo = hi = None
+    lo_strict = hi_strict = False
+    for m in metadata:
+        for attr, strict, is_lo in (("ge", False, True), ("gt", True, True), ("le", False, False),
+                                    ("lt", True, False)):
+            v = getattr(m, attr, None)
+            if v is not None:
+                if is_lo:
+                    lo, lo_strict = v, strict
+                else:
+                    hi, hi_strict = v, strict
+    return lo, hi, lo_strict, hi_strict
+
+
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def expected_form(field_name: str) -> str:
+    """Human description of the values a field accepts, e.g. 'an integer 1-65535'."""
+    info = Settings.model_fields[field_name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "expected" in extra:
+        return str(extra["expected"])
+    annotation = _strip_optional(info.annotation)
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
+    if annotation is bool:
+        return "true or false"
+    if annotation in (int, float):
+        noun = "an integer" if annotation is int else "a number"
+        lo, hi, lo_strict, hi_strict = _bound_text(info.metadata)
+        if lo is not None and hi is not None and not lo_strict and not hi_strict:
+            return f"{noun} {_num(lo)}-{_num(hi)}"
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if lo_strict else '>='} {_num(lo)}")
+        if hi is not None:
+            parts.append(f"{'<' if hi_strict else '<='} {_num(hi)}")
+        return f"{noun} {' and '.join(parts)}".rstrip()
+    if annotation is SecretStr:
+        return "a string (secret)"
+    if annotation is Path:
+        return "a path"
+    return "a non-empty string"
+
+
+def _strip_optional(annotation: Any) -> Any:
+    args = typing.get_args(annotation)
+    if args and type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return annotation
+
+
+def _shown(value: Any, secret: bool) -> str:
+    if secret:
+        return "(hidden)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe_error(error: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    loc = error.get("loc") or ()
+    field = _field_for_loc(loc[0]) if loc else None
+    reason = ""
+    if error.get("type") in ("value_error", "assertion_error"):
+        reason = str(error.get("ctx", {}).get("error", ""))
+    if field is None:
+        # Whole-model checks already phrase their messages with variable names.
+        return reason or str(error.get("msg", "invalid settings"))
+    secret = _strip_optional(Settings.model_fields[field].annotation) is SecretStr
+    variable = _variable_used(field, env)
+    # Show the text as given in the environment; nested errors' inputs are only fragments.
+    raw = {k.upper(): v for k, v in env.items()}.get(variable, error.get("input"))
+    message = f"{variable}: expected {expected_form(field)}, got {_shown(raw, secret)}"
+    return f"{message} ({reason})" if reason else message
+
+
+def _error_order(error: Mapping[str, Any]) -> int:
+    """Declaration index of the erring field, so messages follow the settings table."""
+    loc = error.get("loc") or ()
+    field = _field_for_loc(loc[0]) if loc else None
+    return list(Settings.model_fields).index(field) if field else len(Settings.model_fields)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from `env` (default: os.environ); any problem is one ConfigurationError."""
+    source = os.environ if env is None else env
+    token = _SOURCE_ENV.set(dict(source))
+    try:
+        return Settings()
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=_error_order)
+        problems = [_describe_error(e, source) for e in errors]
+        if all(e.get("loc") for e in errors):
+            # Whole-model checks did not run; still report bad pass-through options now.
+            problems += _collect_options(source)[2]
+        problems = list(dict.fromkeys(line for p in problems for line in p.split("\n")))
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from None
+    except SettingsError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from None
+    finally:
+        _SOURCE_ENV.reset(token)
+
+
+def known_variables() -> set[str]:
+    """Every variable name Settings reads (fields and aliases), upper-case."""
+    names = {env_var(name) for name in Settings.model_fields}
+    for info in Settings.model_fields.values():
+        if isinstance(info.validation_alias, AliasChoices):
+            names.update(c.upper() for c in info.validation_alias.choices if isinstance(c, str))
+    return names
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """PENSU_* variables that are neither settings nor pass-through options (likely typos)."""
+    source = os.environ if env is None else env
+    known = known_variables() | TOOL_VARIABLES
+    unknown = []
+    for name in source:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        found = _option_scope(upper)
+        if found is not None and found[1].strip("."):
+            continue
+        unknown.append(name)
+    return sorted(unknown)
+
+
+# --- Describing ----------------------------------------------------------------------------------
+
+def _type_name(field_name: str) -> str:
+    info = Settings.model_fields[field_name]
+    annotation = info.annotation
+    optional = _strip_optional(annotation) is not annotation
+    base = _strip_optional(annotation)
+    if typing.get_origin(base) is Literal:
+        text = " | ".join(str(a) for a in typing.get_args(base))
+    elif base is SecretStr:
+        text = "secret"
+    elif typing.get_origin(base) is dict:
+        text = "JSON object"
+    elif base is Path:
+        text = "path"
+    else:
+        text = getattr(base, "__name__", str(base))
+    return f"{text} (optional)" if optional else text
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}" if value == int(value) or abs(value) < 1e-3 else repr(value)
+    if isinstance(value, dict):
+        return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in value.items()})
+    return str(value)
+
+
+def _iter_fields() -> Iterator[tuple[str, Any]]:
+    yield from Settings.model_fields.items()
+
+
+def describe_settings(s: Settings | type[Settings] | None = None) -> list[tuple[str, str, str, str]]:
+    """(env var, type, default, description) of every field, in declaration order."""
+    del s  # the table describes the class; an instance is accepted for convenience
+    rows = []
+    for name, info in _iter_fields():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if "default_doc" in extra:
+            default = str(extra["default_doc"])
+        else:
+            default = _format_value(info.get_default(call_default_factory=True))
+        rows.append((env_var(name), _type_name(name), default, info.description or ""))
+    return rows
+
+
+def effective_settings(s: Settings) -> dict[str, str]:
+    """Every setting's variable and value as text, secrets and sensitive options masked."""
+    out = {env_var(name): _format_value(getattr(s, name)) for name, _ in _iter_fields()}
+    for var, value in sorted(s.kafka_options().items()):
+        found = _option_scope(var)
+        sensitive = found is not None and any(w in found[1] for w in _SENSITIVE_OPTION_WORDS)
+        out[var] = MASK if sensitive else value
+    return out
+
+
+_PASS_THROUGH_ROWS = (
+    ("PENSU_KAFKA_OPT_<NAME>", "str", "", "Any librdkafka option for both clients; NAME lower-cased, _ -> . "
+                                          "(PENSU_KAFKA_OPT_SOCKET_TIMEOUT_MS -> socket.timeout.ms)."),
+    ("PENSU_KAFKA_CONSUMER_OPT_<NAME>", "str", "", "librdkafka option for the consumer only (wins over "
+                                                   "PENSU_KAFKA_OPT_)."),
+    ("PENSU_KAFKA_PRODUCER_OPT_<NAME>", "str", "", "librdkafka option for the producer only (wins over "
+                                                   "PENSU_KAFKA_OPT_)."),
+)
+
+
+def _cell(text: str) -> str:
+    # Pipes would split a Markdown table cell; braces and underscores are fine inside code.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def settings_table_markdown() -> str:
+    """The settings as a Markdown table (Variable, Type, Default, Description) for the README."""
+    lines = ["| Variable | Type | Default | Description |", "|---|---|---|---|"]
+    for var, type_name, default, description in [*describe_settings(), *_PASS_THROUGH_ROWS]:
+        shown_default = f"`{_cell(default)}`" if default else ""
+        lines.append(f"| `{var}` | {_cell(type_name)} | {shown_default} | {_cell(description)} |")
+    return "\n".join(lines) + "\n"
