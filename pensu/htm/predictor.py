@@ -142,6 +142,19 @@ def _learn(cells: np.ndarray, cell_row: np.ndarray, row_class: np.ndarray,
     return rows_used
 
 
+@njit(cache=True)
+def _cell_bounds(cells: np.ndarray) -> tuple[int, int]:
+    """(min, max) of a non-empty cell array in one pass (numpy's two calls cost more here)."""
+    low = cells[0]
+    high = cells[0]
+    for i in range(1, cells.shape[0]):
+        if cells[i] < low:
+            low = cells[i]
+        elif cells[i] > high:
+            high = cells[i]
+    return int(low), int(high)
+
+
 # -- per-step weight table ---------------------------------------------------------------------
 class _StepTable:
     """Sparse weights of one prediction step: cell -> row map and (class, weight) slot rows."""
@@ -155,7 +168,7 @@ class _StepTable:
     def reserve(self, cells: np.ndarray) -> None:
         """Make room for every cell of `cells` to get a row (growth is geometric, 1.25x)."""
         if cells.size:
-            needed_map = int(cells.max()) + 1
+            needed_map = _cell_bounds(cells)[1] + 1
             if needed_map > self.cell_row.shape[0]:
                 size = -(-needed_map // _MAP_CHUNK) * _MAP_CHUNK
                 grown = np.full(size, _NO_ROW, dtype=np.int32)
@@ -218,9 +231,15 @@ def _as_cells(active_cells: np.ndarray) -> np.ndarray:
     cells = np.ascontiguousarray(active_cells)
     if cells.ndim != 1 or (cells.size and cells.dtype.kind not in "iu"):
         raise ValueError("active_cells must be a 1-D array of integer cell indices")
-    if cells.size and (int(cells.min()) < 0 or int(cells.max()) > np.iinfo(np.int32).max):
-        raise ValueError("active_cells must be non-negative int32 cell indices")
-    return cells.astype(np.int32, copy=False)
+    if not cells.size:
+        return cells.astype(np.int32)
+    if cells.dtype != np.int32:
+        if int(cells.max()) > np.iinfo(np.int32).max:
+            raise ValueError("active_cells must be int32 cell indices")
+        cells = cells.astype(np.int32)
+    if _cell_bounds(cells)[0] < 0:
+        raise ValueError("active_cells must be non-negative")
+    return cells
 
 
 class Predictor:
