@@ -231,6 +231,14 @@ class Settings(BaseSettings):
             raise ValueError("not a legal topic name")
         return value
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, value: str | None) -> str | None:
+        if value is not None and any(not item.strip() or len(item.strip().split()) != 1
+                                     for item in value.split(",")):
+            raise ValueError("empty or blank-containing server entry")
+        return value
+
     @field_validator("kafka_consumer_client_id", "kafka_producer_client_id")
     @classmethod
     def _check_client_id(cls, value: str) -> str:
@@ -547,6 +555,12 @@ def _error_order(error: Mapping[str, Any]) -> int:
     return list(Settings.model_fields).index(field) if field else len(Settings.model_fields)
 
 
+def _problem_text(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} invalid settings:\n  " + "\n  ".join(problems)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from `env` (default: os.environ); any problem is one ConfigurationError."""
     source = os.environ if env is None else env
@@ -560,9 +574,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             # Whole-model checks did not run; still report bad pass-through options now.
             problems += _collect_options(source)[2]
         problems = list(dict.fromkeys(line for p in problems for line in p.split("\n")))
-        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from None
+        raise ConfigurationError(_problem_text(problems)) from None
     except SettingsError as exc:
-        raise ConfigurationError(f"invalid settings: {exc}") from None
+        raise ConfigurationError(str(exc)) from None
     finally:
         _SOURCE_ENV.reset(token)
 
