@@ -67,8 +67,9 @@ def synthetic_cells(rows: list[tuple[float, float]]) -> list[tuple[np.ndarray, i
     return out
 
 
-def htm_cells(rows: list[tuple[float, float]], steps: int) -> list[tuple[np.ndarray, int, float]]:
-    """Active cells of the real prediction model, after its warm-up."""
+def htm_cells(rows: list[tuple[float, float]], steps: int,
+              wanted: int) -> list[tuple[np.ndarray, int, float]]:
+    """Active cells of the real prediction model for `wanted` samples after its warm-up."""
     from pensu.htm.model import HtmModel
     from pensu.htm.presets import prediction_params, preset_params
 
@@ -78,6 +79,8 @@ def htm_cells(rows: list[tuple[float, float]], steps: int) -> list[tuple[np.ndar
         model.step(ts, value)
         if model.tm is not None and model.rdse is not None:
             out.append((np.array(model.tm.active_cells, dtype=np.int32), model.rdse.bucket(value), value))
+            if len(out) == wanted:
+                break
     return out
 
 
@@ -87,32 +90,36 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--slots", type=int, default=PredictorParams().slots_per_cell)
     args = parser.parse_args()
 
-    rows = load_series(NAB_DATA / args.file)[: args.samples]
+    rows = load_series(NAB_DATA / args.file)
     source = "synthetic TM stand-in"
     if not args.synthetic:
         try:
-            samples = htm_cells(rows, args.steps)
+            samples = htm_cells(rows, args.steps, args.samples)
             source = "HtmModel nab preset"
         except ImportError as exc:
             print(f"(real TM unavailable: {exc}; using the stand-in)")
-            samples = synthetic_cells(rows)
+            samples = synthetic_cells(rows[: args.samples])
     else:
-        samples = synthetic_cells(rows)
+        samples = synthetic_cells(rows[: args.samples])
 
-    predictor = Predictor(PredictorParams(steps=(args.steps,)))
+    predictor = Predictor(PredictorParams(steps=(args.steps,), slots_per_cell=args.slots))
     cells0, bucket0, value0 = samples[0]
     for _ in range(args.steps + 1):  # compile / load the numba kernels outside the timing
         predictor.infer(cells0)
         predictor.learn(cells0, bucket0, value0)
-    predictor = Predictor(PredictorParams(steps=(args.steps,)))
+    predictor = Predictor(PredictorParams(steps=(args.steps,), slots_per_cell=args.slots))
     times = np.empty(len(samples), dtype=np.float64)
+    predicted = np.full(len(samples), np.nan)
     for i, (cells, bucket, value) in enumerate(samples):
         started = time.perf_counter_ns()
-        predictor.infer(cells)
+        guess = predictor.infer(cells)[args.steps]
         predictor.learn(cells, bucket, value)
         times[i] = (time.perf_counter_ns() - started) / 1000.0
+        if guess.value is not None and i + args.steps < len(samples):
+            predicted[i + args.steps] = guess.value
     sizes = np.array([c.size for c, _, _ in samples])
     table = predictor._tables[args.steps]
     print(f"series {args.file}: {len(samples)} samples, cells from {source}")
@@ -121,6 +128,12 @@ def main() -> None:
           f"max {times.max():.1f}")
     print(f"classes {predictor.n_classes}, weight rows {table.rows_used} "
           f"(allocated {table.row_class.shape[0]})")
+    actual = np.array([v for _, _, v in samples])
+    half = len(samples) // 2  # score the second half, after the predictor had time to learn
+    mae = np.nanmean(np.abs(predicted[half:] - actual[half:]))
+    persistence = np.mean(np.abs(actual[half:] - actual[half - args.steps:len(actual) - args.steps]))
+    print(f"MAE of {args.steps}-step predictions over the second half: {mae:.4g} "
+          f"(persistence baseline {persistence:.4g})")
     print(f"memory_bytes after {len(samples)} samples: {predictor.memory_bytes():,}")
 
 

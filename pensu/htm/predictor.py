@@ -15,7 +15,9 @@ are never dense over cells x classes:
   constant to every logit leaves the softmax unchanged, only the differences matter; the
   negative part of an update is applied to the classes a row stores and dropped for the others
   (those are classes the cell does not vote for). The actual class enters a full row by
-  replacing the weakest slot when its new weight would exceed that slot's weight.
+  replacing the weakest slot when its new weight would exceed that slot's weight;
+* class ids are uint8 and weights int16 fixed point (1/4096 units, |w| <= 8), so a row of six
+  slots costs 18 bytes and even all 65,536 cells with rows fit in ~1.4 MB.
 
 The value of a class is the running mean of the actual values that fell into it.
 """
@@ -34,7 +36,11 @@ from pensu.htm.serialization import pack_array, require, unpack_array
 
 _MAP_CHUNK = 4096  # the cell -> row map grows in chunks of this many cells
 _NO_ROW = -1
-_NO_CLASS = -1
+_NO_CLASS = 255  # class ids are uint8; 255 marks an empty slot
+_WEIGHT_SCALE = 4096.0  # weights are int16 fixed point: w = q / 4096, |w| <= 8
+_INV_SCALE = 1.0 / _WEIGHT_SCALE
+_WEIGHT_MAX = 32767
+_ROW_CHUNK = 1024  # weight rows grow by this many at a time
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class PredictorParams:
 
     steps: tuple[int, ...] = (1,)
     alpha: float = 0.1
-    max_classes: int = 256
+    max_classes: int = 255
     slots_per_cell: int = 6
 
     def __post_init__(self) -> None:
@@ -53,8 +59,8 @@ class PredictorParams:
         object.__setattr__(self, "steps", steps)
         if not 0.0 < float(self.alpha) <= 1.0:
             raise ConfigurationError("PredictorParams.alpha must be in (0, 1]")
-        if not 1 <= int(self.max_classes) <= 32767:  # class ids are stored as int16
-            raise ConfigurationError("PredictorParams.max_classes must be in [1, 32767]")
+        if not 1 <= int(self.max_classes) <= 255:  # class ids are stored as uint8
+            raise ConfigurationError("PredictorParams.max_classes must be in [1, 255]")
         if not 1 <= int(self.slots_per_cell) <= 64:
             raise ConfigurationError("PredictorParams.slots_per_cell must be in [1, 64]")
 
@@ -85,16 +91,29 @@ def _distribution(cells: np.ndarray, cell_row: np.ndarray, row_class: np.ndarray
             continue
         for k in range(slots):
             cls = row_class[row, k]
-            if cls >= 0:
+            if cls != _NO_CLASS:
                 logits[cls] += row_weight[row, k]
     top = logits.max()
     total = 0.0
     for c in range(n_classes):
-        logits[c] = np.exp(logits[c] - top)
+        # weights are fixed point: the scale is applied once, on the sums
+        logits[c] = np.exp((logits[c] - top) * _INV_SCALE)
         total += logits[c]
     for c in range(n_classes):
         logits[c] /= total
     return logits
+
+
+@njit(cache=True)
+def _quantize(delta: float) -> int:
+    """A weight change in fixed-point units, rounded half up (deterministic everywhere)."""
+    return int(np.floor(delta * _WEIGHT_SCALE + 0.5))
+
+
+@njit(cache=True)
+def _saturate(weight: int) -> np.int16:
+    """Clamp a fixed-point weight to the int16 range."""
+    return np.int16(min(_WEIGHT_MAX, max(-_WEIGHT_MAX, weight)))
 
 
 @njit(cache=True)
@@ -107,7 +126,7 @@ def _learn(cells: np.ndarray, cell_row: np.ndarray, row_class: np.ndarray,
     """
     probs = _distribution(cells, cell_row, row_class, row_weight, n_classes)
     slots = row_class.shape[1]
-    gain = alpha * (1.0 - probs[target])
+    gain = _quantize(alpha * (1.0 - probs[target]))
     for i in range(cells.shape[0]):
         cell = cells[i]
         row = cell_row[cell]
@@ -117,28 +136,28 @@ def _learn(cells: np.ndarray, cell_row: np.ndarray, row_class: np.ndarray,
             cell_row[cell] = row
             for k in range(slots):
                 row_class[row, k] = _NO_CLASS
-                row_weight[row, k] = 0.0
+                row_weight[row, k] = 0
         found = False
         weakest = -1
-        weakest_weight = np.inf
+        weakest_weight = _WEIGHT_MAX + 1
         for k in range(slots):
             cls = row_class[row, k]
-            if cls < 0:
-                if weakest_weight > -np.inf:
+            if cls == _NO_CLASS:
+                if weakest_weight > -_WEIGHT_MAX - 1:
                     weakest = k  # an empty slot is always taken first
-                    weakest_weight = -np.inf
+                    weakest_weight = -_WEIGHT_MAX - 1
                 continue
             if cls == target:
-                row_weight[row, k] += np.float32(gain)
+                row_weight[row, k] = _saturate(int(row_weight[row, k]) + gain)
                 found = True
             else:
-                row_weight[row, k] -= np.float32(alpha * probs[cls])
+                row_weight[row, k] = _saturate(int(row_weight[row, k]) - _quantize(alpha * probs[cls]))
                 if row_weight[row, k] < weakest_weight:
                     weakest = k
-                    weakest_weight = row_weight[row, k]
+                    weakest_weight = int(row_weight[row, k])
         if not found and weakest >= 0 and weakest_weight < gain:
             row_class[row, weakest] = target
-            row_weight[row, weakest] = np.float32(gain)
+            row_weight[row, weakest] = _saturate(gain)
     return rows_used
 
 
@@ -161,12 +180,12 @@ class _StepTable:
 
     def __init__(self, slots: int) -> None:
         self.cell_row = np.full(0, _NO_ROW, dtype=np.int32)
-        self.row_class = np.full((0, slots), _NO_CLASS, dtype=np.int16)
-        self.row_weight = np.zeros((0, slots), dtype=np.float32)
+        self.row_class = np.full((0, slots), _NO_CLASS, dtype=np.uint8)
+        self.row_weight = np.zeros((0, slots), dtype=np.int16)
         self.rows_used = 0
 
     def reserve(self, cells: np.ndarray) -> None:
-        """Make room for every cell of `cells` to get a row (growth is geometric, 1.25x)."""
+        """Make room for every cell of `cells` to get a row (rows grow in fixed chunks)."""
         if cells.size:
             needed_map = _cell_bounds(cells)[1] + 1
             if needed_map > self.cell_row.shape[0]:
@@ -176,10 +195,10 @@ class _StepTable:
                 self.cell_row = grown
         needed_rows = self.rows_used + int(cells.size)
         if needed_rows > self.row_class.shape[0]:
-            size = max(needed_rows, int(self.row_class.shape[0] * 1.25) + 64)
+            size = -(-needed_rows // _ROW_CHUNK) * _ROW_CHUNK
             slots = self.row_class.shape[1]
-            grown_class = np.full((size, slots), _NO_CLASS, dtype=np.int16)
-            grown_weight = np.zeros((size, slots), dtype=np.float32)
+            grown_class = np.full((size, slots), _NO_CLASS, dtype=np.uint8)
+            grown_weight = np.zeros((size, slots), dtype=np.int16)
             grown_class[: self.rows_used] = self.row_class[: self.rows_used]
             grown_weight[: self.rows_used] = self.row_weight[: self.rows_used]
             self.row_class, self.row_weight = grown_class, grown_weight
@@ -208,14 +227,13 @@ class _StepTable:
         row_weight = unpack_array(require(state, "row_weight", owner), f"{owner}.row_weight")
         used = row_class.shape[0] if row_class.ndim == 2 else -1
         if (cells.dtype != np.int32 or rows.dtype != np.int32 or cells.ndim != 1
-                or rows.shape != cells.shape or row_class.dtype != np.int16
-                or row_weight.dtype != np.float32 or row_class.shape != (used, slots)
+                or rows.shape != cells.shape or row_class.dtype != np.uint8
+                or row_weight.dtype != np.int16 or row_class.shape != (used, slots)
                 or row_weight.shape != row_class.shape):
             raise CorruptData(f"{owner}: arrays have the wrong dtype or shape")
         if (cells.size and (cells.min() < 0 or np.any(np.diff(cells) <= 0)))  \
                 or not np.array_equal(np.sort(rows), np.arange(used, dtype=np.int32)) \
-                or (row_class.size and (row_class.min() < _NO_CLASS or row_class.max() >= n_classes)) \
-                or not np.all(np.isfinite(row_weight)):
+                or np.any((row_class >= n_classes) & (row_class != _NO_CLASS)):
             raise CorruptData(f"{owner}: indices out of range")
         table = cls(slots)
         table.reserve(cells)
