@@ -1,0 +1,31 @@
+"""Shared fixtures of the stack tests: Settings defaults and the metric names Pensu emits."""
+
+from __future__ import annotations
+
+import pytest
+
+from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS, output_metric_name
+from pensu.generator import DEFAULT_SERIES
+from pensu.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def defaults() -> Settings:
+    """Settings built from an empty environment: the documented defaults."""
+    return load_settings({})
+
+
+@pytest.fixture(scope="session")
+def sample_metric() -> str:
+    """A real input metric name (the synthetic generator's first series)."""
+    return DEFAULT_SERIES[0].name
+
+
+@pytest.fixture(scope="session")
+def emitted_names(sample_metric: str) -> dict[str, str]:
+    """Every series name that reaches Graphite for `sample_metric`: the raw input (forwarded by
+    Logstash) and one name per output kind, rendered by Pensu's own code."""
+    names = {"input": sample_metric}
+    for kind in OUTPUT_KINDS:
+        names[kind] = output_metric_name(DEFAULT_NAME_TEMPLATE, kind, sample_metric)
+    return names
