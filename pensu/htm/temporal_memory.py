@@ -1,0 +1,1020 @@
+"""Temporal Memory: sequence learning on cells of the spatial pooler's columns (htm-spec "Temporal Memory").
+
+Algorithm per step (htm.core semantics)
+    Active columns holding an *active* segment of the previous step are predicted: the cells of
+    those segments become active and winners. Other active columns burst (all cells active); the
+    winner is the cell of the best *matching* segment, else the least used cell (fewest
+    segments, ties drawn from the component RNG) which grows a new segment. Learning adapts the
+    winning segments (+inc on synapses to previously active cells, −dec on the rest, synapses
+    falling below EPSILON are destroyed) and grows synapses to previous winners it lacks;
+    matching segments in inactive columns are punished by predicted_segment_decrement. Then the
+    next step's dendrite activity is computed from the new active cells. Raw anomaly = fraction
+    of active columns that were not predicted.
+
+Determinism without layout dependence
+    Segments live in reusable slots, but nothing observable depends on slot numbers: segment
+    lists are ordered by (cell, creation ordinal), LRU eviction breaks ties by ordinal, and a
+    segment's synapses keep their in-segment order. The serialized form therefore holds only
+    live data in creation order and a restored TM continues bit-identically.
+
+Layout (memory is per resident model, so nothing is preallocated per potential segment)
+    * segments: ``segi[slot] = (cell, start, count, capacity, n_potential, n_connected)`` int32
+      and ``segl[slot] = (ordinal, last_used_iteration)`` int64; free slots form a linked list.
+    * synapses: a pool of ``pre`` (int32 presynaptic cell) and ``perm`` (float32); a segment owns
+      one block whose capacity grows through size classes (32 → 64 → 128 by default), freed
+      blocks go to per-class free lists (linked through ``pre``).
+    * presynaptic index per *column* (not per cell, which would cost 9+ bytes × 65,536 cells per
+      model): entries ``segment << shift | position`` (int32) plus the presynaptic cell's index
+      inside its column (uint8), in blocks that double. Dendrite activity walks only the active
+      columns' entries and skips entries whose presynaptic cell is not active with one flag read.
+    Pools grow by 1.5× inside the kernels; scratch arrays sized by the cell count are shared by
+    all instances (compute holds the GIL, so they are never used concurrently).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from numba import njit
+
+from pensu.errors import CorruptData
+from pensu.htm.rng import new_rng_state, rng_randint
+from pensu.htm.serialization import pack_array, require, unpack_array
+
+EPSILON = 1e-5  # synapses whose permanence falls below this are destroyed (htm.core's value)
+_OWNER = "TemporalMemory"
+_IDX_BASE = 8  # smallest presynaptic-index block (entries)
+_SYN_BASE = 32  # smallest synapse block (synapses)
+
+# segi columns
+_CELL, _START, _COUNT, _CAP, _POT, _CONN = 0, 1, 2, 3, 4, 5
+_SEGI_WIDTH = 6
+# segl columns
+_ORD, _LAST = 0, 1
+# colx columns (presynaptic index per column)
+_XSTART, _XCOUNT, _XCAP = 0, 1, 2
+# meta slots (int64)
+_M_POOL_TOP, _M_IDX_TOP, _M_SEG_TOP, _M_SEG_FREE, _M_NEXT_ORD, _M_ITER = 0, 1, 2, 3, 4, 5
+_M_NSEG, _M_NSYN, _M_NASEG, _M_NMSEG, _M_NTOUCH = 6, 7, 8, 9, 10
+_M_SYN_FREE = 16  # up to 8 synapse block classes
+_M_IDX_FREE = 24  # up to 32 index block classes
+_META_SIZE = 64
+# ip (int64 parameters)
+_P_NCOLS, _P_CPC, _P_ACT, _P_MIN, _P_NEW, _P_MAXSEG, _P_MAXSYN, _P_SHIFT, _P_NCLS = range(9)
+_P_CLASSES = 9
+# fp (float64 parameters)
+_F_INIT, _F_CONN, _F_INC, _F_DEC, _F_PDEC = range(5)
+# cell flags (shared scratch, all zero between calls)
+_PREV_ACT, _PREV_WIN, _ON_SEG, _NEW_ACT = 1, 2, 4, 8
+
+
+@dataclass(frozen=True)
+class TemporalMemoryParams:
+    """Temporal Memory parameters (defaults: the community re-tune of htm.core's NAB detector)."""
+
+    cells_per_column: int = 32
+    activation_threshold: int = 20
+    initial_permanence: float = 0.24
+    connected_permanence: float = 0.5
+    min_threshold: int = 13
+    max_new_synapse_count: int = 31
+    permanence_increment: float = 0.04
+    permanence_decrement: float = 0.008
+    predicted_segment_decrement: float = 0.001
+    max_segments_per_cell: int = 128
+    max_synapses_per_segment: int = 128
+
+
+# -- numba kernels: allocation --------------------------------------------------------------
+@njit(cache=True)
+def _ensure(a, need):
+    """Return `a`, or a 1.5×-grown copy when it holds fewer than `need` elements."""
+    if need <= a.shape[0]:
+        return a
+    n = max(need, a.shape[0] + (a.shape[0] >> 1) + 256)
+    b = np.zeros(n, dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
+def _syn_class(cap, ip):
+    """Index of the synapse block class of size `cap`."""
+    for c in range(ip[_P_NCLS]):
+        if ip[_P_CLASSES + c] >= cap:
+            return c
+    return ip[_P_NCLS] - 1
+
+
+@njit(cache=True)
+def _syn_alloc(cls, ip, meta, pre, perm):
+    """Take a synapse block of class `cls`; return (start, pre, perm) with pools grown if needed."""
+    head = meta[_M_SYN_FREE + cls]
+    if head >= 0:
+        meta[_M_SYN_FREE + cls] = pre[head]
+        return head, pre, perm
+    size = ip[_P_CLASSES + cls]
+    start = meta[_M_POOL_TOP]
+    meta[_M_POOL_TOP] = start + size
+    return start, _ensure(pre, start + size), _ensure(perm, start + size)
+
+
+@njit(cache=True)
+def _idx_class(cap):
+    """Index of the presynaptic-index block class of size `cap`."""
+    c = 0
+    size = _IDX_BASE
+    while size < cap:
+        size <<= 1
+        c += 1
+    return c
+
+
+@njit(cache=True)
+def _idx_add(col, entry, cic, colx, meta, iseg, icic):
+    """Append an entry to column `col`'s presynaptic list; return the (maybe grown) index arrays."""
+    cnt = colx[col, _XCOUNT]
+    cap = colx[col, _XCAP]
+    if cnt == cap:
+        new_cap = _IDX_BASE if cap == 0 else cap * 2
+        c = _idx_class(new_cap)
+        head = meta[_M_IDX_FREE + c]
+        if head >= 0:
+            start = head
+            meta[_M_IDX_FREE + c] = iseg[head]
+        else:
+            start = meta[_M_IDX_TOP]
+            meta[_M_IDX_TOP] = start + new_cap
+            iseg = _ensure(iseg, start + new_cap)
+            icic = _ensure(icic, start + new_cap)
+        old = colx[col, _XSTART]
+        for i in range(cnt):
+            iseg[start + i] = iseg[old + i]
+            icic[start + i] = icic[old + i]
+        if cap > 0:
+            oc = _idx_class(cap)
+            iseg[old] = meta[_M_IDX_FREE + oc]
+            meta[_M_IDX_FREE + oc] = old
+        colx[col, _XSTART] = start
+        colx[col, _XCAP] = new_cap
+    pos = colx[col, _XSTART] + cnt
+    iseg[pos] = entry
+    icic[pos] = cic
+    colx[col, _XCOUNT] = cnt + 1
+    return iseg, icic
+
+
+@njit(cache=True)
+def _idx_remove(col, entry, colx, iseg, icic):
+    """Remove `entry` from column `col`'s presynaptic list (swap with the last)."""
+    start = colx[col, _XSTART]
+    last = start + colx[col, _XCOUNT] - 1
+    for i in range(start, last + 1):
+        if iseg[i] == entry:
+            iseg[i] = iseg[last]
+            icic[i] = icic[last]
+            colx[col, _XCOUNT] -= 1
+            return
+    raise AssertionError("presynaptic index lacks a synapse")
+
+
+@njit(cache=True)
+def _idx_replace(col, old, new, colx, iseg):
+    """Rename entry `old` to `new` in column `col`'s presynaptic list."""
+    start = colx[col, _XSTART]
+    for i in range(start, start + colx[col, _XCOUNT]):
+        if iseg[i] == old:
+            iseg[i] = new
+            return
+    raise AssertionError("presynaptic index lacks a moved synapse")
+
+
+# -- numba kernels: structure changes -------------------------------------------------------
+@njit(cache=True)
+def _destroy_synapse(g, k, ip, segi, pre, perm, colx, iseg, icic, meta):
+    """Destroy synapse `k` of segment `g`; the segment's last synapse moves into its place."""
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    start = segi[g, _START]
+    last = segi[g, _COUNT] - 1
+    c = pre[start + k]
+    _idx_remove(c // cpc, (g << sh) | k, colx, iseg, icic)
+    if k != last:
+        c2 = pre[start + last]
+        pre[start + k] = c2
+        perm[start + k] = perm[start + last]
+        _idx_replace(c2 // cpc, (g << sh) | last, (g << sh) | k, colx, iseg)
+    segi[g, _COUNT] = last
+    meta[_M_NSYN] -= 1
+
+
+@njit(cache=True)
+def _destroy_segment(g, ip, segi, nseg, pre, colx, iseg, icic, meta):
+    """Destroy segment `g` with its synapses and free its slot and block."""
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    start = segi[g, _START]
+    cnt = segi[g, _COUNT]
+    for k in range(cnt):
+        _idx_remove(pre[start + k] // cpc, (g << sh) | k, colx, iseg, icic)
+    cls = _syn_class(segi[g, _CAP], ip)
+    pre[start] = meta[_M_SYN_FREE + cls]
+    meta[_M_SYN_FREE + cls] = start
+    nseg[segi[g, _CELL]] -= 1
+    segi[g, _CELL] = -1
+    segi[g, _COUNT] = 0
+    segi[g, _POT] = 0
+    segi[g, _CONN] = 0
+    segi[g, _START] = meta[_M_SEG_FREE]
+    meta[_M_SEG_FREE] = g
+    meta[_M_NSEG] -= 1
+    meta[_M_NSYN] -= cnt
+
+
+@njit(cache=True)
+def _create_segment(cell, ip, segi, segl, nseg, pre, perm, colx, iseg, icic, meta):
+    """Create an empty segment on `cell` (evicting its least recently used one at the cap)."""
+    if nseg[cell] >= ip[_P_MAXSEG]:
+        best = -1
+        for s in range(meta[_M_SEG_TOP]):
+            if segi[s, _CELL] == cell:
+                if best < 0 or segl[s, _LAST] < segl[best, _LAST] or (
+                        segl[s, _LAST] == segl[best, _LAST] and segl[s, _ORD] < segl[best, _ORD]):
+                    best = s
+        _destroy_segment(best, ip, segi, nseg, pre, colx, iseg, icic, meta)
+    g = meta[_M_SEG_FREE]
+    if g >= 0:
+        meta[_M_SEG_FREE] = segi[g, _START]
+    else:
+        g = meta[_M_SEG_TOP]
+        meta[_M_SEG_TOP] = g + 1  # the caller guarantees the slot exists
+    start, pre, perm = _syn_alloc(0, ip, meta, pre, perm)
+    segi[g, _CELL] = cell
+    segi[g, _START] = start
+    segi[g, _COUNT] = 0
+    segi[g, _CAP] = ip[_P_CLASSES]
+    segi[g, _POT] = 0
+    segi[g, _CONN] = 0
+    segl[g, _ORD] = meta[_M_NEXT_ORD]
+    segl[g, _LAST] = meta[_M_ITER]
+    meta[_M_NEXT_ORD] += 1
+    meta[_M_NSEG] += 1
+    nseg[cell] += 1
+    return g, pre, perm
+
+
+@njit(cache=True)
+def _adapt(g, inc, dec, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta):
+    """+inc on synapses to previously active cells, −dec on the rest; drop dead synapses/segment."""
+    start = segi[g, _START]
+    cnt = segi[g, _COUNT]
+    k = 0
+    while k < cnt:
+        i = start + k
+        p = float(perm[i])
+        if flags[pre[i]] & _PREV_ACT:
+            p += inc
+        else:
+            p -= dec
+        if p < EPSILON:
+            # The last synapse moves into slot k and is adapted next.
+            _destroy_synapse(g, k, ip, segi, pre, perm, colx, iseg, icic, meta)
+            cnt -= 1
+            continue
+        perm[i] = min(p, 1.0)
+        k += 1
+    if cnt == 0:
+        _destroy_segment(g, ip, segi, nseg, pre, colx, iseg, icic, meta)
+
+
+@njit(cache=True)
+def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, iseg, icic, meta):
+    """Grow up to `n_desired` synapses from segment `g` to random previous winners it lacks."""
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    max_syn = ip[_P_MAXSYN]
+    start = segi[g, _START]
+    cnt = segi[g, _COUNT]
+    for k in range(cnt):
+        flags[pre[start + k]] |= _ON_SEG
+    cands = np.empty(prev_win.shape[0], dtype=np.int32)
+    nc = 0
+    for w in prev_win:
+        if not flags[w] & _ON_SEG:
+            cands[nc] = w
+            nc += 1
+    for k in range(cnt):
+        flags[pre[start + k]] &= ~_ON_SEG
+    n = min(n_desired, nc)
+    if n <= 0:
+        return pre, perm, iseg, icic
+    overrun = cnt + n - max_syn
+    if overrun > 0:
+        # Make room by dropping the weakest synapses, never those to previous winners.
+        for _ in range(overrun):
+            weakest = -1
+            wp = 2.0
+            for k in range(segi[g, _COUNT]):
+                if not flags[pre[start + k]] & _PREV_WIN and perm[start + k] < wp:
+                    wp = perm[start + k]
+                    weakest = k
+            if weakest < 0:
+                break
+            _destroy_synapse(g, weakest, ip, segi, pre, perm, colx, iseg, icic, meta)
+        cnt = segi[g, _COUNT]
+        n = min(n, max_syn - cnt)
+        if n <= 0:
+            return pre, perm, iseg, icic
+    cap = segi[g, _CAP]
+    if cnt + n > cap:
+        cls = _syn_class(cnt + n, ip)
+        new_start, pre, perm = _syn_alloc(cls, ip, meta, pre, perm)
+        for k in range(cnt):
+            pre[new_start + k] = pre[start + k]
+            perm[new_start + k] = perm[start + k]
+        old_cls = _syn_class(cap, ip)
+        pre[start] = meta[_M_SYN_FREE + old_cls]
+        meta[_M_SYN_FREE + old_cls] = start
+        start = new_start
+        segi[g, _START] = start
+        segi[g, _CAP] = ip[_P_CLASSES + cls]
+    init = np.float32(fp[_F_INIT])
+    for i in range(n):
+        j = i + rng_randint(rng, nc - i)
+        c = cands[j]
+        cands[j] = cands[i]
+        cands[i] = c
+        pos = cnt + i
+        pre[start + pos] = c
+        perm[start + pos] = init
+        iseg, icic = _idx_add(c // cpc, (g << sh) | pos, c % cpc, colx, meta, iseg, icic)
+    segi[g, _COUNT] = cnt + n
+    meta[_M_NSYN] += n
+    return pre, perm, iseg, icic
+
+
+# -- numba kernels: activity ----------------------------------------------------------------
+@njit(cache=True)
+def _activate_dendrites(columns, learn, prev_touched, flags, ip, fp, segi, segl, perm, colx, iseg,
+                        icic, meta):
+    """Count active synapses per segment from cells flagged _NEW_ACT in `columns`; return lists.
+
+    Returns one int32 array: active segments, matching segments, then every touched segment,
+    sizes in meta (_M_NASEG, _M_NMSEG, _M_NTOUCH); the two lists are sorted by (cell, ordinal).
+    """
+    for g in prev_touched:
+        segi[g, _POT] = 0
+        segi[g, _CONN] = 0
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    mask = (1 << sh) - 1
+    conn = np.float32(fp[_F_CONN])
+    touched = np.empty(meta[_M_NSEG], dtype=np.int32)
+    nt = 0
+    for col in columns:
+        base = col * cpc
+        start = colx[col, _XSTART]
+        for i in range(start, start + colx[col, _XCOUNT]):
+            if flags[base + icic[i]] & _NEW_ACT:
+                e = iseg[i]
+                g = e >> sh
+                if segi[g, _POT] == 0:
+                    touched[nt] = g
+                    nt += 1
+                segi[g, _POT] += 1
+                if perm[segi[g, _START] + (e & mask)] >= conn:
+                    segi[g, _CONN] += 1
+    act_thr = ip[_P_ACT]
+    min_thr = ip[_P_MIN]
+    na = 0
+    nm = 0
+    for t in range(nt):
+        g = touched[t]
+        if segi[g, _CONN] >= act_thr:
+            na += 1
+        if segi[g, _POT] >= min_thr:
+            nm += 1
+    akeys = np.empty(na, dtype=np.int64)
+    mkeys = np.empty(nm, dtype=np.int64)
+    aseg = np.empty(na, dtype=np.int32)
+    mseg = np.empty(nm, dtype=np.int32)
+    na = 0
+    nm = 0
+    for t in range(nt):
+        g = touched[t]
+        key = (np.int64(segi[g, _CELL]) << 40) | segl[g, _ORD]
+        if segi[g, _CONN] >= act_thr:
+            akeys[na] = key
+            aseg[na] = g
+            na += 1
+        if segi[g, _POT] >= min_thr:
+            mkeys[nm] = key
+            mseg[nm] = g
+            nm += 1
+    out = np.empty(na + nm + nt, dtype=np.int32)
+    order = np.argsort(akeys)
+    for i in range(na):
+        out[i] = aseg[order[i]]
+    order = np.argsort(mkeys)
+    for i in range(nm):
+        out[na + i] = mseg[order[i]]
+    out[na + nm:] = touched[:nt]
+    if learn:
+        it = meta[_M_ITER]
+        for i in range(na):
+            segl[out[i], _LAST] = it
+        meta[_M_ITER] = it + 1
+    meta[_M_NASEG] = na
+    meta[_M_NMSEG] = nm
+    meta[_M_NTOUCH] = nt
+    return out
+
+
+@njit(cache=True)
+def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, segi, segl, nseg,
+             pre, perm, colx, iseg, icic, meta):
+    """One TM step. Returns (anomaly, active cells, winner cells, segment lists, pre, perm, iseg, icic)."""
+    ncols = ip[_P_NCOLS]
+    cpc = ip[_P_CPC]
+    for i in range(columns.shape[0]):
+        c = columns[i]
+        if c < 0 or c >= ncols or (i > 0 and c <= columns[i - 1]):
+            raise ValueError("active columns must be sorted, unique and in range")
+    for c in prev_act:
+        flags[c] |= _PREV_ACT
+    for c in prev_win:
+        flags[c] |= _PREV_WIN
+    na_prev = meta[_M_NASEG]
+    nm_prev = meta[_M_NMSEG]
+    aseg = seglists[:na_prev]
+    mseg = seglists[na_prev:na_prev + nm_prev]
+    touched = seglists[na_prev + nm_prev:na_prev + nm_prev + meta[_M_NTOUCH]]
+    inc = fp[_F_INC]
+    dec = fp[_F_DEC]
+    pdec = fp[_F_PDEC]
+    max_new = ip[_P_NEW]
+    act = np.empty(columns.shape[0] * cpc, dtype=np.int32)
+    win = np.empty(columns.shape[0] * cpc, dtype=np.int32)
+    n_act = 0
+    n_win = 0
+    n_predicted = 0
+    ia = 0
+    im = 0
+    for col in columns:
+        # Matching segments of inactive columns before this one are punished.
+        while im < mseg.shape[0] and segi[mseg[im], _CELL] // cpc < col:
+            g = mseg[im]
+            if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
+                _adapt(g, -pdec, 0.0, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+            im += 1
+        while ia < aseg.shape[0] and segi[aseg[ia], _CELL] // cpc < col:
+            ia += 1
+        a0 = ia
+        while ia < aseg.shape[0] and segi[aseg[ia], _CELL] // cpc == col:
+            ia += 1
+        m0 = im
+        while im < mseg.shape[0] and segi[mseg[im], _CELL] // cpc == col:
+            im += 1
+        if ia > a0:
+            n_predicted += 1
+            last = -1
+            for t in range(a0, ia):
+                g = aseg[t]
+                cell = segi[g, _CELL]
+                if cell != last:
+                    act[n_act] = cell
+                    win[n_win] = cell
+                    n_act += 1
+                    n_win += 1
+                    last = cell
+                if learn:
+                    pot = segi[g, _POT]
+                    _adapt(g, inc, dec, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+                    if segi[g, _CELL] >= 0 and max_new - pot > 0:
+                        pre, perm, iseg, icic = _grow(g, max_new - pot, prev_win, flags, rng, ip, fp, segi,
+                                                      pre, perm, colx, iseg, icic, meta)
+            continue
+        for c in range(col * cpc, (col + 1) * cpc):
+            act[n_act] = c
+            n_act += 1
+        if im > m0:
+            best = mseg[m0]
+            for t in range(m0 + 1, im):
+                if segi[mseg[t], _POT] > segi[best, _POT]:
+                    best = mseg[t]
+            win[n_win] = segi[best, _CELL]
+            n_win += 1
+            if learn:
+                pot = segi[best, _POT]
+                _adapt(best, inc, dec, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+                if segi[best, _CELL] >= 0 and max_new - pot > 0:
+                    pre, perm, iseg, icic = _grow(best, max_new - pot, prev_win, flags, rng, ip, fp, segi,
+                                                  pre, perm, colx, iseg, icic, meta)
+        else:
+            fewest = 1 << 30
+            ties = 0
+            for c in range(col * cpc, (col + 1) * cpc):
+                if nseg[c] < fewest:
+                    fewest = nseg[c]
+                    ties = 1
+                elif nseg[c] == fewest:
+                    ties += 1
+            pick = rng_randint(rng, ties)
+            winner = -1
+            for c in range(col * cpc, (col + 1) * cpc):
+                if nseg[c] == fewest:
+                    if pick == 0:
+                        winner = c
+                        break
+                    pick -= 1
+            win[n_win] = winner
+            n_win += 1
+            if learn and prev_win.shape[0] > 0 and max_new > 0:
+                g, pre, perm = _create_segment(winner, ip, segi, segl, nseg, pre, perm, colx, iseg, icic,
+                                               meta)
+                pre, perm, iseg, icic = _grow(g, min(max_new, prev_win.shape[0]), prev_win, flags, rng,
+                                              ip, fp, segi, pre, perm, colx, iseg, icic, meta)
+    while im < mseg.shape[0]:
+        g = mseg[im]
+        if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
+            _adapt(g, -pdec, 0.0, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+        im += 1
+    for c in prev_act:
+        flags[c] &= ~(_PREV_ACT | _PREV_WIN)
+    for c in prev_win:
+        flags[c] &= ~(_PREV_ACT | _PREV_WIN)
+    act_out = act[:n_act].copy()
+    win_out = win[:n_win].copy()
+    for c in act_out:
+        flags[c] |= _NEW_ACT
+    lists = _activate_dendrites(columns, learn, touched, flags, ip, fp, segi, segl, perm, colx, iseg, icic,
+                                meta)
+    for c in act_out:
+        flags[c] = 0
+    n = columns.shape[0]
+    anomaly = 0.0 if n == 0 else (n - n_predicted) / n
+    return anomaly, act_out, win_out, lists, pre, perm, iseg, icic
+
+
+@njit(cache=True)
+def _refresh_activity(act, seglists, flags, ip, fp, segi, segl, perm, colx, iseg, icic, meta):
+    """Recompute dendrite activity for active cells `act` without learning (restore, reset)."""
+    cpc = ip[_P_CPC]
+    na = meta[_M_NASEG]
+    nm = meta[_M_NMSEG]
+    touched = seglists[na + nm:na + nm + meta[_M_NTOUCH]]
+    ncol = 0
+    cols = np.empty(act.shape[0], dtype=np.int32)
+    for c in act:
+        flags[c] |= _NEW_ACT
+        col = c // cpc
+        if ncol == 0 or cols[ncol - 1] != col:
+            cols[ncol] = col
+            ncol += 1
+    lists = _activate_dendrites(cols[:ncol], False, touched, flags, ip, fp, segi, segl, perm, colx, iseg,
+                                icic, meta)
+    for c in act:
+        flags[c] = 0
+    return lists
+
+
+@njit(cache=True)
+def _full_walk(act, num_cells, segi, pre, perm, n_slots, conn):
+    """Reference activity (potential, connected) per segment slot by walking every synapse."""
+    active = np.zeros(num_cells, dtype=np.bool_)
+    for c in act:
+        active[c] = True
+    pot = np.zeros(n_slots, dtype=np.int32)
+    con = np.zeros(n_slots, dtype=np.int32)
+    c32 = np.float32(conn)
+    for g in range(n_slots):
+        if segi[g, _CELL] < 0:
+            continue
+        start = segi[g, _START]
+        for i in range(start, start + segi[g, _COUNT]):
+            if active[pre[i]]:
+                pot[g] += 1
+                if perm[i] >= c32:
+                    con[g] += 1
+    return pot, con
+
+
+# -- numba kernels: (de)serialization -------------------------------------------------------
+@njit(cache=True)
+def _gather(order, segi, pre, perm):
+    """Concatenate the synapses of segments `order` in their stored order."""
+    total = 0
+    for g in order:
+        total += segi[g, _COUNT]
+    out_pre = np.empty(total, dtype=np.int32)
+    out_perm = np.empty(total, dtype=np.float32)
+    n = 0
+    for g in order:
+        start = segi[g, _START]
+        for i in range(start, start + segi[g, _COUNT]):
+            out_pre[n] = pre[i]
+            out_perm[n] = perm[i]
+            n += 1
+    return out_pre, out_perm
+
+
+@njit(cache=True)
+def _build(cells, counts, in_pre, in_perm, ip, segi, nseg, colx, meta):
+    """Lay out restored segments in slots 0..n-1 and build pools and the presynaptic index."""
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    n = cells.shape[0]
+    pool = 0
+    for g in range(n):
+        cls = _syn_class(counts[g], ip)
+        segi[g, _CELL] = cells[g]
+        segi[g, _START] = pool
+        segi[g, _COUNT] = counts[g]
+        segi[g, _CAP] = ip[_P_CLASSES + cls]
+        segi[g, _POT] = 0
+        segi[g, _CONN] = 0
+        nseg[cells[g]] += 1
+        pool += ip[_P_CLASSES + cls]
+    pre = np.zeros(pool + pool // 4 + 256, dtype=np.int32)
+    perm = np.zeros(pool + pool // 4 + 256, dtype=np.float32)
+    fan = np.zeros(colx.shape[0], dtype=np.int64)
+    j = 0
+    for g in range(n):
+        start = segi[g, _START]
+        for k in range(counts[g]):
+            pre[start + k] = in_pre[j]
+            perm[start + k] = in_perm[j]
+            fan[in_pre[j] // cpc] += 1
+            j += 1
+    total = 0
+    for col in range(colx.shape[0]):
+        cap = 0
+        if fan[col] > 0:
+            cap = _IDX_BASE
+            while cap < fan[col]:
+                cap <<= 1
+        colx[col, _XSTART] = total
+        colx[col, _XCOUNT] = 0
+        colx[col, _XCAP] = cap
+        total += cap
+    iseg = np.zeros(total + total // 4 + 256, dtype=np.int32)
+    icic = np.zeros(total + total // 4 + 256, dtype=np.uint8)
+    for g in range(n):
+        start = segi[g, _START]
+        for k in range(counts[g]):
+            c = pre[start + k]
+            col = c // cpc
+            pos = colx[col, _XSTART] + colx[col, _XCOUNT]
+            iseg[pos] = (g << sh) | k
+            icic[pos] = c % cpc
+            colx[col, _XCOUNT] += 1
+    meta[_M_POOL_TOP] = pool
+    meta[_M_IDX_TOP] = total
+    meta[_M_SEG_TOP] = n
+    meta[_M_NSEG] = n
+    meta[_M_NSYN] = j
+    return pre, perm, iseg, icic
+
+
+@njit(cache=True)
+def _check(ip, segi, segl, nseg, pre, perm, colx, iseg, icic, meta):
+    """Return an error code (0 = consistent) for the structure's invariants."""
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    mask = (1 << sh) - 1
+    ncells = nseg.shape[0]
+    counted = np.zeros(ncells, dtype=np.int64)
+    seen = np.zeros(ncells, dtype=np.bool_)
+    live = 0
+    syns = 0
+    for g in range(meta[_M_SEG_TOP]):
+        cell = segi[g, _CELL]
+        if cell < 0:
+            continue
+        live += 1
+        cnt = segi[g, _COUNT]
+        syns += cnt
+        counted[cell] += 1
+        if cnt < 1 or cnt > ip[_P_MAXSYN] or cnt > segi[g, _CAP]:
+            return 1
+        start = segi[g, _START]
+        for i in range(start, start + cnt):
+            if seen[pre[i]] or not (0.0 < perm[i] <= 1.0):
+                return 2
+            seen[pre[i]] = True
+        for i in range(start, start + cnt):
+            seen[pre[i]] = False
+    if live != meta[_M_NSEG] or syns != meta[_M_NSYN]:
+        return 3
+    for c in range(ncells):
+        if counted[c] != nseg[c] or nseg[c] > ip[_P_MAXSEG]:
+            return 4
+    entries = 0
+    for col in range(colx.shape[0]):
+        start = colx[col, _XSTART]
+        for i in range(start, start + colx[col, _XCOUNT]):
+            g = iseg[i] >> sh
+            k = iseg[i] & mask
+            if g >= meta[_M_SEG_TOP] or segi[g, _CELL] < 0 or k >= segi[g, _COUNT]:
+                return 5
+            if pre[segi[g, _START] + k] != col * cpc + icic[i]:
+                return 6
+            entries += 1
+    if entries != syns:
+        return 7
+    return 0
+
+
+# -- the component --------------------------------------------------------------------------
+_SCRATCH: dict[int, np.ndarray] = {}
+
+
+def _flags_for(num_cells: int) -> np.ndarray:
+    """The shared all-zero cell-flag scratch array for this cell count."""
+    flags = _SCRATCH.get(num_cells)
+    if flags is None:
+        flags = np.zeros(num_cells, dtype=np.uint8)
+        _SCRATCH[num_cells] = flags
+    return flags
+
+
+def _empty_i32() -> np.ndarray:
+    out = np.zeros(0, dtype=np.int32)
+    out.flags.writeable = False
+    return out
+
+
+class TemporalMemory:
+    """HTM Temporal Memory over `num_columns` columns of `params.cells_per_column` cells."""
+
+    def __init__(self, num_columns: int, params: TemporalMemoryParams, seed: int) -> None:
+        self._setup(num_columns, params, seed)
+        self._alloc(segments=0, pool=0, index=0)
+
+    def _setup(self, num_columns: int, params: TemporalMemoryParams, seed: int) -> None:
+        """Set parameters, derived constants and empty sequence state."""
+        _check_params(num_columns, params)
+        self.num_columns = int(num_columns)
+        self.params = params
+        self.seed = int(seed)
+        self.num_cells = self.num_columns * params.cells_per_column
+        shift = max(1, int(params.max_synapses_per_segment - 1).bit_length())
+        classes = []
+        size = min(_SYN_BASE, params.max_synapses_per_segment)
+        while True:
+            classes.append(size)
+            if size >= params.max_synapses_per_segment:
+                break
+            size = min(size * 2, params.max_synapses_per_segment)
+        self._ip = np.array([self.num_columns, params.cells_per_column, params.activation_threshold,
+                             params.min_threshold, params.max_new_synapse_count,
+                             params.max_segments_per_cell, params.max_synapses_per_segment, shift,
+                             len(classes), *classes], dtype=np.int64)
+        self._fp = np.array([params.initial_permanence, params.connected_permanence,
+                             params.permanence_increment, params.permanence_decrement,
+                             params.predicted_segment_decrement], dtype=np.float64)
+        self._rng = new_rng_state(self.seed, stream=2)
+        self._flags = _flags_for(self.num_cells)
+        self._act = _empty_i32()
+        self._win = _empty_i32()
+        self._lists = np.zeros(0, dtype=np.int32)
+
+    def _alloc(self, segments: int, pool: int, index: int) -> None:
+        """Allocate empty structure arrays with the given capacities."""
+        p = self.params
+        self._meta = np.zeros(_META_SIZE, dtype=np.int64)
+        self._meta[_M_SEG_FREE] = -1
+        self._meta[_M_SYN_FREE:_M_SYN_FREE + 8] = -1
+        self._meta[_M_IDX_FREE:_M_IDX_FREE + 32] = -1
+        self._segi = np.zeros((segments, _SEGI_WIDTH), dtype=np.int32)
+        self._segl = np.zeros((segments, 2), dtype=np.int64)
+        nseg_dtype = np.uint8 if p.max_segments_per_cell <= 255 else np.uint16
+        self._nseg = np.zeros(self.num_cells, dtype=nseg_dtype)
+        self._pre = np.zeros(pool, dtype=np.int32)
+        self._perm = np.zeros(pool, dtype=np.float32)
+        self._colx = np.zeros((self.num_columns, 3), dtype=np.int32)
+        self._iseg = np.zeros(index, dtype=np.int32)
+        self._icic = np.zeros(index, dtype=np.uint8)
+
+    def _grow_segments(self, need: int) -> None:
+        """Make room for at least `need` segment slots."""
+        old = self._segi.shape[0]
+        n = max(need, old + old // 2 + 64)
+        segi = np.zeros((n, _SEGI_WIDTH), dtype=np.int32)
+        segi[:old] = self._segi
+        segl = np.zeros((n, 2), dtype=np.int64)
+        segl[:old] = self._segl
+        self._segi, self._segl = segi, segl
+
+    # -- stepping -------------------------------------------------------------------------
+    def compute(self, active_columns: np.ndarray, learn: bool = True) -> float:
+        """Run one step on sorted unique int32 column indices; return the raw anomaly."""
+        cols = np.asarray(active_columns, dtype=np.int32)
+        meta = self._meta
+        # Every bursting column may create one segment; make sure its slot exists.
+        if meta[_M_SEG_TOP] + cols.shape[0] > self._segi.shape[0]:
+            self._grow_segments(int(meta[_M_SEG_TOP]) + cols.shape[0])
+        anomaly, act, win, lists, pre, perm, iseg, icic = _compute(
+            cols, bool(learn), self._act, self._win, self._lists, self._flags, self._rng, self._ip,
+            self._fp, self._segi, self._segl, self._nseg, self._pre, self._perm, self._colx, self._iseg,
+            self._icic, meta)
+        act.flags.writeable = False
+        win.flags.writeable = False
+        self._act, self._win, self._lists = act, win, lists
+        self._pre, self._perm, self._iseg, self._icic = pre, perm, iseg, icic
+        return float(anomaly)
+
+    def reset(self) -> None:
+        """Forget the sequence state (active, winner and predictive cells); keep learned synapses."""
+        self._act = _empty_i32()
+        self._win = _empty_i32()
+        self._lists = _refresh_activity(self._act, self._lists, self._flags, self._ip, self._fp, self._segi,
+                                        self._segl, self._perm, self._colx, self._iseg, self._icic, self._meta)
+
+    @property
+    def active_cells(self) -> np.ndarray:
+        """Sorted int32 indices of the cells active after the last step (read-only)."""
+        return self._act
+
+    @property
+    def winner_cells(self) -> np.ndarray:
+        """Sorted int32 indices of the winner cells of the last step (read-only)."""
+        return self._win
+
+    @property
+    def predictive_cells(self) -> np.ndarray:
+        """Sorted int32 indices of the cells predicted for the next step."""
+        na = int(self._meta[_M_NASEG])
+        cells = self._segi[self._lists[:na], _CELL]
+        if cells.size == 0:
+            return np.zeros(0, dtype=np.int32)
+        keep = np.empty(cells.size, dtype=bool)
+        keep[0] = True
+        keep[1:] = cells[1:] != cells[:-1]  # the active list is sorted by cell
+        return cells[keep].astype(np.int32)
+
+    # -- introspection --------------------------------------------------------------------
+    def num_segments(self) -> int:
+        """Number of live segments."""
+        return int(self._meta[_M_NSEG])
+
+    def num_synapses(self) -> int:
+        """Number of live synapses."""
+        return int(self._meta[_M_NSYN])
+
+    @property
+    def iteration(self) -> int:
+        """Number of learning steps taken."""
+        return int(self._meta[_M_ITER])
+
+    def memory_bytes(self) -> int:
+        """Bytes held in this instance's arrays (capacities, not just live data)."""
+        arrays = [self._meta, self._segi, self._segl, self._nseg, self._pre, self._perm, self._colx,
+                  self._iseg, self._icic, self._act, self._win, self._lists, self._ip, self._fp, self._rng]
+        return int(sum(a.nbytes for a in arrays))
+
+    def segments_for_cell(self, cell: int) -> list[int]:
+        """Segment handles on `cell`, oldest first (valid until the next compute)."""
+        top = int(self._meta[_M_SEG_TOP])
+        slots = np.flatnonzero(self._segi[:top, _CELL] == cell)
+        return [int(s) for s in slots[np.argsort(self._segl[slots, _ORD])]]
+
+    def segment_cell(self, segment: int) -> int:
+        """The cell a segment handle belongs to."""
+        return int(self._segi[segment, _CELL])
+
+    def synapses_for_segment(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
+        """(presynaptic cells int32, permanences float32) of a segment, copies in stored order."""
+        start, count = int(self._segi[segment, _START]), int(self._segi[segment, _COUNT])
+        return self._pre[start:start + count].copy(), self._perm[start:start + count].copy()
+
+    def segment_activity(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(segment handles, active potential, active connected synapse counts) for the next step."""
+        na, nm, nt = (int(self._meta[i]) for i in (_M_NASEG, _M_NMSEG, _M_NTOUCH))
+        touched = np.sort(self._lists[na + nm:na + nm + nt])
+        return touched, self._segi[touched, _POT].copy(), self._segi[touched, _CONN].copy()
+
+    def reference_activity(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like `segment_activity` but by walking every synapse (slow; a cross-check and benchmark)."""
+        top = int(self._meta[_M_SEG_TOP])
+        pot, con = _full_walk(self._act, self.num_cells, self._segi, self._pre, self._perm, top,
+                              self.params.connected_permanence)
+        hit = np.flatnonzero(pot > 0).astype(np.int32)
+        return hit, pot[hit], con[hit]
+
+    def check_invariants(self) -> None:
+        """Raise `CorruptData` if the segment, synapse and index structures disagree."""
+        code = _check(self._ip, self._segi, self._segl, self._nseg, self._pre, self._perm, self._colx,
+                      self._iseg, self._icic, self._meta)
+        if code:
+            raise CorruptData(f"{_OWNER}: structure invariant {code} violated")
+
+    # -- serialization --------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Return live state as msgpack-native values, segments in creation order."""
+        top = int(self._meta[_M_SEG_TOP])
+        live = np.flatnonzero(self._segi[:top, _CELL] >= 0)
+        order = live[np.argsort(self._segl[live, _ORD], kind="stable")].astype(np.int32)
+        pre, perm = _gather(order, self._segi, self._pre, self._perm)
+        return {
+            "params": dataclasses.asdict(self.params),
+            "num_columns": self.num_columns,
+            "seed": self.seed,
+            "iteration": int(self._meta[_M_ITER]),
+            "rng": pack_array(self._rng),
+            "segment_cells": pack_array(self._segi[order, _CELL]),
+            "segment_last_used": pack_array(self._segl[order, _LAST]),
+            "segment_sizes": pack_array(self._segi[order, _COUNT].astype(np.uint8 if
+                                        self.params.max_synapses_per_segment <= 255 else np.int32)),
+            "presynaptic": pack_array(pre.astype(_cell_dtype(self.num_cells))),
+            "permanences": pack_array(perm),
+            "active_cells": pack_array(self._act),
+            "winner_cells": pack_array(self._win),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "TemporalMemory":
+        """Rebuild a TM from `get_state()` output; raise `CorruptData` if it is inconsistent."""
+        raw_params = require(state, "params", _OWNER)
+        try:
+            params = TemporalMemoryParams(**raw_params)
+            num_columns = int(require(state, "num_columns", _OWNER))
+            seed = int(require(state, "seed", _OWNER))
+            iteration = int(require(state, "iteration", _OWNER))
+            tm = cls.__new__(cls)
+            tm._setup(num_columns, params, seed)
+        except (TypeError, ValueError) as exc:
+            raise CorruptData(f"{_OWNER}: bad parameters ({exc})") from exc
+        arrays = {key: unpack_array(require(state, key, _OWNER), key) for key in (
+            "rng", "segment_cells", "segment_last_used", "segment_sizes", "presynaptic", "permanences",
+            "active_cells", "winner_cells")}
+        cells, last, sizes = arrays["segment_cells"], arrays["segment_last_used"], arrays["segment_sizes"]
+        pre, perm = arrays["presynaptic"], arrays["permanences"]
+        n = cells.shape[0]
+        ok = (arrays["rng"].dtype == np.uint64 and arrays["rng"].shape == (1,) and iteration >= 0
+              and cells.dtype == np.int32 and cells.shape == (n,) and last.dtype == np.int64
+              and last.shape == (n,) and sizes.ndim == 1 and sizes.shape == (n,) and sizes.dtype.kind in "iu"
+              and pre.ndim == 1 and pre.dtype.kind in "iu" and perm.dtype == np.float32
+              and perm.shape == pre.shape)
+        if not ok:
+            raise CorruptData(f"{_OWNER}: state arrays have wrong types or shapes")
+        sizes = sizes.astype(np.int64)
+        pre = pre.astype(np.int64)
+        if n and (cells.min() < 0 or cells.max() >= tm.num_cells or sizes.min() < 1
+                  or sizes.max() > params.max_synapses_per_segment or last.max() > iteration
+                  or np.bincount(cells, minlength=1).max() > params.max_segments_per_cell):
+            raise CorruptData(f"{_OWNER}: segment table out of range")
+        if int(sizes.sum()) != pre.shape[0] or (pre.size and (pre.min() < 0 or pre.max() >= tm.num_cells)):
+            raise CorruptData(f"{_OWNER}: synapse arrays do not match the segment table")
+        if not np.all((perm > 0.0) & (perm <= 1.0)):
+            raise CorruptData(f"{_OWNER}: permanence out of range")
+        for key in ("active_cells", "winner_cells"):
+            a = arrays[key]
+            if (a.dtype != np.int32 or a.ndim != 1
+                    or (a.size and (a.min() < 0 or a.max() >= tm.num_cells or np.any(np.diff(a) <= 0)))):
+                raise CorruptData(f"{_OWNER}: {key} must be sorted unique cell indices")
+        tm._alloc(segments=n + n // 4 + 64, pool=0, index=0)
+        tm._pre, tm._perm, tm._iseg, tm._icic = _build(
+            cells, sizes.astype(np.int32), pre.astype(np.int32), perm, tm._ip, tm._segi, tm._nseg, tm._colx,
+            tm._meta)
+        tm._segl[:n, _ORD] = np.arange(n, dtype=np.int64)
+        tm._segl[:n, _LAST] = last
+        tm._meta[_M_NEXT_ORD] = n
+        tm._meta[_M_ITER] = iteration
+        tm._rng = arrays["rng"]
+        if _check(tm._ip, tm._segi, tm._segl, tm._nseg, tm._pre, tm._perm, tm._colx, tm._iseg, tm._icic,
+                  tm._meta):
+            raise CorruptData(f"{_OWNER}: a segment repeats a presynaptic cell")
+        act, win = arrays["active_cells"], arrays["winner_cells"]
+        act.flags.writeable = False
+        win.flags.writeable = False
+        tm._act, tm._win = act, win
+        tm._lists = _refresh_activity(act, tm._lists, tm._flags, tm._ip, tm._fp, tm._segi, tm._segl, tm._perm,
+                                      tm._colx, tm._iseg, tm._icic, tm._meta)
+        return tm
+
+
+def _cell_dtype(num_cells: int) -> type:
+    """Smallest unsigned dtype holding a cell index (serialized presynaptic cells)."""
+    return np.uint16 if num_cells <= 1 << 16 else np.int32
+
+
+def _check_params(num_columns: int, p: TemporalMemoryParams) -> None:
+    """Raise ValueError on parameters the TM cannot work with."""
+    if num_columns < 1 or not 1 <= p.cells_per_column <= 256:
+        raise ValueError("TemporalMemory needs >= 1 column and 1..256 cells per column")
+    if num_columns * p.cells_per_column >= 1 << 23:
+        raise ValueError("TemporalMemory supports fewer than 2**23 cells")
+    if p.max_segments_per_cell < 1 or not 1 <= p.max_synapses_per_segment <= 4096:
+        raise ValueError("max_segments_per_cell must be >= 1 and max_synapses_per_segment in 1..4096")
+    if p.activation_threshold < 1 or p.min_threshold < 1 or p.max_new_synapse_count < 0:
+        raise ValueError("thresholds must be >= 1 and max_new_synapse_count >= 0")
+    for name in ("initial_permanence", "connected_permanence", "permanence_increment",
+                 "permanence_decrement", "predicted_segment_decrement"):
+        if not 0.0 <= getattr(p, name) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1]")
+    if p.initial_permanence < EPSILON:
+        raise ValueError("initial_permanence must be positive")

@@ -1,0 +1,282 @@
+import dataclasses
+
+import msgpack
+import numpy as np
+import pytest
+
+from pensu.errors import CorruptData
+from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
+
+COLUMNS = 2048
+PARAMS = TemporalMemoryParams()
+
+
+def patterns(n: int, width: int = 40, seed: int = 0, columns: int = COLUMNS) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(columns, width, replace=False)).astype(np.int32) for _ in range(n)]
+
+
+def columns_of(cells: np.ndarray, cpc: int = PARAMS.cells_per_column) -> np.ndarray:
+    return np.unique(np.asarray(cells) // cpc)
+
+
+def run_sequence(tm: TemporalMemory, seq: list[np.ndarray]) -> list[float]:
+    """One repetition, starting from a reset (a cyclic sequence without resets keeps re-learning
+    its wrap-around transition in plain HTM, since bursting columns do not grow to new winners)."""
+    tm.reset()
+    return [tm.compute(p) for p in seq]
+
+
+def learned_sequence(seed: int = 1) -> tuple[TemporalMemory, list[np.ndarray]]:
+    tm = TemporalMemory(COLUMNS, PARAMS, seed=seed)
+    seq = patterns(10)
+    for _ in range(20):
+        anomalies = run_sequence(tm, seq)
+        assert anomalies[0] == 1.0  # nothing predicts the first element after a reset
+        if max(anomalies[1:]) == 0.0:
+            return tm, seq
+    raise AssertionError("sequence not learned within 20 repetitions")
+
+
+def noisy_steps(n: int, seed: int = 3, columns: int = COLUMNS, width: int = 40) -> list[np.ndarray]:
+    """A repeating sequence with random column swaps: learns, bursts and punishes."""
+    base = patterns(12, width, seed, columns)
+    rng = np.random.default_rng(seed + 100)
+    out = []
+    for i in range(n):
+        cols = base[i % len(base)].copy()
+        swap = rng.random(cols.size) < 0.15
+        cols[swap] = rng.integers(0, columns, int(swap.sum()))
+        out.append(np.unique(cols).astype(np.int32))
+    return out
+
+
+def test_repeating_sequence_is_learned_and_novelty_scores_high():
+    tm, seq = learned_sequence()
+    for _ in range(5):
+        assert run_sequence(tm, seq) == [1.0] + [0.0] * (len(seq) - 1)
+    tm.reset()
+    for p in seq[:3]:
+        tm.compute(p)
+    assert tm.compute(seq[7]) >= 0.9  # jump into the middle of the sequence
+    novel = patterns(1, seed=99)[0]
+    tm.compute(seq[0])
+    assert tm.compute(novel) >= 0.9
+
+
+def test_predictive_cells_lie_in_next_pattern_columns():
+    tm, seq = learned_sequence()
+    tm.reset()
+    for i, p in enumerate(seq[:-1]):
+        tm.compute(p)
+        predicted = tm.predictive_cells
+        assert predicted.size > 0
+        assert np.array_equal(columns_of(predicted), seq[i + 1])
+        assert np.all(np.diff(predicted) > 0)
+        assert set(predicted.tolist()) <= set(range(COLUMNS * PARAMS.cells_per_column))
+
+
+def test_predicted_columns_activate_only_predicted_cells():
+    tm, seq = learned_sequence()
+    tm.reset()
+    tm.compute(seq[0])
+    predicted = tm.predictive_cells
+    assert tm.compute(seq[1]) == 0.0
+    assert np.array_equal(tm.active_cells, predicted)
+    assert np.array_equal(tm.winner_cells, predicted)
+
+
+def test_bursting_activates_whole_columns_with_one_winner_each():
+    tm = TemporalMemory(COLUMNS, PARAMS, seed=5)
+    cols = patterns(1, seed=4)[0]
+    assert tm.compute(cols) == 1.0
+    cpc = PARAMS.cells_per_column
+    expected = (cols[:, None] * cpc + np.arange(cpc)[None, :]).ravel()
+    assert np.array_equal(tm.active_cells, expected)
+    winners = tm.winner_cells
+    assert winners.size == cols.size
+    assert np.array_equal(winners // cpc, cols)
+
+
+def test_first_transition_grows_one_segment_per_column_to_previous_winners():
+    tm = TemporalMemory(COLUMNS, PARAMS, seed=5)
+    a, b = patterns(2, seed=6)
+    tm.compute(a)
+    prev_winners = set(tm.winner_cells.tolist())
+    tm.compute(b)
+    assert tm.num_segments() == b.size
+    assert tm.num_synapses() == b.size * min(PARAMS.max_new_synapse_count, len(prev_winners))
+    for cell in tm.winner_cells:
+        (segment,) = tm.segments_for_cell(int(cell))
+        pre, perm = tm.synapses_for_segment(segment)
+        assert set(pre.tolist()) <= prev_winners and len(set(pre.tolist())) == pre.size
+        assert np.all(perm == np.float32(PARAMS.initial_permanence))
+
+
+def test_caps_on_segments_per_cell_and_synapses_per_segment_hold():
+    params = dataclasses.replace(PARAMS, cells_per_column=4, max_segments_per_cell=2, max_synapses_per_segment=8,
+                                 activation_threshold=4, min_threshold=2, max_new_synapse_count=6)
+    tm = TemporalMemory(256, params, seed=7)
+    for cols in noisy_steps(1500, seed=8, columns=256, width=20):
+        tm.compute(cols)
+    assert tm.num_segments() > 0
+    per_cell = np.bincount([tm.segment_cell(s) for c in range(256 * 4) for s in tm.segments_for_cell(c)])
+    assert per_cell.max() == 2  # the cap is reached and never exceeded
+    sizes = [tm.synapses_for_segment(s)[0].size for c in range(256 * 4) for s in tm.segments_for_cell(c)]
+    assert max(sizes) == 8
+    tm.check_invariants()
+
+
+def test_punishment_lowers_matching_segments_in_inactive_columns():
+    tm = TemporalMemory(COLUMNS, PARAMS, seed=9)
+    a, b, c = patterns(3, seed=10)
+    c = np.setdiff1d(c, b).astype(np.int32)
+    tm.compute(a)
+    tm.compute(b)  # grows segments on b's winners to a's winners (permanence 0.24: matching, not active)
+    b_cell = int(tm.winner_cells[0])
+    (segment,) = tm.segments_for_cell(b_cell)
+    pre_before, perm_before = tm.synapses_for_segment(segment)
+    tm.reset()
+    tm.compute(a)  # b's segments now match (bursting a activates all a cells)
+    matching, potential, _ = tm.segment_activity()
+    assert potential[np.searchsorted(matching, segment)] >= PARAMS.min_threshold
+    tm.compute(c)  # b's columns stay inactive: its matching segments are punished
+    pre_after, perm_after = tm.synapses_for_segment(segment)
+    assert np.array_equal(pre_before, pre_after)
+    expected = (perm_before.astype(np.float64) - PARAMS.predicted_segment_decrement).astype(np.float32)
+    assert np.array_equal(perm_after, expected)
+
+
+def test_no_punishment_without_decrement_or_learning():
+    params = dataclasses.replace(PARAMS, predicted_segment_decrement=0.0)
+    tm = TemporalMemory(COLUMNS, params, seed=9)
+    a, b, c = patterns(3, seed=10)
+    tm.compute(a)
+    tm.compute(b)
+    (segment,) = tm.segments_for_cell(int(tm.winner_cells[0]))
+    before = tm.synapses_for_segment(segment)[1]
+    tm.reset()
+    tm.compute(a)
+    tm.compute(c)
+    assert np.array_equal(tm.synapses_for_segment(segment)[1], before)
+
+
+def test_learn_false_changes_no_synapses():
+    tm = TemporalMemory(COLUMNS, PARAMS, seed=11)
+    steps = noisy_steps(400, seed=12)
+    for cols in steps[:300]:
+        tm.compute(cols)
+    snapshot = msgpack.packb(tm.get_state())
+    state_before = msgpack.unpackb(snapshot)
+    for cols in steps[300:]:
+        tm.compute(cols, learn=False)
+    state_after = tm.get_state()
+    for key in ("segment_cells", "segment_sizes", "presynaptic", "permanences", "segment_last_used"):
+        assert state_after[key] == state_before[key], key
+    assert state_after["iteration"] == state_before["iteration"]
+
+
+def test_anomaly_is_fraction_of_unpredicted_columns():
+    tm, seq = learned_sequence()
+    tm.reset()
+    tm.compute(seq[0])
+    half = seq[1].size // 2
+    fresh = np.setdiff1d(patterns(1, width=200, seed=77)[0], np.concatenate(seq))[:half]
+    mixed = np.unique(np.concatenate([seq[1][:half], fresh])).astype(np.int32)
+    assert tm.compute(mixed) == pytest.approx(fresh.size / mixed.size)
+    assert tm.compute(np.zeros(0, dtype=np.int32)) == 0.0
+
+
+def test_dendrite_index_matches_full_synapse_walk():
+    tm = TemporalMemory(COLUMNS, PARAMS, seed=13)
+    for i, cols in enumerate(noisy_steps(600, seed=14)):
+        tm.compute(cols)
+        if i % 97 == 0:
+            idx, ref = tm.segment_activity(), tm.reference_activity()
+            for x, y in zip(idx, ref):
+                assert np.array_equal(x, y)
+    tm.check_invariants()
+
+
+def test_same_seed_same_run_and_bad_columns_rejected():
+    steps = noisy_steps(200, seed=15)
+    runs = []
+    for _ in range(2):
+        tm = TemporalMemory(COLUMNS, PARAMS, seed=16)
+        runs.append([tm.compute(c) for c in steps] + [tm.num_synapses()])
+    assert runs[0] == runs[1]
+    with pytest.raises(ValueError):
+        tm.compute(np.array([5, 3], dtype=np.int32))
+    with pytest.raises(ValueError):
+        tm.compute(np.array([COLUMNS], dtype=np.int32))
+
+
+def _trace(tm: TemporalMemory, steps: list[np.ndarray]) -> list:
+    out = []
+    for cols in steps:
+        out.append((tm.compute(cols), tm.active_cells.tolist(), tm.winner_cells.tolist(),
+                    tm.predictive_cells.tolist(), tm.num_segments(), tm.num_synapses()))
+    return out
+
+
+@pytest.mark.parametrize("params", [PARAMS, dataclasses.replace(
+    PARAMS, cells_per_column=4, max_segments_per_cell=2, max_synapses_per_segment=8, activation_threshold=3,
+    min_threshold=2, max_new_synapse_count=5)])
+def test_round_trip_continues_bit_identically(params):
+    steps = noisy_steps(800, seed=17, width=40)
+    tm = TemporalMemory(COLUMNS, params, seed=18)
+    for cols in steps[:500]:
+        tm.compute(cols)
+    blob = msgpack.packb(tm.get_state(), use_bin_type=True)
+    restored = TemporalMemory.from_state(msgpack.unpackb(blob, raw=False))
+    restored.check_invariants()
+    assert restored.num_segments() == tm.num_segments() and restored.num_synapses() == tm.num_synapses()
+    assert np.array_equal(restored.predictive_cells, tm.predictive_cells)
+    assert _trace(tm, steps[500:]) == _trace(restored, steps[500:])
+    assert msgpack.packb(tm.get_state()) == msgpack.packb(restored.get_state())
+
+
+def test_reset_clears_sequence_state_only():
+    tm, seq = learned_sequence()
+    tm.reset()
+    tm.compute(seq[0])
+    assert tm.predictive_cells.size > 0
+    synapses = tm.num_synapses()
+    tm.reset()
+    assert tm.active_cells.size == 0 and tm.winner_cells.size == 0 and tm.predictive_cells.size == 0
+    assert tm.num_synapses() == synapses
+    assert tm.compute(seq[1]) == 1.0  # nothing was predicted after the reset
+
+
+def test_missing_or_corrupt_state_raises_corrupt_data():
+    tm = TemporalMemory(256, dataclasses.replace(PARAMS, cells_per_column=8), seed=19)
+    for cols in noisy_steps(100, seed=20, columns=256, width=10):
+        tm.compute(cols)
+    state = msgpack.unpackb(msgpack.packb(tm.get_state()))
+    for key in list(state):
+        broken = dict(state)
+        del broken[key]
+        with pytest.raises(CorruptData):
+            TemporalMemory.from_state(broken)
+
+    def mutate(key, fn):
+        broken = dict(state)
+        arr = np.frombuffer(state[key]["data"], dtype=np.dtype(state[key]["dtype"])).copy()
+        broken[key] = dict(state[key], data=fn(arr).tobytes())
+        return broken
+
+    cases = [
+        dict(state, params=dict(state["params"], cells_per_column="x")),
+        dict(state, permanences=dict(state["permanences"], data=b"\x00")),
+        mutate("presynaptic", lambda a: np.full_like(a, 255 * 8)),  # beyond the cell count
+        mutate("permanences", lambda a: np.where(np.arange(a.size) == 0, np.float32(1.5), a)),
+        mutate("segment_cells", lambda a: np.full_like(a, -1)),
+        mutate("segment_sizes", lambda a: a + 1),
+        mutate("presynaptic", lambda a: np.full_like(a, a[0])),  # repeated presynaptic cells
+        mutate("active_cells", lambda a: a[::-1]),
+        dict(state, rng={"dtype": "<u8", "shape": [2], "data": bytes(16)}),
+        dict(state, segment_cells="nonsense"),
+    ]
+    for broken in cases:
+        with pytest.raises(CorruptData):
+            TemporalMemory.from_state(broken)
