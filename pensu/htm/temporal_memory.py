@@ -49,16 +49,16 @@ _OWNER = "TemporalMemory"
 _IDX_BASE = 8  # smallest presynaptic-index block (entries)
 _SYN_BASE = 32  # smallest synapse block (synapses)
 
-# segi columns
-_CELL, _START, _COUNT, _CAP, _POT, _CONN = 0, 1, 2, 3, 4, 5
-_SEGI_WIDTH = 6
-# segl columns
+# segi columns (int32 per segment slot)
+_CELL, _START, _COUNT, _CAP = 0, 1, 2, 3
+_SEGI_WIDTH = 4
+# segl columns (int64 per segment slot)
 _ORD, _LAST = 0, 1
-# colx columns (presynaptic index per column)
+# ctab columns (per cell of a column that has a cell table)
 _XSTART, _XCOUNT, _XCAP = 0, 1, 2
 # meta slots (int64)
 _M_POOL_TOP, _M_IDX_TOP, _M_SEG_TOP, _M_SEG_FREE, _M_NEXT_ORD, _M_ITER = 0, 1, 2, 3, 4, 5
-_M_NSEG, _M_NSYN, _M_NASEG, _M_NMSEG, _M_NTOUCH = 6, 7, 8, 9, 10
+_M_NSEG, _M_NSYN, _M_NASEG, _M_NMSEG, _M_NTOUCH, _M_NTAB = 6, 7, 8, 9, 10, 11
 _M_SYN_FREE = 16  # up to 8 synapse block classes
 _M_IDX_FREE = 24  # up to 32 index block classes
 _META_SIZE = 64
@@ -68,7 +68,11 @@ _P_CLASSES = 9
 # fp (float64 parameters)
 _F_INIT, _F_CONN, _F_INC, _F_DEC, _F_PDEC = range(5)
 # cell flags (shared scratch, all zero between calls)
-_PREV_ACT, _PREV_WIN, _ON_SEG, _NEW_ACT = 1, 2, 4, 8
+_PREV_ACT, _PREV_WIN, _ON_SEG = 1, 2, 4
+# activity counters: potential in the low 16 bits, connected above
+_CONN_ONE = 1 << 16
+_POT_MASK = 0xFFFF
+
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,19 @@ def _ensure(a, need):
 
 
 @njit(cache=True)
+def _ensure_rows(a, need):
+    """Return 2-D `a`, or a grown copy when it has fewer than `need` rows."""
+    if need <= a.shape[0]:
+        return a
+    n = max(need, a.shape[0] + (a.shape[0] >> 1) + 64)
+    b = np.zeros((n, a.shape[1]), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
 def _syn_class(cap, ip):
-    """Index of the synapse block class of size `cap`."""
+    """Index of the smallest synapse block class holding `cap` synapses."""
     for c in range(ip[_P_NCLS]):
         if ip[_P_CLASSES + c] >= cap:
             return c
@@ -124,7 +139,7 @@ def _syn_alloc(cls, ip, meta, pre, perm):
 
 @njit(cache=True)
 def _idx_class(cap):
-    """Index of the presynaptic-index block class of size `cap`."""
+    """Index of the presynaptic-list block class of size `cap`."""
     c = 0
     size = _IDX_BASE
     while size < cap:
@@ -134,108 +149,116 @@ def _idx_class(cap):
 
 
 @njit(cache=True)
-def _idx_add(col, entry, cic, colx, meta, iseg, icic):
-    """Append an entry to column `col`'s presynaptic list; return the (maybe grown) index arrays."""
-    cnt = colx[col, _XCOUNT]
-    cap = colx[col, _XCAP]
+def _cell_row(c, cpc, colx):
+    """Row of cell `c` in the cell table, or -1 when its column has none."""
+    t = colx[c // cpc]
+    if t < 0:
+        return -1
+    return t * cpc + c % cpc
+
+
+@njit(cache=True)
+def _idx_add(c, entry, ip, colx, ctab, meta, iseg):
+    """Append `entry` to cell `c`'s presynaptic list; return the (maybe grown) ctab and iseg."""
+    cpc = ip[_P_CPC]
+    col = c // cpc
+    if colx[col] < 0:
+        t = meta[_M_NTAB]
+        meta[_M_NTAB] = t + 1
+        ctab = _ensure_rows(ctab, (t + 1) * cpc)
+        colx[col] = t
+    row = colx[col] * cpc + c % cpc
+    cnt = ctab[row, _XCOUNT]
+    cap = ctab[row, _XCAP]
     if cnt == cap:
         new_cap = _IDX_BASE if cap == 0 else cap * 2
-        c = _idx_class(new_cap)
-        head = meta[_M_IDX_FREE + c]
+        cls = _idx_class(new_cap)
+        head = meta[_M_IDX_FREE + cls]
         if head >= 0:
             start = head
-            meta[_M_IDX_FREE + c] = iseg[head]
+            meta[_M_IDX_FREE + cls] = iseg[head]
         else:
             start = meta[_M_IDX_TOP]
             meta[_M_IDX_TOP] = start + new_cap
             iseg = _ensure(iseg, start + new_cap)
-            icic = _ensure(icic, start + new_cap)
-        old = colx[col, _XSTART]
+        old = ctab[row, _XSTART]
         for i in range(cnt):
             iseg[start + i] = iseg[old + i]
-            icic[start + i] = icic[old + i]
         if cap > 0:
             oc = _idx_class(cap)
             iseg[old] = meta[_M_IDX_FREE + oc]
             meta[_M_IDX_FREE + oc] = old
-        colx[col, _XSTART] = start
-        colx[col, _XCAP] = new_cap
-    pos = colx[col, _XSTART] + cnt
-    iseg[pos] = entry
-    icic[pos] = cic
-    colx[col, _XCOUNT] = cnt + 1
-    return iseg, icic
+        ctab[row, _XSTART] = start
+        ctab[row, _XCAP] = new_cap
+    iseg[ctab[row, _XSTART] + cnt] = entry
+    ctab[row, _XCOUNT] = cnt + 1
+    return ctab, iseg
 
 
 @njit(cache=True)
-def _idx_remove(col, entry, colx, iseg, icic):
-    """Remove `entry` from column `col`'s presynaptic list (swap with the last)."""
-    start = colx[col, _XSTART]
-    last = start + colx[col, _XCOUNT] - 1
-    for i in range(start, last + 1):
-        if iseg[i] == entry:
-            iseg[i] = iseg[last]
-            icic[i] = icic[last]
-            colx[col, _XCOUNT] -= 1
-            return
+def _idx_find(c, key, cpc, colx, ctab, iseg):
+    """Position of the entry for synapse `key` (= segment << shift | k) in cell `c`'s list."""
+    row = _cell_row(c, cpc, colx)
+    start = ctab[row, _XSTART]
+    for i in range(start, start + ctab[row, _XCOUNT]):
+        if iseg[i] >> 1 == key:
+            return i
     raise AssertionError("presynaptic index lacks a synapse")
 
 
 @njit(cache=True)
-def _idx_replace(col, old, new, colx, iseg):
-    """Rename entry `old` to `new` in column `col`'s presynaptic list."""
-    start = colx[col, _XSTART]
-    for i in range(start, start + colx[col, _XCOUNT]):
-        if iseg[i] == old:
-            iseg[i] = new
-            return
-    raise AssertionError("presynaptic index lacks a moved synapse")
+def _idx_remove(c, key, cpc, colx, ctab, iseg):
+    """Remove synapse `key` from cell `c`'s list (the last entry takes its place)."""
+    i = _idx_find(c, key, cpc, colx, ctab, iseg)
+    row = _cell_row(c, cpc, colx)
+    last = ctab[row, _XSTART] + ctab[row, _XCOUNT] - 1
+    iseg[i] = iseg[last]
+    ctab[row, _XCOUNT] -= 1
 
 
 # -- numba kernels: structure changes -------------------------------------------------------
 @njit(cache=True)
-def _destroy_synapse(g, k, ip, segi, pre, perm, colx, iseg, icic, meta):
+def _destroy_synapse(g, k, ip, segi, pre, perm, colx, ctab, iseg, meta):
     """Destroy synapse `k` of segment `g`; the segment's last synapse moves into its place."""
     cpc = ip[_P_CPC]
     sh = ip[_P_SHIFT]
     start = segi[g, _START]
     last = segi[g, _COUNT] - 1
-    c = pre[start + k]
-    _idx_remove(c // cpc, (g << sh) | k, colx, iseg, icic)
+    _idx_remove(pre[start + k], (g << sh) | k, cpc, colx, ctab, iseg)
     if k != last:
         c2 = pre[start + last]
         pre[start + k] = c2
         perm[start + k] = perm[start + last]
-        _idx_replace(c2 // cpc, (g << sh) | last, (g << sh) | k, colx, iseg)
+        i = _idx_find(c2, (g << sh) | last, cpc, colx, ctab, iseg)
+        iseg[i] = (((g << sh) | k) << 1) | (iseg[i] & 1)
     segi[g, _COUNT] = last
     meta[_M_NSYN] -= 1
 
 
 @njit(cache=True)
-def _destroy_segment(g, ip, segi, nseg, pre, colx, iseg, icic, meta):
+def _destroy_segment(g, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta):
     """Destroy segment `g` with its synapses and free its slot and block."""
     cpc = ip[_P_CPC]
     sh = ip[_P_SHIFT]
     start = segi[g, _START]
-    cnt = segi[g, _COUNT]
-    for k in range(cnt):
-        _idx_remove(pre[start + k] // cpc, (g << sh) | k, colx, iseg, icic)
+    n = segi[g, _COUNT]
+    for k in range(n):
+        _idx_remove(pre[start + k], (g << sh) | k, cpc, colx, ctab, iseg)
     cls = _syn_class(segi[g, _CAP], ip)
     pre[start] = meta[_M_SYN_FREE + cls]
     meta[_M_SYN_FREE + cls] = start
     nseg[segi[g, _CELL]] -= 1
     segi[g, _CELL] = -1
     segi[g, _COUNT] = 0
-    segi[g, _POT] = 0
-    segi[g, _CONN] = 0
+    cnt[g] = 0
     segi[g, _START] = meta[_M_SEG_FREE]
     meta[_M_SEG_FREE] = g
     meta[_M_NSEG] -= 1
-    meta[_M_NSYN] -= cnt
+    meta[_M_NSYN] -= n
 
 
 @njit(cache=True)
-def _create_segment(cell, ip, segi, segl, nseg, pre, perm, colx, iseg, icic, meta):
+def _create_segment(cell, ip, segi, segl, cnt, nseg, pre, perm, colx, ctab, iseg, meta):
     """Create an empty segment on `cell` (evicting its least recently used one at the cap)."""
     if nseg[cell] >= ip[_P_MAXSEG]:
         best = -1
@@ -244,7 +267,7 @@ def _create_segment(cell, ip, segi, segl, nseg, pre, perm, colx, iseg, icic, met
                 if best < 0 or segl[s, _LAST] < segl[best, _LAST] or (
                         segl[s, _LAST] == segl[best, _LAST] and segl[s, _ORD] < segl[best, _ORD]):
                     best = s
-        _destroy_segment(best, ip, segi, nseg, pre, colx, iseg, icic, meta)
+        _destroy_segment(best, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta)
     g = meta[_M_SEG_FREE]
     if g >= 0:
         meta[_M_SEG_FREE] = segi[g, _START]
@@ -256,8 +279,7 @@ def _create_segment(cell, ip, segi, segl, nseg, pre, perm, colx, iseg, icic, met
     segi[g, _START] = start
     segi[g, _COUNT] = 0
     segi[g, _CAP] = ip[_P_CLASSES]
-    segi[g, _POT] = 0
-    segi[g, _CONN] = 0
+    cnt[g] = 0
     segl[g, _ORD] = meta[_M_NEXT_ORD]
     segl[g, _LAST] = meta[_M_ITER]
     meta[_M_NEXT_ORD] += 1
@@ -267,38 +289,46 @@ def _create_segment(cell, ip, segi, segl, nseg, pre, perm, colx, iseg, icic, met
 
 
 @njit(cache=True)
-def _adapt(g, inc, dec, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta):
+def _adapt(g, inc, dec, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta):
     """+inc on synapses to previously active cells, −dec on the rest; drop dead synapses/segment."""
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    conn = np.float32(fp[_F_CONN])
     start = segi[g, _START]
-    cnt = segi[g, _COUNT]
+    n = segi[g, _COUNT]
     k = 0
-    while k < cnt:
+    while k < n:
         i = start + k
-        p = float(perm[i])
+        old = perm[i]
+        p = float(old)
         if flags[pre[i]] & _PREV_ACT:
             p += inc
         else:
             p -= dec
         if p < EPSILON:
             # The last synapse moves into slot k and is adapted next.
-            _destroy_synapse(g, k, ip, segi, pre, perm, colx, iseg, icic, meta)
-            cnt -= 1
+            _destroy_synapse(g, k, ip, segi, pre, perm, colx, ctab, iseg, meta)
+            n -= 1
             continue
-        perm[i] = min(p, 1.0)
+        new = np.float32(min(p, 1.0))
+        perm[i] = new
+        if (new >= conn) != (old >= conn):
+            # Keep the index entry's connected bit in step with the permanence.
+            j = _idx_find(pre[i], (g << sh) | k, cpc, colx, ctab, iseg)
+            iseg[j] ^= 1
         k += 1
-    if cnt == 0:
-        _destroy_segment(g, ip, segi, nseg, pre, colx, iseg, icic, meta)
+    if n == 0:
+        _destroy_segment(g, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta)
 
 
 @njit(cache=True)
-def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, iseg, icic, meta):
+def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, ctab, iseg, meta):
     """Grow up to `n_desired` synapses from segment `g` to random previous winners it lacks."""
-    cpc = ip[_P_CPC]
     sh = ip[_P_SHIFT]
     max_syn = ip[_P_MAXSYN]
     start = segi[g, _START]
-    cnt = segi[g, _COUNT]
-    for k in range(cnt):
+    n = segi[g, _COUNT]
+    for k in range(n):
         flags[pre[start + k]] |= _ON_SEG
     cands = np.empty(prev_win.shape[0], dtype=np.int32)
     nc = 0
@@ -306,33 +336,33 @@ def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, ise
         if not flags[w] & _ON_SEG:
             cands[nc] = w
             nc += 1
-    for k in range(cnt):
+    for k in range(n):
         flags[pre[start + k]] &= ~_ON_SEG
-    n = min(n_desired, nc)
-    if n <= 0:
-        return pre, perm, iseg, icic
-    overrun = cnt + n - max_syn
+    n_new = min(n_desired, nc)
+    if n_new <= 0:
+        return pre, perm, ctab, iseg
+    overrun = n + n_new - max_syn
     if overrun > 0:
         # Make room by dropping the weakest synapses, never those to previous winners.
         for _ in range(overrun):
             weakest = -1
-            wp = 2.0
+            wp = np.float32(2.0)
             for k in range(segi[g, _COUNT]):
                 if not flags[pre[start + k]] & _PREV_WIN and perm[start + k] < wp:
                     wp = perm[start + k]
                     weakest = k
             if weakest < 0:
                 break
-            _destroy_synapse(g, weakest, ip, segi, pre, perm, colx, iseg, icic, meta)
-        cnt = segi[g, _COUNT]
-        n = min(n, max_syn - cnt)
-        if n <= 0:
-            return pre, perm, iseg, icic
+            _destroy_synapse(g, weakest, ip, segi, pre, perm, colx, ctab, iseg, meta)
+        n = segi[g, _COUNT]
+        n_new = min(n_new, max_syn - n)
+        if n_new <= 0:
+            return pre, perm, ctab, iseg
     cap = segi[g, _CAP]
-    if cnt + n > cap:
-        cls = _syn_class(cnt + n, ip)
+    if n + n_new > cap:
+        cls = _syn_class(n + n_new, ip)
         new_start, pre, perm = _syn_alloc(cls, ip, meta, pre, perm)
-        for k in range(cnt):
+        for k in range(n):
             pre[new_start + k] = pre[start + k]
             perm[new_start + k] = perm[start + k]
         old_cls = _syn_class(cap, ip)
@@ -342,85 +372,85 @@ def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, ise
         segi[g, _START] = start
         segi[g, _CAP] = ip[_P_CLASSES + cls]
     init = np.float32(fp[_F_INIT])
-    for i in range(n):
+    bit = 1 if init >= np.float32(fp[_F_CONN]) else 0
+    for i in range(n_new):
         j = i + rng_randint(rng, nc - i)
         c = cands[j]
         cands[j] = cands[i]
         cands[i] = c
-        pos = cnt + i
+        pos = n + i
         pre[start + pos] = c
         perm[start + pos] = init
-        iseg, icic = _idx_add(c // cpc, (g << sh) | pos, c % cpc, colx, meta, iseg, icic)
-    segi[g, _COUNT] = cnt + n
-    meta[_M_NSYN] += n
-    return pre, perm, iseg, icic
+        ctab, iseg = _idx_add(c, (((g << sh) | pos) << 1) | bit, ip, colx, ctab, meta, iseg)
+    segi[g, _COUNT] = n + n_new
+    meta[_M_NSYN] += n_new
+    return pre, perm, ctab, iseg
 
 
 # -- numba kernels: activity ----------------------------------------------------------------
 @njit(cache=True)
-def _activate_dendrites(columns, learn, prev_touched, flags, ip, fp, segi, segl, perm, colx, iseg,
-                        icic, meta):
-    """Count active synapses per segment from cells flagged _NEW_ACT in `columns`; return lists.
+def _sorted_by_key(segs, n, segi, segl):
+    """The first `n` of `segs` ordered by (cell, creation ordinal)."""
+    keys = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        g = segs[i]
+        keys[i] = (np.int64(segi[g, _CELL]) << 40) | segl[g, _ORD]
+    order = np.argsort(keys)
+    out = np.empty(n, dtype=np.int32)
+    for i in range(n):
+        out[i] = segs[order[i]]
+    return out
 
-    Returns one int32 array: active segments, matching segments, then every touched segment,
-    sizes in meta (_M_NASEG, _M_NMSEG, _M_NTOUCH); the two lists are sorted by (cell, ordinal).
+
+@njit(cache=True)
+def _activate_dendrites(act, learn, prev_touched, ip, segi, segl, cnt, colx, ctab, iseg, meta):
+    """Count active synapses per segment from the active cells `act`; return the segment lists.
+
+    Returns one int32 array: active segments, matching segments (both ordered by cell and creation
+    ordinal), then every touched segment; the sizes go to meta (_M_NASEG, _M_NMSEG, _M_NTOUCH).
     """
     for g in prev_touched:
-        segi[g, _POT] = 0
-        segi[g, _CONN] = 0
+        cnt[g] = 0
     cpc = ip[_P_CPC]
-    sh = ip[_P_SHIFT]
-    mask = (1 << sh) - 1
-    conn = np.float32(fp[_F_CONN])
-    touched = np.empty(meta[_M_NSEG], dtype=np.int32)
+    sh1 = ip[_P_SHIFT] + 1
+    total = 0
+    for c in act:
+        row = _cell_row(c, cpc, colx)
+        if row >= 0:
+            total += ctab[row, _XCOUNT]
+    touched = np.empty(min(total, meta[_M_NSEG]), dtype=np.int32)
     nt = 0
-    for col in columns:
-        base = col * cpc
-        start = colx[col, _XSTART]
-        for i in range(start, start + colx[col, _XCOUNT]):
-            if flags[base + icic[i]] & _NEW_ACT:
-                e = iseg[i]
-                g = e >> sh
-                if segi[g, _POT] == 0:
-                    touched[nt] = g
-                    nt += 1
-                segi[g, _POT] += 1
-                if perm[segi[g, _START] + (e & mask)] >= conn:
-                    segi[g, _CONN] += 1
-    act_thr = ip[_P_ACT]
+    for c in act:
+        row = _cell_row(c, cpc, colx)
+        if row < 0:
+            continue
+        start = ctab[row, _XSTART]
+        for i in range(start, start + ctab[row, _XCOUNT]):
+            e = iseg[i]
+            g = e >> sh1
+            v = cnt[g]
+            if v == 0:
+                touched[nt] = g
+                nt += 1
+            cnt[g] = v + 1 + (e & 1) * _CONN_ONE
+    act_thr = ip[_P_ACT] * _CONN_ONE
     min_thr = ip[_P_MIN]
+    aseg = np.empty(nt, dtype=np.int32)
+    mseg = np.empty(nt, dtype=np.int32)
     na = 0
     nm = 0
     for t in range(nt):
         g = touched[t]
-        if segi[g, _CONN] >= act_thr:
-            na += 1
-        if segi[g, _POT] >= min_thr:
-            nm += 1
-    akeys = np.empty(na, dtype=np.int64)
-    mkeys = np.empty(nm, dtype=np.int64)
-    aseg = np.empty(na, dtype=np.int32)
-    mseg = np.empty(nm, dtype=np.int32)
-    na = 0
-    nm = 0
-    for t in range(nt):
-        g = touched[t]
-        key = (np.int64(segi[g, _CELL]) << 40) | segl[g, _ORD]
-        if segi[g, _CONN] >= act_thr:
-            akeys[na] = key
+        v = cnt[g]
+        if v >= act_thr:
             aseg[na] = g
             na += 1
-        if segi[g, _POT] >= min_thr:
-            mkeys[nm] = key
+        if v & _POT_MASK >= min_thr:
             mseg[nm] = g
             nm += 1
     out = np.empty(na + nm + nt, dtype=np.int32)
-    order = np.argsort(akeys)
-    for i in range(na):
-        out[i] = aseg[order[i]]
-    order = np.argsort(mkeys)
-    for i in range(nm):
-        out[na + i] = mseg[order[i]]
+    out[:na] = _sorted_by_key(aseg, na, segi, segl)
+    out[na:na + nm] = _sorted_by_key(mseg, nm, segi, segl)
     out[na + nm:] = touched[:nt]
     if learn:
         it = meta[_M_ITER]
@@ -434,9 +464,9 @@ def _activate_dendrites(columns, learn, prev_touched, flags, ip, fp, segi, segl,
 
 
 @njit(cache=True)
-def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, segi, segl, nseg,
-             pre, perm, colx, iseg, icic, meta):
-    """One TM step. Returns (anomaly, active cells, winner cells, segment lists, pre, perm, iseg, icic)."""
+def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, segi, segl, cnt, nseg,
+             pre, perm, colx, ctab, iseg, meta):
+    """One TM step. Returns (anomaly, active cells, winner cells, segment lists, pre, perm, ctab, iseg)."""
     ncols = ip[_P_NCOLS]
     cpc = ip[_P_CPC]
     for i in range(columns.shape[0]):
@@ -468,7 +498,7 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
         while im < mseg.shape[0] and segi[mseg[im], _CELL] // cpc < col:
             g = mseg[im]
             if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
-                _adapt(g, -pdec, 0.0, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+                _adapt(g, -pdec, 0.0, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
             im += 1
         while ia < aseg.shape[0] and segi[aseg[ia], _CELL] // cpc < col:
             ia += 1
@@ -491,11 +521,11 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
                     n_win += 1
                     last = cell
                 if learn:
-                    pot = segi[g, _POT]
-                    _adapt(g, inc, dec, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+                    pot = cnt[g] & _POT_MASK
+                    _adapt(g, inc, dec, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
                     if segi[g, _CELL] >= 0 and max_new - pot > 0:
-                        pre, perm, iseg, icic = _grow(g, max_new - pot, prev_win, flags, rng, ip, fp, segi,
-                                                      pre, perm, colx, iseg, icic, meta)
+                        pre, perm, ctab, iseg = _grow(g, max_new - pot, prev_win, flags, rng, ip, fp, segi,
+                                                      pre, perm, colx, ctab, iseg, meta)
             continue
         for c in range(col * cpc, (col + 1) * cpc):
             act[n_act] = c
@@ -503,16 +533,16 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
         if im > m0:
             best = mseg[m0]
             for t in range(m0 + 1, im):
-                if segi[mseg[t], _POT] > segi[best, _POT]:
+                if cnt[mseg[t]] & _POT_MASK > cnt[best] & _POT_MASK:
                     best = mseg[t]
             win[n_win] = segi[best, _CELL]
             n_win += 1
             if learn:
-                pot = segi[best, _POT]
-                _adapt(best, inc, dec, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+                pot = cnt[best] & _POT_MASK
+                _adapt(best, inc, dec, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
                 if segi[best, _CELL] >= 0 and max_new - pot > 0:
-                    pre, perm, iseg, icic = _grow(best, max_new - pot, prev_win, flags, rng, ip, fp, segi,
-                                                  pre, perm, colx, iseg, icic, meta)
+                    pre, perm, ctab, iseg = _grow(best, max_new - pot, prev_win, flags, rng, ip, fp, segi,
+                                                  pre, perm, colx, ctab, iseg, meta)
         else:
             fewest = 1 << 30
             ties = 0
@@ -533,52 +563,25 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
             win[n_win] = winner
             n_win += 1
             if learn and prev_win.shape[0] > 0 and max_new > 0:
-                g, pre, perm = _create_segment(winner, ip, segi, segl, nseg, pre, perm, colx, iseg, icic,
+                g, pre, perm = _create_segment(winner, ip, segi, segl, cnt, nseg, pre, perm, colx, ctab, iseg,
                                                meta)
-                pre, perm, iseg, icic = _grow(g, min(max_new, prev_win.shape[0]), prev_win, flags, rng,
-                                              ip, fp, segi, pre, perm, colx, iseg, icic, meta)
+                pre, perm, ctab, iseg = _grow(g, min(max_new, prev_win.shape[0]), prev_win, flags, rng,
+                                              ip, fp, segi, pre, perm, colx, ctab, iseg, meta)
     while im < mseg.shape[0]:
         g = mseg[im]
         if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
-            _adapt(g, -pdec, 0.0, flags, ip, segi, nseg, pre, perm, colx, iseg, icic, meta)
+            _adapt(g, -pdec, 0.0, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
         im += 1
     for c in prev_act:
-        flags[c] &= ~(_PREV_ACT | _PREV_WIN)
+        flags[c] = 0
     for c in prev_win:
-        flags[c] &= ~(_PREV_ACT | _PREV_WIN)
+        flags[c] = 0
     act_out = act[:n_act].copy()
     win_out = win[:n_win].copy()
-    for c in act_out:
-        flags[c] |= _NEW_ACT
-    lists = _activate_dendrites(columns, learn, touched, flags, ip, fp, segi, segl, perm, colx, iseg, icic,
-                                meta)
-    for c in act_out:
-        flags[c] = 0
+    lists = _activate_dendrites(act_out, learn, touched, ip, segi, segl, cnt, colx, ctab, iseg, meta)
     n = columns.shape[0]
     anomaly = 0.0 if n == 0 else (n - n_predicted) / n
-    return anomaly, act_out, win_out, lists, pre, perm, iseg, icic
-
-
-@njit(cache=True)
-def _refresh_activity(act, seglists, flags, ip, fp, segi, segl, perm, colx, iseg, icic, meta):
-    """Recompute dendrite activity for active cells `act` without learning (restore, reset)."""
-    cpc = ip[_P_CPC]
-    na = meta[_M_NASEG]
-    nm = meta[_M_NMSEG]
-    touched = seglists[na + nm:na + nm + meta[_M_NTOUCH]]
-    ncol = 0
-    cols = np.empty(act.shape[0], dtype=np.int32)
-    for c in act:
-        flags[c] |= _NEW_ACT
-        col = c // cpc
-        if ncol == 0 or cols[ncol - 1] != col:
-            cols[ncol] = col
-            ncol += 1
-    lists = _activate_dendrites(cols[:ncol], False, touched, flags, ip, fp, segi, segl, perm, colx, iseg,
-                                icic, meta)
-    for c in act:
-        flags[c] = 0
-    return lists
+    return anomaly, act_out, win_out, lists, pre, perm, ctab, iseg
 
 
 @njit(cache=True)
@@ -622,10 +625,13 @@ def _gather(order, segi, pre, perm):
 
 
 @njit(cache=True)
-def _build(cells, counts, in_pre, in_perm, ip, segi, nseg, colx, meta):
-    """Lay out restored segments in slots 0..n-1 and build pools and the presynaptic index."""
+def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta):
+    """Lay out restored segments in slots 0..n-1; build pools and the presynaptic index.
+
+    Returns (pre, perm, ctab, iseg)."""
     cpc = ip[_P_CPC]
     sh = ip[_P_SHIFT]
+    conn = np.float32(fp[_F_CONN])
     n = cells.shape[0]
     pool = 0
     for g in range(n):
@@ -634,57 +640,67 @@ def _build(cells, counts, in_pre, in_perm, ip, segi, nseg, colx, meta):
         segi[g, _START] = pool
         segi[g, _COUNT] = counts[g]
         segi[g, _CAP] = ip[_P_CLASSES + cls]
-        segi[g, _POT] = 0
-        segi[g, _CONN] = 0
         nseg[cells[g]] += 1
         pool += ip[_P_CLASSES + cls]
-    pre = np.zeros(pool + pool // 4 + 256, dtype=np.int32)
-    perm = np.zeros(pool + pool // 4 + 256, dtype=np.float32)
-    fan = np.zeros(colx.shape[0], dtype=np.int64)
+    pre = np.zeros(pool + pool // 8 + 64, dtype=np.int32)
+    perm = np.zeros(pool + pool // 8 + 64, dtype=np.float32)
+    fan = np.zeros(nseg.shape[0], dtype=np.int64)
     j = 0
     for g in range(n):
         start = segi[g, _START]
         for k in range(counts[g]):
             pre[start + k] = in_pre[j]
             perm[start + k] = in_perm[j]
-            fan[in_pre[j] // cpc] += 1
+            fan[in_pre[j]] += 1
             j += 1
+    ntab = 0
+    for col in range(colx.shape[0]):
+        colx[col] = -1
+        for c in range(col * cpc, (col + 1) * cpc):
+            if fan[c] > 0:
+                colx[col] = ntab
+                ntab += 1
+                break
+    ctab = np.zeros((ntab * cpc + cpc, 3), dtype=np.int32)
     total = 0
     for col in range(colx.shape[0]):
-        cap = 0
-        if fan[col] > 0:
-            cap = _IDX_BASE
-            while cap < fan[col]:
-                cap <<= 1
-        colx[col, _XSTART] = total
-        colx[col, _XCOUNT] = 0
-        colx[col, _XCAP] = cap
-        total += cap
-    iseg = np.zeros(total + total // 4 + 256, dtype=np.int32)
-    icic = np.zeros(total + total // 4 + 256, dtype=np.uint8)
+        if colx[col] < 0:
+            continue
+        for c in range(col * cpc, (col + 1) * cpc):
+            row = colx[col] * cpc + c % cpc
+            cap = 0
+            if fan[c] > 0:
+                cap = _IDX_BASE
+                while cap < fan[c]:
+                    cap <<= 1
+            ctab[row, _XSTART] = total
+            ctab[row, _XCAP] = cap
+            total += cap
+    iseg = np.zeros(total + total // 8 + 64, dtype=np.int32)
     for g in range(n):
         start = segi[g, _START]
         for k in range(counts[g]):
             c = pre[start + k]
-            col = c // cpc
-            pos = colx[col, _XSTART] + colx[col, _XCOUNT]
-            iseg[pos] = (g << sh) | k
-            icic[pos] = c % cpc
-            colx[col, _XCOUNT] += 1
+            row = colx[c // cpc] * cpc + c % cpc
+            bit = 1 if perm[start + k] >= conn else 0
+            iseg[ctab[row, _XSTART] + ctab[row, _XCOUNT]] = (((g << sh) | k) << 1) | bit
+            ctab[row, _XCOUNT] += 1
     meta[_M_POOL_TOP] = pool
     meta[_M_IDX_TOP] = total
     meta[_M_SEG_TOP] = n
     meta[_M_NSEG] = n
     meta[_M_NSYN] = j
-    return pre, perm, iseg, icic
+    meta[_M_NTAB] = ntab
+    return pre, perm, ctab, iseg
 
 
 @njit(cache=True)
-def _check(ip, segi, segl, nseg, pre, perm, colx, iseg, icic, meta):
+def _check(ip, fp, segi, nseg, pre, perm, colx, ctab, iseg, meta):
     """Return an error code (0 = consistent) for the structure's invariants."""
     cpc = ip[_P_CPC]
     sh = ip[_P_SHIFT]
     mask = (1 << sh) - 1
+    conn = np.float32(fp[_F_CONN])
     ncells = nseg.shape[0]
     counted = np.zeros(ncells, dtype=np.int64)
     seen = np.zeros(ncells, dtype=np.bool_)
@@ -695,17 +711,17 @@ def _check(ip, segi, segl, nseg, pre, perm, colx, iseg, icic, meta):
         if cell < 0:
             continue
         live += 1
-        cnt = segi[g, _COUNT]
-        syns += cnt
+        n = segi[g, _COUNT]
+        syns += n
         counted[cell] += 1
-        if cnt < 1 or cnt > ip[_P_MAXSYN] or cnt > segi[g, _CAP]:
+        if n < 1 or n > ip[_P_MAXSYN] or n > segi[g, _CAP]:
             return 1
         start = segi[g, _START]
-        for i in range(start, start + cnt):
+        for i in range(start, start + n):
             if seen[pre[i]] or not (0.0 < perm[i] <= 1.0):
                 return 2
             seen[pre[i]] = True
-        for i in range(start, start + cnt):
+        for i in range(start, start + n):
             seen[pre[i]] = False
     if live != meta[_M_NSEG] or syns != meta[_M_NSYN]:
         return 3
@@ -713,18 +729,23 @@ def _check(ip, segi, segl, nseg, pre, perm, colx, iseg, icic, meta):
         if counted[c] != nseg[c] or nseg[c] > ip[_P_MAXSEG]:
             return 4
     entries = 0
-    for col in range(colx.shape[0]):
-        start = colx[col, _XSTART]
-        for i in range(start, start + colx[col, _XCOUNT]):
-            g = iseg[i] >> sh
-            k = iseg[i] & mask
+    for c in range(ncells):
+        row = _cell_row(c, cpc, colx)
+        if row < 0:
+            continue
+        start = ctab[row, _XSTART]
+        for i in range(start, start + ctab[row, _XCOUNT]):
+            g = iseg[i] >> (sh + 1)
+            k = (iseg[i] >> 1) & mask
             if g >= meta[_M_SEG_TOP] or segi[g, _CELL] < 0 or k >= segi[g, _COUNT]:
                 return 5
-            if pre[segi[g, _START] + k] != col * cpc + icic[i]:
+            if pre[segi[g, _START] + k] != c:
                 return 6
+            if (iseg[i] & 1) != (1 if perm[segi[g, _START] + k] >= conn else 0):
+                return 7
             entries += 1
     if entries != syns:
-        return 7
+        return 8
     return 0
 
 
@@ -791,13 +812,14 @@ class TemporalMemory:
         self._meta[_M_IDX_FREE:_M_IDX_FREE + 32] = -1
         self._segi = np.zeros((segments, _SEGI_WIDTH), dtype=np.int32)
         self._segl = np.zeros((segments, 2), dtype=np.int64)
+        self._cnt = np.zeros(segments, dtype=np.int32)
         nseg_dtype = np.uint8 if p.max_segments_per_cell <= 255 else np.uint16
         self._nseg = np.zeros(self.num_cells, dtype=nseg_dtype)
         self._pre = np.zeros(pool, dtype=np.int32)
         self._perm = np.zeros(pool, dtype=np.float32)
-        self._colx = np.zeros((self.num_columns, 3), dtype=np.int32)
+        self._colx = np.full(self.num_columns, -1, dtype=np.int32)
+        self._ctab = np.zeros((0, 3), dtype=np.int32)
         self._iseg = np.zeros(index, dtype=np.int32)
-        self._icic = np.zeros(index, dtype=np.uint8)
 
     def _grow_segments(self, need: int) -> None:
         """Make room for at least `need` segment slots."""
@@ -807,7 +829,9 @@ class TemporalMemory:
         segi[:old] = self._segi
         segl = np.zeros((n, 2), dtype=np.int64)
         segl[:old] = self._segl
-        self._segi, self._segl = segi, segl
+        cnt = np.zeros(n, dtype=np.int32)
+        cnt[:old] = self._cnt
+        self._segi, self._segl, self._cnt = segi, segl, cnt
 
     # -- stepping -------------------------------------------------------------------------
     def compute(self, active_columns: np.ndarray, learn: bool = True) -> float:
@@ -817,22 +841,29 @@ class TemporalMemory:
         # Every bursting column may create one segment; make sure its slot exists.
         if meta[_M_SEG_TOP] + cols.shape[0] > self._segi.shape[0]:
             self._grow_segments(int(meta[_M_SEG_TOP]) + cols.shape[0])
-        anomaly, act, win, lists, pre, perm, iseg, icic = _compute(
+        anomaly, act, win, lists, pre, perm, ctab, iseg = _compute(
             cols, bool(learn), self._act, self._win, self._lists, self._flags, self._rng, self._ip,
-            self._fp, self._segi, self._segl, self._nseg, self._pre, self._perm, self._colx, self._iseg,
-            self._icic, meta)
+            self._fp, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm, self._colx,
+            self._ctab, self._iseg, meta)
         act.flags.writeable = False
         win.flags.writeable = False
         self._act, self._win, self._lists = act, win, lists
-        self._pre, self._perm, self._iseg, self._icic = pre, perm, iseg, icic
+        self._pre, self._perm, self._ctab, self._iseg = pre, perm, ctab, iseg
         return float(anomaly)
+
+    def _refresh(self) -> None:
+        """Recompute dendrite activity from the current active cells without learning."""
+        meta = self._meta
+        n = int(meta[_M_NASEG] + meta[_M_NMSEG])
+        touched = self._lists[n:n + int(meta[_M_NTOUCH])]
+        self._lists = _activate_dendrites(self._act, False, touched, self._ip, self._segi, self._segl, self._cnt,
+                                          self._colx, self._ctab, self._iseg, meta)
 
     def reset(self) -> None:
         """Forget the sequence state (active, winner and predictive cells); keep learned synapses."""
         self._act = _empty_i32()
         self._win = _empty_i32()
-        self._lists = _refresh_activity(self._act, self._lists, self._flags, self._ip, self._fp, self._segi,
-                                        self._segl, self._perm, self._colx, self._iseg, self._icic, self._meta)
+        self._refresh()
 
     @property
     def active_cells(self) -> np.ndarray:
@@ -872,8 +903,8 @@ class TemporalMemory:
 
     def memory_bytes(self) -> int:
         """Bytes held in this instance's arrays (capacities, not just live data)."""
-        arrays = [self._meta, self._segi, self._segl, self._nseg, self._pre, self._perm, self._colx,
-                  self._iseg, self._icic, self._act, self._win, self._lists, self._ip, self._fp, self._rng]
+        arrays = [self._meta, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm, self._colx,
+                  self._ctab, self._iseg, self._act, self._win, self._lists, self._ip, self._fp, self._rng]
         return int(sum(a.nbytes for a in arrays))
 
     def segments_for_cell(self, cell: int) -> list[int]:
@@ -895,7 +926,8 @@ class TemporalMemory:
         """(segment handles, active potential, active connected synapse counts) for the next step."""
         na, nm, nt = (int(self._meta[i]) for i in (_M_NASEG, _M_NMSEG, _M_NTOUCH))
         touched = np.sort(self._lists[na + nm:na + nm + nt])
-        return touched, self._segi[touched, _POT].copy(), self._segi[touched, _CONN].copy()
+        counts = self._cnt[touched]
+        return touched, counts & _POT_MASK, counts >> 16
 
     def reference_activity(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Like `segment_activity` but by walking every synapse (slow; a cross-check and benchmark)."""
@@ -907,8 +939,8 @@ class TemporalMemory:
 
     def check_invariants(self) -> None:
         """Raise `CorruptData` if the segment, synapse and index structures disagree."""
-        code = _check(self._ip, self._segi, self._segl, self._nseg, self._pre, self._perm, self._colx,
-                      self._iseg, self._icic, self._meta)
+        code = _check(self._ip, self._fp, self._segi, self._nseg, self._pre, self._perm, self._colx,
+                      self._ctab, self._iseg, self._meta)
         if code:
             raise CorruptData(f"{_OWNER}: structure invariant {code} violated")
 
@@ -977,23 +1009,22 @@ class TemporalMemory:
                     or (a.size and (a.min() < 0 or a.max() >= tm.num_cells or np.any(np.diff(a) <= 0)))):
                 raise CorruptData(f"{_OWNER}: {key} must be sorted unique cell indices")
         tm._alloc(segments=n + n // 4 + 64, pool=0, index=0)
-        tm._pre, tm._perm, tm._iseg, tm._icic = _build(
-            cells, sizes.astype(np.int32), pre.astype(np.int32), perm, tm._ip, tm._segi, tm._nseg, tm._colx,
-            tm._meta)
+        tm._pre, tm._perm, tm._ctab, tm._iseg = _build(
+            cells, sizes.astype(np.int32), pre.astype(np.int32), perm, tm._ip, tm._fp, tm._segi, tm._nseg,
+            tm._colx, tm._meta)
         tm._segl[:n, _ORD] = np.arange(n, dtype=np.int64)
         tm._segl[:n, _LAST] = last
         tm._meta[_M_NEXT_ORD] = n
         tm._meta[_M_ITER] = iteration
         tm._rng = arrays["rng"]
-        if _check(tm._ip, tm._segi, tm._segl, tm._nseg, tm._pre, tm._perm, tm._colx, tm._iseg, tm._icic,
+        if _check(tm._ip, tm._fp, tm._segi, tm._nseg, tm._pre, tm._perm, tm._colx, tm._ctab, tm._iseg,
                   tm._meta):
             raise CorruptData(f"{_OWNER}: a segment repeats a presynaptic cell")
         act, win = arrays["active_cells"], arrays["winner_cells"]
         act.flags.writeable = False
         win.flags.writeable = False
         tm._act, tm._win = act, win
-        tm._lists = _refresh_activity(act, tm._lists, tm._flags, tm._ip, tm._fp, tm._segi, tm._segl, tm._perm,
-                                      tm._colx, tm._iseg, tm._icic, tm._meta)
+        tm._refresh()
         return tm
 
 
