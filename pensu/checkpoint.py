@@ -241,7 +241,7 @@ class LocalCheckpointStore(CheckpointStore):
     def _write_atomically(self, path: Path, blob: bytes) -> None:
         parent = path.parent
         if not parent.is_dir():
-            parent.mkdir(exist_ok=True)
+            parent.mkdir(parents=True, exist_ok=True)  # parents: the root may have been recreated
             _fsync_directory(self.directory)  # make the new subdirectory itself durable
         fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=parent)
         renamed = False
@@ -265,12 +265,15 @@ class LocalCheckpointStore(CheckpointStore):
         path = self.path_for(metric)
         try:
             blob = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except OSError as exc:
-            reason = _one_line(f"unreadable: {exc.strerror or exc}")
+        except IsADirectoryError as exc:
+            reason = "unreadable: a directory stands where the checkpoint file belongs"
             self._quarantine_path(path, reason)
             raise CheckpointCorrupt(reason) from exc
+        except OSError as exc:
+            # An I/O problem says nothing about the file's content: do not quarantine it.
+            raise CheckpointError(_one_line(f"cannot read checkpoint of {metric!r}: {exc}")) from exc
         try:
             return decode_checkpoint(blob, expected_metric=metric)
         except CheckpointCorrupt as exc:

@@ -8,7 +8,6 @@ counted `Rejection` (and a dead-letter record when that topic is configured).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -58,10 +57,6 @@ class Pipeline:
         self.events = events or PipelineEvents()
         self._clock = clock
         self._logged_reasons: set[str] = set()
-
-    def is_modelled(self, metric: str) -> bool:
-        """True when the allow-list admits the metric and it is not one of Pensu's own outputs."""
-        return not metric.startswith(OWN_OUTPUT_PREFIX) and self.allowed.match(metric) is not None
 
     def process(self, payload: bytes | None, source: str = "", offset: int = -1) -> MessageResult:
         """Process one message value; `source` ("topic:partition") and `offset` locate it."""
@@ -114,8 +109,3 @@ class Pipeline:
             result.records.append(OutputRecord(self.dead_letter_topic, None,
                                                bytes(rejection.raw[:DEAD_LETTER_MAX_BYTES]), headers))
 
-
-def describe_rejection(rejection: Rejection) -> str:
-    """A one-line JSON description of a rejection (for logs and the CLI)."""
-    return json.dumps({"reason": rejection.reason, "detail": rejection.detail,
-                       "raw": rejection.raw[:200].decode("utf-8", "replace")})

@@ -30,6 +30,7 @@ from pensu.kafka_io import EmbeddedKafka, OutputProducer, ensure_topics, wait_fo
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import Pipeline, PipelineEvents
 from pensu.registry import ModelRegistry, RegistryEvents
+from pensu.repartition import Repartitioner
 from pensu.settings import Settings
 from pensu.telemetry import RateLimitedLog, ServiceMetrics
 
@@ -122,6 +123,7 @@ class PensuService:
             registry=self.prom, status=self.status)
         self.consumer: Consumer | None = None
         self.producer: OutputProducer | None = None
+        self.repartitioner: Repartitioner | None = None
         self.bootstrap_servers: str | None = settings.kafka_bootstrap_servers
 
     # -- events ---------------------------------------------------------------------------
@@ -173,18 +175,22 @@ class PensuService:
         consumer_conf["bootstrap.servers"] = producer_conf["bootstrap.servers"] = self.bootstrap_servers
         consumer_conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
         consumer_conf.setdefault("auto.offset.reset", "earliest")
+        # An input topic created after start-up is noticed within this (librdkafka: 5 min).
+        consumer_conf.setdefault("topic.metadata.refresh.interval.ms", 30000)
         consumer_conf["enable.auto.commit"] = "false"
         consumer_conf["enable.auto.offset.store"] = "false"
+        # Topic creation is best effort and must not delay start-up (some clusters, like the mock
+        # one, never answer CreateTopics): it runs in the background.
+        threading.Thread(target=self._ensure_topics, args=(dict(producer_conf),), name="pensu-topics",
+                         daemon=True).start()
+        if self.settings.repartition:
+            self.repartitioner = Repartitioner(consumer_conf, producer_conf, self.settings.metrics_kafka_topic,
+                                               self.settings.repartition_kafka_topic, self._on_kafka_error)
+            self.repartitioner.start()
+            log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",
+                     self.settings.metrics_kafka_topic, self.settings.repartition_kafka_topic)
         consumer_conf["error_cb"] = self._on_kafka_error
         producer_conf["error_cb"] = self._on_kafka_error
-        try:
-            ensure_topics({k: v for k, v in producer_conf.items() if k != "error_cb"},
-                          [self._input_topic(), self.settings.reported_anomalies_kafka_topic,
-                           self.settings.prediction_metrics_kafka_topic,
-                           self.settings.anomalies_metrics_kafka_topic],
-                          timeout=5.0)
-        except Exception as exc:  # noqa: BLE001 - topic creation is best effort; the loop survives outages
-            log.warning("could not check topics at start (%s); continuing", exc)
         self.producer = OutputProducer(producer_conf, self._on_delivery_error,
                                        lambda topic: self.metrics.outputs_produced.labels(topic=topic).inc())
         self.consumer = Consumer(consumer_conf)
@@ -192,7 +198,18 @@ class PensuService:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.metrics.ready.set(0)
 
+    def _ensure_topics(self, config: dict) -> None:
+        try:
+            ensure_topics(config, [self.settings.metrics_kafka_topic, self._input_topic(),
+                                   self.settings.reported_anomalies_kafka_topic,
+                                   self.settings.prediction_metrics_kafka_topic,
+                                   self.settings.anomalies_metrics_kafka_topic], timeout=10.0)
+        except Exception as exc:  # noqa: BLE001 - best effort; the loop survives missing topics and outages
+            log.warning("could not check topics at start (%s); continuing", exc)
+
     def _input_topic(self) -> str:
+        if self.settings.repartition:
+            return self.settings.repartition_kafka_topic
         return self.settings.metrics_kafka_topic
 
     def run(self) -> int:
@@ -345,6 +362,8 @@ class PensuService:
     def _shutdown(self) -> None:
         log.info("stopping: delivering outputs and saving models")
         try:
+            if self.repartitioner is not None:
+                self.repartitioner.stop()
             if self.producer is not None:
                 self.producer.flush(10)
             saved, failed = self.models.save_dirty()

@@ -1,0 +1,81 @@
+"""Per-sample cost and size of HTM models on a real NAB series.
+
+Prints median and p99 µs per step for the `nab` anomaly model and the prediction model (after
+2,000 warm-up samples), serialized bytes and in-array memory per model after 5,000 samples.
+
+    python bench/htm_step.py [--file realKnownCause/machine_temperature_system_failure.csv]
+                             [--preset nab] [--samples 7000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pensu.htm.model import HtmModel  # noqa: E402
+from pensu.htm.presets import prediction_params, preset_params  # noqa: E402
+
+NAB_DATA = Path(os.environ.get("PENSU_NAB_DATA", ROOT.parent / "shared" / "nab" / "data"))
+WARMUP = 2000
+SIZE_AT = 5000
+
+
+def load_series(path: Path) -> list[tuple[float, float]]:
+    """(unix ts, value) rows of a NAB csv."""
+    rows = []
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            rows.append((ts.timestamp(), float(row["value"])))
+    return rows
+
+
+def measure(name: str, model: HtmModel, rows: list[tuple[float, float]]) -> None:
+    """Step through rows, timing each step after the warm-up; print the figures."""
+    times = []
+    size = memory = None
+    for i, (ts, value) in enumerate(rows):
+        started = time.perf_counter_ns()
+        model.step(ts, value)
+        elapsed = time.perf_counter_ns() - started
+        if i >= WARMUP:
+            times.append(elapsed / 1000.0)
+        if i + 1 == SIZE_AT:
+            size = len(model.to_bytes())
+            memory = model.memory_bytes()
+    arr = np.array(times)
+    print(f"{name:<18} steps={len(arr):>6}  median={np.median(arr):8.1f} µs  p99={np.percentile(arr, 99):8.1f} µs  "
+          f"mean={arr.mean():8.1f} µs")
+    if size is not None:
+        print(f"{'':<18} after {SIZE_AT} samples: serialized={size / 1e6:.2f} MB  in-array memory={memory / 1e6:.2f} MB")
+
+
+def main() -> None:
+    """Run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--file", default="realKnownCause/machine_temperature_system_failure.csv")
+    parser.add_argument("--preset", default="nab")
+    parser.add_argument("--samples", type=int, default=7000)
+    args = parser.parse_args()
+    rows = load_series(NAB_DATA / args.file)[: args.samples]
+    print(f"series {args.file}: {len(rows)} samples; preset {args.preset}; cpu count {os.cpu_count()}")
+    # Compile the numba kernels outside the measurement.
+    warm = HtmModel(preset_params(args.preset, warmup_samples=10), seed=1)
+    for ts, value in rows[:50]:
+        warm.step(ts, value)
+    measure("anomaly model", HtmModel(preset_params(args.preset), seed=1), rows)
+    measure("prediction model", HtmModel(prediction_params(preset_params(args.preset), 1), seed=2), rows)
+
+
+if __name__ == "__main__":
+    main()

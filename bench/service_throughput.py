@@ -1,0 +1,155 @@
+"""End-to-end service throughput and latency through the librdkafka mock broker, one process.
+
+Two phases per scenario:
+1. throughput: N samples are queued on the input topic, then the service drains them; samples/s
+   is (samples / time until the last output is consumed);
+2. latency: lines are produced at a fixed rate (half the measured throughput) and each output's
+   latency is (time it was read back − the input message's create time).
+
+    python bench/service_throughput.py                      # 1,000 metrics resident
+    python bench/service_throughput.py --metrics 10000 --cap 1000   # swapping
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pensu.kafka_io import EmbeddedKafka  # noqa: E402
+from pensu.service import PensuService  # noqa: E402
+from pensu.settings import load_settings  # noqa: E402
+
+START = 1_700_000_000
+
+
+def value(metric_index: int, i: int) -> float:
+    """A noisy daily-ish wave per metric."""
+    return round(50 + 30 * math.sin(2 * math.pi * (i + metric_index) / 288) + (metric_index * 7919 + i * 104729) % 11, 3)
+
+
+def produce(bootstrap: str, topic: str, metrics: int, start: int, count: int, rate: float = 0.0) -> int:
+    """Produce `count` samples per metric (indexes start..start+count), optionally rate-limited."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+    sent = 0
+    period = 1.0 / rate if rate else 0.0
+    next_at = time.monotonic()
+    for i in range(start, start + count):
+        for m in range(metrics):
+            line = f"bench.m{m}.value {value(m, i)} {START + 60 * i}".encode()
+            while True:
+                try:
+                    producer.produce(topic, key=f"bench.m{m}.value".encode(), value=line)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            sent += 1
+            if period:
+                next_at += period
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        producer.poll(0)
+    producer.flush(60)
+    return sent
+
+
+def drain(bootstrap: str, topic: str, expected: int, timeout: float, latencies: list[float] | None = None) -> int:
+    """Read `expected` messages from `topic`; record latency from create time when asked."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got = 0
+    deadline = time.monotonic() + timeout
+    while got < expected and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=0.5):
+            if msg.error() is None:
+                got += 1
+                if latencies is not None:
+                    latencies.append(time.time() * 1000 - msg.timestamp()[1])
+    consumer.close()
+    return got
+
+
+def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int) -> None:
+    """Run one scenario and print its figures."""
+    with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory() as models:
+        env = {
+            "PENSU_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "PENSU_MODELS_DIR": models, "PENSU_MAX_ALLOWED_MODELS": str(cap),
+            "PENSU_MAX_TRACKED_METRICS": str(max(metrics, 1) * 2),
+            "PENSU_PING_LISTEN_PORT": str(_free_port()), "PENSU_HTTP_PORT": "0",
+            "PENSU_TOPICS_REPORT_INTERVAL": "0", "PENSU_MODELS_AUTOSAVE_INTERVAL": "3600",
+            # A configured range skips the warm-up, so every timed sample runs both models.
+            "PENSU_METRIC_RANGES": '{"bench\\\\.": [0, 100]}',
+        }
+        settings = load_settings(env)
+        service = PensuService(settings)
+        service.start()
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        out_topic = settings.reported_anomalies_kafka_topic
+        # Warm every model (and compile kernels) before timing.
+        produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, 0, warm_samples)
+        drain(kafka.bootstrap_servers, out_topic, 3 * metrics * warm_samples, timeout=3600)
+        base = 3 * metrics * warm_samples
+
+        started = time.monotonic()
+        produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, warm_samples, timed_samples)
+        got = drain(kafka.bootstrap_servers, out_topic, base + 3 * metrics * timed_samples, timeout=3600)
+        elapsed = time.monotonic() - started
+        samples = (got - base) // 3
+        rate = samples / elapsed
+        print(f"metrics={metrics} cap={cap} resident={len(service.models)}: {samples} samples in {elapsed:.1f}s "
+              f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()})")
+
+        latencies: list[float] = []
+        slow_rate = max(1.0, rate / 2)
+        n_lat = max(1, int(min(20 * slow_rate, 3 * metrics)) // metrics)
+        start_index = warm_samples + timed_samples
+        producer_thread = threading.Thread(target=produce, args=(kafka.bootstrap_servers, settings.metrics_kafka_topic,
+                                                                 metrics, start_index, n_lat, slow_rate))
+        producer_thread.start()
+        # skip everything already consumed: read from the start, keep only the last 3·metrics·n_lat latencies
+        drain(kafka.bootstrap_servers, out_topic, base + 3 * metrics * (timed_samples + n_lat), timeout=3600,
+              latencies=latencies)
+        producer_thread.join()
+        tail = np.array(latencies[-3 * metrics * n_lat:])
+        print(f"  latency at {slow_rate:.0f} samples/s: p50={np.percentile(tail, 50):.0f} ms "
+              f"p99={np.percentile(tail, 99):.0f} ms (input create time → output read back)")
+        service.request_stop()
+        thread.join(120)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    """Parse arguments and run the scenario."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", type=int, default=1000)
+    parser.add_argument("--cap", type=int, default=1000)
+    parser.add_argument("--warm-samples", type=int, default=3)
+    parser.add_argument("--timed-samples", type=int, default=5)
+    args = parser.parse_args()
+    scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples)
+
+
+if __name__ == "__main__":
+    main()

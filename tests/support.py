@@ -1,0 +1,33 @@
+"""Small, fast analyzer configurations and series shared by tests."""
+
+from __future__ import annotations
+
+import math
+
+from pensu.analyzer import AnalyzerConfig, Thresholds
+from pensu.htm.likelihood import AnomalyLikelihoodParams
+from pensu.htm.presets import prediction_params, preset_params
+
+START_TS = 1_600_000_000.0
+INTERVAL = 300.0
+
+
+def fast_config(thresholds: Thresholds | None = None, steps: int = 1, warmup: int = 30,
+                learning: int = 40, estimation: int = 40) -> AnalyzerConfig:
+    """The `small` preset with a short warm-up and likelihood probation, for quick tests."""
+    likelihood = AnomalyLikelihoodParams(learning_period=learning, estimation_samples=estimation,
+                                         reestimation_period=20)
+    anomaly = preset_params("small", warmup_samples=warmup, likelihood=likelihood)
+    prediction = prediction_params(preset_params("small", warmup_samples=warmup), steps)
+    return AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction,
+                          thresholds=thresholds or Thresholds(), prediction_steps=steps)
+
+
+def periodic_value(index: int, period: int = 24) -> float:
+    """A clean periodic signal in [0, 100]."""
+    return round(50.0 + 40.0 * math.sin(2 * math.pi * index / period), 3)
+
+
+def series(n: int, start: int = 0, period: int = 24) -> list[tuple[float, float]]:
+    """(timestamp, value) pairs of the periodic signal at a 5-minute interval."""
+    return [(START_TS + INTERVAL * i, periodic_value(i, period)) for i in range(start, start + n)]

@@ -1,0 +1,154 @@
+"""MetricAnalyzer: decision rule, direction, ordering, replay bookkeeping, exact round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+import pytest
+
+from pensu.analyzer import MetricAnalyzer, Thresholds, metric_seed
+from pensu.errors import CorruptData, LineRejected, UnsupportedFormatVersion
+from tests.support import INTERVAL, START_TS, fast_config, series
+
+NEVER = Thresholds(anomaly_score=1.01, anomaly_likelihood=1.01, minimum_confidence=0.0)
+ALWAYS = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.0)
+
+
+def run(analyzer: MetricAnalyzer, samples: list[tuple[float, float]]) -> list:
+    return [analyzer.process(ts, value) for ts, value in samples]
+
+
+def test_seed_is_stable_and_differs_between_metrics() -> None:
+    assert metric_seed("a.b") == metric_seed("a.b")
+    assert metric_seed("a.b") != metric_seed("a.c")
+
+
+def test_warmup_is_neutral_then_models_run() -> None:
+    analyzer = MetricAnalyzer("m", fast_config(warmup=30))
+    out = run(analyzer, series(60))
+    assert all(a.warming_up and not a.reported for a in out[:29])
+    assert not out[-1].warming_up
+    assert [a.model_age for a in out] == list(range(1, 61))
+
+
+def test_thresholds_gate_reports() -> None:
+    samples = series(150)
+    never = run(MetricAnalyzer("m", fast_config(NEVER)), samples)
+    always = run(MetricAnalyzer("m", fast_config(ALWAYS)), samples)
+    assert not any(a.reported for a in never)
+    # With zero thresholds every modelled sample is reported; warm-up samples never are.
+    assert all(a.reported == (not a.warming_up) for a in always)
+    # Thresholds do not change what the models compute.
+    assert [a.anomaly_score for a in never] == [a.anomaly_score for a in always]
+
+
+def test_minimum_confidence_blocks_unconfident_reports() -> None:
+    strict = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.999999)
+    out = run(MetricAnalyzer("m", fast_config(strict)), series(150))
+    assert all(a.reported == (not a.warming_up and a.prediction_confidence >= 0.999999) for a in out)
+    assert not all(a.reported for a in out if not a.warming_up)
+
+
+def test_direction_follows_the_prediction_made_for_the_sample() -> None:
+    out = run(MetricAnalyzer("m", fast_config(ALWAYS)), series(200))
+    checked = 0
+    for prev, a in zip(out, out[1:]):
+        if not a.reported:
+            assert a.direction == 0
+            continue
+        reference = a.predicted_value if a.predicted_value is not None else prev.value
+        expected = (a.value > reference) - (a.value < reference)
+        assert a.direction == expected
+        checked += a.predicted_value is not None
+    assert checked > 50  # the prediction model produced predictions for most samples
+
+
+def test_spike_after_learning_is_reported_upwards() -> None:
+    thresholds = Thresholds()  # service defaults: 0.5 raw score, 0.99999 likelihood
+    analyzer = MetricAnalyzer("m", fast_config(thresholds))
+    out = run(analyzer, series(400))
+    assert sum(a.reported for a in out[200:]) <= 2  # a learned periodic signal is quiet
+    spike = analyzer.process(START_TS + INTERVAL * 400, 1000.0)
+    assert spike.spatial_anomaly and spike.anomaly_likelihood == 1.0
+    assert spike.reported and spike.direction == 1
+    assert spike.anomaly_score >= 0.5
+
+
+def test_forecast_timestamp_uses_observed_interval_and_steps() -> None:
+    analyzer = MetricAnalyzer("m", fast_config(steps=3))
+    out = run(analyzer, series(80))
+    assert out[0].forecast_timestamp is None
+    assert all(a.forecast_timestamp == a.timestamp + 3 * INTERVAL for a in out[1:])
+
+
+def test_prediction_for_a_sample_is_the_forecast_made_steps_earlier() -> None:
+    out = run(MetricAnalyzer("m", fast_config(steps=2)), series(120))
+    for earlier, later in zip(out, out[2:]):
+        assert later.predicted_value == earlier.forecast
+        assert later.prediction_confidence == earlier.forecast_confidence
+
+
+def test_out_of_order_and_duplicate_timestamps_are_rejected_without_learning() -> None:
+    analyzer = MetricAnalyzer("m", fast_config())
+    run(analyzer, series(5))
+    before = analyzer.to_bytes()
+    last_ts = START_TS + 4 * INTERVAL
+    with pytest.raises(LineRejected) as dup:
+        analyzer.process(last_ts, 1.0)
+    assert dup.value.reason == "duplicate"
+    with pytest.raises(LineRejected) as old:
+        analyzer.process(last_ts - 1, 1.0)
+    assert old.value.reason == "out_of_order"
+    with pytest.raises(LineRejected) as bad:
+        analyzer.process(last_ts + 1, float("nan"))
+    assert bad.value.reason == "value_not_finite"
+    assert analyzer.to_bytes() == before
+
+
+def test_already_applied_tracks_offsets_and_lines_per_source() -> None:
+    analyzer = MetricAnalyzer("m", fast_config())
+    analyzer.process(START_TS, 1.0, "metrics:0", 10, 2)
+    assert analyzer.already_applied("metrics:0", 10, 2)
+    assert analyzer.already_applied("metrics:0", 9, 7)
+    assert not analyzer.already_applied("metrics:0", 10, 3)
+    assert not analyzer.already_applied("metrics:1", 1, 0)
+
+
+@pytest.mark.parametrize("split", [10, 45, 160])
+def test_round_trip_continues_bit_identically(split: int) -> None:
+    samples = series(260)
+    reference = MetricAnalyzer("m.x", fast_config(ALWAYS, steps=2))
+    expected = run(reference, samples)
+    first = MetricAnalyzer("m.x", fast_config(ALWAYS, steps=2))
+    run(first, samples[:split])
+    restored = MetricAnalyzer.from_bytes(first.to_bytes(), ALWAYS, expected_metric="m.x")
+    resumed = run(restored, samples[split:])
+    assert [dataclasses.astuple(a) for a in resumed] == [dataclasses.astuple(a) for a in expected[split:]]
+
+
+def test_restored_analyzer_takes_thresholds_from_current_settings() -> None:
+    analyzer = MetricAnalyzer("m", fast_config(ALWAYS))
+    run(analyzer, series(50))
+    restored = MetricAnalyzer.from_bytes(analyzer.to_bytes(), NEVER)
+    assert not restored.process(START_TS + INTERVAL * 50, 50.0).reported
+
+
+def test_bad_bytes_raise_clear_errors() -> None:
+    analyzer = MetricAnalyzer("m", fast_config())
+    run(analyzer, series(40))
+    blob = analyzer.to_bytes()
+    with pytest.raises(CorruptData):
+        MetricAnalyzer.from_bytes(blob[: len(blob) // 2], ALWAYS)
+    with pytest.raises(CorruptData):
+        MetricAnalyzer.from_bytes(b"\x00garbage", ALWAYS)
+    with pytest.raises(CorruptData):
+        MetricAnalyzer.from_bytes(blob, ALWAYS, expected_metric="other")
+    envelope = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    envelope["version"] = 99
+    with pytest.raises(UnsupportedFormatVersion):
+        MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), ALWAYS)
+    del envelope["analyzer"]["anomaly_model"]
+    envelope["version"] = 1
+    with pytest.raises(CorruptData):
+        MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), ALWAYS)

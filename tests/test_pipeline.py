@@ -1,0 +1,120 @@
+"""Pipeline: one message → parsed, filtered, routed, analysed and rendered records."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pensu.analyzer import Thresholds
+from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS, output_metric_name, parse_line
+from pensu.checkpoint import LocalCheckpointStore
+from pensu.outputs import OutputFormatter, OutputTopics
+from pensu.pipeline import Pipeline, PipelineEvents
+from pensu.registry import ModelRegistry
+from tests.support import INTERVAL, fast_config, series
+
+ALWAYS = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0)
+TOPICS = OutputTopics("anom", "pred", "reports")
+
+
+def make_pipeline(tmp_path: Path, allowed: str = ".*", dead_letter: str | None = None,
+                  thresholds: Thresholds = ALWAYS) -> tuple[Pipeline, Counter]:
+    counts: Counter = Counter()
+    events = PipelineEvents(
+        sample=lambda s: counts.update(["sample"]),
+        rejected=lambda reason: counts.update([f"rejected:{reason}"]),
+        skipped=lambda reason: counts.update([f"skipped:{reason}"]),
+        reported=lambda: counts.update(["reported"]),
+    )
+    registry = ModelRegistry(LocalCheckpointStore(tmp_path), fast_config(thresholds), capacity=10)
+    formatter = OutputFormatter(TOPICS, DEFAULT_NAME_TEMPLATE, thresholds, "test-instance")
+    return Pipeline(registry, formatter, re.compile(allowed), dead_letter, events), counts
+
+
+def lines(metric: str, samples: list[tuple[float, float]]) -> bytes:
+    return b"\n".join(f"{metric} {v!r} {int(ts)}".encode() for ts, v in samples)
+
+
+def test_multi_line_message_produces_all_outputs_keyed_by_metric(tmp_path: Path) -> None:
+    pipeline, counts = make_pipeline(tmp_path)
+    result = pipeline.process(lines("a.b", series(60)), "metrics:0", 5)
+    assert result.samples == 60 and result.metrics == {"a.b"} and counts["sample"] == 60
+    assert all(r.key == b"a.b" for r in result.records)
+    by_topic = Counter(r.topic for r in result.records)
+    # 3 anomaly lines per sample; 2 prediction lines per sample from the end of the 30-sample
+    # warm-up on (no forecast exists before the model is built).
+    assert by_topic["anom"] == 180 and by_topic["pred"] == 2 * (60 - 30 + 1)
+    names = {parse_line(r.value.rstrip(b"\n")).metric for r in result.records if r.topic != "reports"}
+    assert names == {output_metric_name(DEFAULT_NAME_TEMPLATE, kind, "a.b") for kind in OUTPUT_KINDS}
+    reports = [json.loads(r.value) for r in result.records if r.topic == "reports"]
+    assert len(reports) == counts["reported"] > 0
+    assert set(reports[0]) == {"metric", "timestamp", "value", "predicted_value", "prediction_confidence",
+                               "anomaly_score", "anomaly_likelihood", "direction", "thresholds",
+                               "model_age", "pensu_instance"}
+    assert reports[0]["pensu_instance"] == "test-instance" and reports[0]["metric"] == "a.b"
+
+
+def test_prediction_lines_carry_the_forecast_timestamp(tmp_path: Path) -> None:
+    pipeline, _ = make_pipeline(tmp_path)
+    result = pipeline.process(lines("a.b", series(40)), "metrics:0", 0)
+    preds = [parse_line(r.value.rstrip(b"\n")) for r in result.records if r.topic == "pred"]
+    anoms = [parse_line(r.value.rstrip(b"\n")) for r in result.records if r.topic == "anom"]
+    assert max(p.timestamp for p in preds) == max(a.timestamp for a in anoms) + INTERVAL
+
+
+def test_bad_lines_are_rejected_counted_and_dead_lettered(tmp_path: Path) -> None:
+    pipeline, counts = make_pipeline(tmp_path, dead_letter="dlq")
+    payload = b"\n".join([b"good.metric 1 1600000000", b"only two", b"bad..name 1 1600000000",
+                          b"x nan 1600000000", b"\xff\xfe 1 2", b"good.metric 2 1599999999"])
+    result = pipeline.process(payload, "metrics:1", 7)
+    reasons = sorted(k.split(":", 1)[1] for k in counts if k.startswith("rejected:"))
+    assert reasons == sorted(["arity", "name_illegal", "value_not_finite", "decode", "out_of_order"])
+    dead = [r for r in result.records if r.topic == "dlq"]
+    assert len(dead) == 5
+    headers = {dict(r.headers)["pensu-reason"] for r in dead}
+    assert headers == {b"arity", b"name_illegal", b"value_not_finite", b"decode", b"out_of_order"}
+    assert all(dict(r.headers)["pensu-source"] == b"metrics:1@7" for r in dead)
+    assert result.samples == 1
+
+
+def test_no_dead_letter_records_when_disabled(tmp_path: Path) -> None:
+    pipeline, counts = make_pipeline(tmp_path)
+    result = pipeline.process(b"one two", "metrics:0", 0)
+    assert result.records == [] and counts["rejected:arity"] == 1
+
+
+def test_allow_list_and_own_outputs_are_not_modelled(tmp_path: Path) -> None:
+    pipeline, counts = make_pipeline(tmp_path, allowed=r"prod\.")
+    payload = b"prod.cpu 1 1600000000\nstaging.cpu 1 1600000000\npensu.anomaly_score.metrics_analyzer.prod.cpu 1 1600000000"
+    result = pipeline.process(payload, "metrics:0", 0)
+    assert result.metrics == {"prod.cpu"}
+    assert counts["skipped:not_allowed"] == 1 and counts["skipped:own_output"] == 1
+    assert "staging.cpu" not in pipeline.registry
+
+
+def test_replayed_offsets_are_skipped_not_learned_twice(tmp_path: Path) -> None:
+    pipeline, counts = make_pipeline(tmp_path)
+    payload = lines("m", series(3))
+    first = pipeline.process(payload, "metrics:0", 42)
+    again = pipeline.process(payload, "metrics:0", 42)
+    assert first.samples == 3 and again.samples == 0 and again.records == []
+    assert counts["skipped:replayed"] == 3
+    assert pipeline.registry.get("m").sample_count == 3
+
+
+@pytest.mark.parametrize("payload", [None, b"", b"\n\n", b"   \r\n"])
+def test_empty_messages_produce_nothing(tmp_path: Path, payload: bytes | None) -> None:
+    pipeline, counts = make_pipeline(tmp_path)
+    result = pipeline.process(payload, "metrics:0", 0)
+    assert result.records == [] and result.rejections == [] and not counts
+
+
+def test_reports_follow_thresholds(tmp_path: Path) -> None:
+    never = Thresholds(anomaly_score=1.01, anomaly_likelihood=1.01)
+    pipeline, counts = make_pipeline(tmp_path, thresholds=never)
+    result = pipeline.process(lines("m", series(80)), "metrics:0", 0)
+    assert not [r for r in result.records if r.topic == "reports"] and counts["reported"] == 0

@@ -1,0 +1,120 @@
+"""ModelRegistry: capped LRU swapping through a real on-disk CheckpointStore."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from pensu.analyzer import MetricAnalyzer, Thresholds
+from pensu.checkpoint import LocalCheckpointStore
+from pensu.registry import ModelRegistry, RegistryEvents
+from tests.support import fast_config, series
+
+ALWAYS = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0)
+METRICS = [f"host{i}.cpu" for i in range(10)]
+
+
+def counting_events() -> tuple[RegistryEvents, Counter]:
+    counts: Counter = Counter()
+    events = RegistryEvents(
+        evicted=lambda: counts.update(["evicted"]),
+        loaded=lambda source: counts.update([f"loaded_{source}"]),
+        saved=lambda: counts.update(["saved"]),
+        save_failed=lambda: counts.update(["save_failed"]),
+        load_failed=lambda: counts.update(["load_failed"]),
+        quarantined=lambda: counts.update(["quarantined"]),
+    )
+    return events, counts
+
+
+def interleaved(registry: ModelRegistry, samples: list[tuple[float, float]]) -> dict[str, list]:
+    """Feed each sample to every metric in turn (the worst case for an LRU)."""
+    out: dict[str, list] = {m: [] for m in METRICS}
+    for i, (ts, value) in enumerate(samples):
+        for k, metric in enumerate(METRICS):
+            analysis = registry.get(metric).process(ts, value + k, f"metrics:{k % 4}", i, 0)
+            registry.mark_dirty(metric)
+            out[metric].append(dataclasses.astuple(analysis))
+    return out
+
+
+def test_cap_of_three_with_ten_metrics_gives_identical_outputs(tmp_path: Path) -> None:
+    config = fast_config(ALWAYS)
+    samples = series(70)
+    events, counts = counting_events()
+    capped = ModelRegistry(LocalCheckpointStore(tmp_path / "capped"), config, capacity=3, events=events)
+    uncapped = ModelRegistry(LocalCheckpointStore(tmp_path / "free"), config, capacity=100)
+    got = interleaved(capped, samples)
+    want = interleaved(uncapped, samples)
+    assert len(capped) == 3
+    assert got == want  # swapping never loses or repeats learning
+    assert counts["evicted"] >= 7 * len(samples) - 10
+    assert counts["loaded_checkpoint"] > 0 and counts["loaded_fresh"] == len(METRICS)
+    files = list((tmp_path / "capped").rglob("*.ckpt"))
+    assert len(files) >= 7
+
+
+def test_checkpoint_file_names_never_contain_the_metric_name(tmp_path: Path) -> None:
+    registry = ModelRegistry(LocalCheckpointStore(tmp_path), fast_config(), capacity=1)
+    for metric in ("a.visible.name", "b.other"):
+        registry.get(metric).process(1.0, 1.0)
+        registry.mark_dirty(metric)
+    registry.save_dirty()
+    names = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert names and not any("visible" in n or "other" in n for n in names)
+
+
+def test_release_saves_and_drops_and_reload_resumes(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    registry = ModelRegistry(store, fast_config(ALWAYS), capacity=10)
+    samples = series(60)
+    for ts, value in samples[:40]:
+        registry.get("m").process(ts, value)
+        registry.mark_dirty("m")
+    assert registry.release(["m"]) == 1 and "m" not in registry
+    other = ModelRegistry(store, fast_config(ALWAYS), capacity=10)
+    resumed = [other.get("m").process(ts, v) for ts, v in samples[40:]]
+    reference = MetricAnalyzer("m", fast_config(ALWAYS))
+    expected = [reference.process(ts, v) for ts, v in samples][40:]
+    assert resumed == expected
+
+
+def test_corrupt_checkpoint_is_quarantined_and_a_fresh_model_starts(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    registry = ModelRegistry(store, fast_config(), capacity=10)
+    for ts, value in series(20):
+        registry.get("m").process(ts, value)
+        registry.mark_dirty("m")
+    registry.release(["m"])
+    path = store.path_for("m")
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    events, counts = counting_events()
+    fresh = ModelRegistry(store, fast_config(), capacity=10, events=events)
+    analyzer = fresh.get("m")
+    assert analyzer.sample_count == 0
+    assert counts["quarantined"] == 1 and counts["loaded_fresh"] == 1
+    assert not path.exists()
+    assert list((tmp_path / "quarantine").iterdir())
+
+
+def test_failed_save_keeps_the_model_resident_and_a_later_save_catches_up(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    events, counts = counting_events()
+    registry = ModelRegistry(LocalCheckpointStore(models), fast_config(), capacity=1, events=events)
+    registry.get("a").process(1.0, 1.0)
+    registry.mark_dirty("a")
+    # A real fault: the models directory is replaced by a regular file, so writes fail.
+    shutil.rmtree(models)
+    models.write_bytes(b"not a directory")
+    registry.get("b").process(1.0, 2.0)
+    registry.mark_dirty("b")
+    assert counts["save_failed"] >= 1
+    assert "a" in registry and "b" in registry  # over the cap rather than losing "a"
+    models.unlink()
+    saved, failed = registry.save_dirty()
+    assert (saved, failed) == (2, 0)
+    assert LocalCheckpointStore(models).load("a") is not None
