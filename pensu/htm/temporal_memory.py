@@ -46,7 +46,9 @@ from pensu.htm.serialization import pack_array, require, unpack_array
 
 EPSILON = 1e-5  # synapses whose permanence falls below this are destroyed (htm.core's value)
 _OWNER = "TemporalMemory"
-_IDX_BASE = 8  # smallest presynaptic-index block (entries)
+_IDX_BASE = 4  # smallest presynaptic-list block (entries)
+COMPACT_RATIO = 2  # compact when a pool's high-water mark exceeds this × live synapses ...
+COMPACT_SLACK = 16384  # ... plus this many slots
 _SYN_BASE = 32  # smallest synapse block (synapses)
 
 # segi columns (int32 per segment slot)
@@ -289,35 +291,45 @@ def _create_segment(cell, ip, segi, segl, cnt, nseg, pre, perm, colx, ctab, iseg
 
 
 @njit(cache=True)
-def _adapt(g, inc, dec, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta):
-    """+inc on synapses to previously active cells, −dec on the rest; drop dead synapses/segment."""
-    cpc = ip[_P_CPC]
-    sh = ip[_P_SHIFT]
+def _adapt(g, inc, dec, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta):
+    """+inc on synapses to previously active cells, −dec on the rest; drop dead synapses/segment.
+
+    `events` is scratch of at least max_synapses_per_segment + 1 int32."""
     conn = np.float32(fp[_F_CONN])
+    eps = np.float32(EPSILON)
     start = segi[g, _START]
     n = segi[g, _COUNT]
-    k = 0
-    while k < n:
+    # Pass 1, a tight loop: new permanences; note the rare synapses that die or cross `conn`.
+    n_events = 0
+    for k in range(n):
         i = start + k
         old = perm[i]
-        p = float(old)
         if flags[pre[i]] & _PREV_ACT:
-            p += inc
+            new = np.float32(min(float(old) + inc, 1.0))
         else:
-            p -= dec
-        if p < EPSILON:
-            # The last synapse moves into slot k and is adapted next.
-            _destroy_synapse(g, k, ip, segi, pre, perm, colx, ctab, iseg, meta)
-            n -= 1
-            continue
-        new = np.float32(min(p, 1.0))
+            new = np.float32(min(float(old) - dec, 1.0))
         perm[i] = new
-        if (new >= conn) != (old >= conn):
-            # Keep the index entry's connected bit in step with the permanence.
-            j = _idx_find(pre[i], (g << sh) | k, cpc, colx, ctab, iseg)
+        lo = min(old, new)
+        hi = max(old, new)
+        events[n_events] = k  # branch-free: kept only when the synapse died or crossed
+        n_events += (lo < eps) | ((lo < conn) & (hi >= conn))
+    if n_events == 0:
+        return
+    # Pass 2: flip the index's connected bit of live synapses that crossed `conn` ...
+    cpc = ip[_P_CPC]
+    sh = ip[_P_SHIFT]
+    for t in range(n_events):
+        k = events[t]
+        if perm[start + k] >= eps:
+            j = _idx_find(pre[start + k], (g << sh) | k, cpc, colx, ctab, iseg)
             iseg[j] ^= 1
-        k += 1
-    if n == 0:
+    # ... then destroy dead ones, highest first: destroying k moves the last synapse into k,
+    # which going downwards is never one still pending.
+    for t in range(n_events - 1, -1, -1):
+        k = events[t]
+        if perm[start + k] < eps:
+            _destroy_synapse(g, k, ip, segi, pre, perm, colx, ctab, iseg, meta)
+    if segi[g, _COUNT] == 0:
         _destroy_segment(g, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta)
 
 
@@ -486,6 +498,7 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
     dec = fp[_F_DEC]
     pdec = fp[_F_PDEC]
     max_new = ip[_P_NEW]
+    events = np.empty(ip[_P_MAXSYN] + 1, dtype=np.int32)
     act = np.empty(columns.shape[0] * cpc, dtype=np.int32)
     win = np.empty(columns.shape[0] * cpc, dtype=np.int32)
     n_act = 0
@@ -498,7 +511,7 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
         while im < mseg.shape[0] and segi[mseg[im], _CELL] // cpc < col:
             g = mseg[im]
             if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
-                _adapt(g, -pdec, 0.0, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
+                _adapt(g, -pdec, 0.0, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
             im += 1
         while ia < aseg.shape[0] and segi[aseg[ia], _CELL] // cpc < col:
             ia += 1
@@ -522,7 +535,7 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
                     last = cell
                 if learn:
                     pot = cnt[g] & _POT_MASK
-                    _adapt(g, inc, dec, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
+                    _adapt(g, inc, dec, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
                     if segi[g, _CELL] >= 0 and max_new - pot > 0:
                         pre, perm, ctab, iseg = _grow(g, max_new - pot, prev_win, flags, rng, ip, fp, segi,
                                                       pre, perm, colx, ctab, iseg, meta)
@@ -539,7 +552,7 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
             n_win += 1
             if learn:
                 pot = cnt[best] & _POT_MASK
-                _adapt(best, inc, dec, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
+                _adapt(best, inc, dec, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
                 if segi[best, _CELL] >= 0 and max_new - pot > 0:
                     pre, perm, ctab, iseg = _grow(best, max_new - pot, prev_win, flags, rng, ip, fp, segi,
                                                   pre, perm, colx, ctab, iseg, meta)
@@ -570,7 +583,7 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
     while im < mseg.shape[0]:
         g = mseg[im]
         if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
-            _adapt(g, -pdec, 0.0, flags, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
+            _adapt(g, -pdec, 0.0, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
         im += 1
     for c in prev_act:
         flags[c] = 0
@@ -603,6 +616,70 @@ def _full_walk(act, num_cells, segi, pre, perm, n_slots, conn):
                 if perm[i] >= c32:
                     con[g] += 1
     return pot, con
+
+
+@njit(cache=True)
+def _compact(ip, segi, pre, perm, colx, ctab, iseg, meta):
+    """Re-lay both pools tightly (segments grouped by cell, lists by cell); return (pre, perm, iseg).
+
+    Only storage positions change (slots, synapse order and list contents stay), so behaviour is
+    unaffected; it returns memory from freed blocks and puts a column's data side by side."""
+    top = meta[_M_SEG_TOP]
+    keys = np.empty(meta[_M_NSEG], dtype=np.int64)
+    m = 0
+    for g in range(top):
+        if segi[g, _CELL] >= 0:
+            keys[m] = (np.int64(segi[g, _CELL]) << 32) | g
+            m += 1
+    keys.sort()
+    total = 0
+    for t in range(m):
+        g = np.int32(keys[t] & 0xFFFFFFFF)
+        total += ip[_P_CLASSES + _syn_class(segi[g, _COUNT], ip)]
+    new_pre = np.zeros(total + total // 8 + 256, dtype=np.int32)
+    new_perm = np.zeros(total + total // 8 + 256, dtype=np.float32)
+    pos = 0
+    for t in range(m):
+        g = np.int32(keys[t] & 0xFFFFFFFF)
+        start = segi[g, _START]
+        n = segi[g, _COUNT]
+        for k in range(n):
+            new_pre[pos + k] = pre[start + k]
+            new_perm[pos + k] = perm[start + k]
+        cap = ip[_P_CLASSES + _syn_class(n, ip)]
+        segi[g, _START] = pos
+        segi[g, _CAP] = cap
+        pos += cap
+    meta[_M_POOL_TOP] = pos
+    ncls = ip[_P_NCLS]
+    meta[_M_SYN_FREE:_M_SYN_FREE + ncls] = -1
+    rows = meta[_M_NTAB] * ip[_P_CPC]
+    total = 0
+    for r in range(rows):
+        if ctab[r, _XCOUNT] > 0:
+            total += _IDX_BASE << _idx_class(ctab[r, _XCOUNT])
+    new_iseg = np.zeros(total + total // 8 + 256, dtype=np.int32)
+    pos = 0
+    for col in range(colx.shape[0]):
+        t0 = colx[col]
+        if t0 < 0:
+            continue
+        for r in range(t0 * ip[_P_CPC], (t0 + 1) * ip[_P_CPC]):
+            n = ctab[r, _XCOUNT]
+            if n == 0:
+                ctab[r, _XSTART] = 0
+                ctab[r, _XCAP] = 0
+                continue
+            start = ctab[r, _XSTART]
+            for i in range(n):
+                new_iseg[pos + i] = iseg[start + i]
+            cap = _IDX_BASE << _idx_class(n)
+            ctab[r, _XSTART] = pos
+            ctab[r, _XCAP] = cap
+            pos += cap
+    meta[_M_IDX_TOP] = pos
+    meta[_M_IDX_FREE:_M_IDX_FREE + 32] = -1
+    return new_pre, new_perm, new_iseg
 
 
 # -- numba kernels: (de)serialization -------------------------------------------------------
@@ -783,13 +860,13 @@ class TemporalMemory:
         self.seed = int(seed)
         self.num_cells = self.num_columns * params.cells_per_column
         shift = max(1, int(params.max_synapses_per_segment - 1).bit_length())
+        # Block classes 32, 48, 64, 96, 128, ... (powers of two and 1.5×): less slack than doubling.
         classes = []
-        size = min(_SYN_BASE, params.max_synapses_per_segment)
-        while True:
+        size = _SYN_BASE
+        while size < params.max_synapses_per_segment and len(classes) < 7:
             classes.append(size)
-            if size >= params.max_synapses_per_segment:
-                break
-            size = min(size * 2, params.max_synapses_per_segment)
+            size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+        classes.append(params.max_synapses_per_segment)
         self._ip = np.array([self.num_columns, params.cells_per_column, params.activation_threshold,
                              params.min_threshold, params.max_new_synapse_count,
                              params.max_segments_per_cell, params.max_synapses_per_segment, shift,
@@ -849,7 +926,15 @@ class TemporalMemory:
         win.flags.writeable = False
         self._act, self._win, self._lists = act, win, lists
         self._pre, self._perm, self._ctab, self._iseg = pre, perm, ctab, iseg
+        live = COMPACT_RATIO * meta[_M_NSYN] + COMPACT_SLACK
+        if meta[_M_POOL_TOP] > live or meta[_M_IDX_TOP] > live:
+            self.compact()
         return float(anomaly)
+
+    def compact(self) -> None:
+        """Re-lay the synapse pool and presynaptic lists tightly (runs by itself when fragmented)."""
+        self._pre, self._perm, self._iseg = _compact(self._ip, self._segi, self._pre, self._perm, self._colx,
+                                                     self._ctab, self._iseg, self._meta)
 
     def _refresh(self) -> None:
         """Recompute dendrite activity from the current active cells without learning."""

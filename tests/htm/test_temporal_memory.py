@@ -280,3 +280,20 @@ def test_missing_or_corrupt_state_raises_corrupt_data():
     for broken in cases:
         with pytest.raises(CorruptData):
             TemporalMemory.from_state(broken)
+
+
+def test_compaction_changes_storage_not_behaviour():
+    steps = noisy_steps(700, seed=21)
+    plain = TemporalMemory(COLUMNS, PARAMS, seed=22)
+    packed = TemporalMemory(COLUMNS, PARAMS, seed=22)
+    trace_plain, trace_packed = [], []
+    for i, cols in enumerate(steps):
+        trace_plain.append(_trace(plain, [cols]))
+        trace_packed.append(_trace(packed, [cols]))
+        if i % 50 == 0:
+            packed.compact()
+            packed.check_invariants()
+            pool_top, index_top = packed._meta[0], packed._meta[1]  # high-water marks of both pools
+            assert pool_top <= 1.5 * packed.num_synapses() + 32 and index_top <= 2 * packed.num_synapses() + 4
+    assert trace_plain == trace_packed
+    assert msgpack.packb(plain.get_state()) == msgpack.packb(packed.get_state())
