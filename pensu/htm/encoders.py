@@ -23,6 +23,7 @@ DateEncoder
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -129,9 +130,19 @@ def periodic_size(width: int, extent: float, radius: float) -> int:
     return size
 
 
-def _periodic_table(width: int, size: int) -> list[np.ndarray]:
-    """Precompute the sorted active bits of every bucket of a periodic encoder."""
-    return [np.sort((np.arange(width) + b) % size).astype(np.int32) for b in range(size)]
+@functools.lru_cache(maxsize=64)
+def _periodic_table(width: int, size: int) -> tuple[np.ndarray, ...]:
+    """Precompute the sorted active bits of every bucket of a periodic encoder.
+
+    Shared by every encoder with the same shape (thousands of models per process), so the
+    arrays are made read-only.
+    """
+    table = []
+    for b in range(size):
+        bits = np.sort((np.arange(width) + b) % size).astype(np.int32)
+        bits.flags.writeable = False
+        table.append(bits)
+    return tuple(table)
 
 
 class DateEncoder:
