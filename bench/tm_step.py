@@ -119,6 +119,7 @@ def run(name: str, inputs: list[np.ndarray], warmup: int, size_at: int) -> None:
     index_us, walk_us = activity_costs(tm)
     print(f"[{name}] dendrite activity on the final state ({tm.num_synapses()} synapses, "
           f"{tm.active_cells.size} active cells): presynaptic index {index_us:.1f} us, full walk {walk_us:.1f} us")
+    TemporalMemory.from_state(msgpack.unpackb(msgpack.packb(tm.get_state()), raw=False))  # load kernels
     t0 = time.perf_counter()
     blob = msgpack.packb(tm.get_state(), use_bin_type=True)
     t1 = time.perf_counter()

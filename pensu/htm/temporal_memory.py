@@ -47,8 +47,8 @@ from pensu.htm.serialization import pack_array, require, unpack_array
 EPSILON = 1e-5  # synapses whose permanence falls below this are destroyed (htm.core's value)
 _OWNER = "TemporalMemory"
 _IDX_BASE = 4  # smallest presynaptic-list block (entries)
-COMPACT_RATIO = 2  # compact when a pool's high-water mark exceeds this × live synapses ...
-COMPACT_SLACK = 16384  # ... plus this many slots
+COMPACT_RATIO = 1.25  # compact when a pool's high-water mark exceeds this × its last compacted size ...
+COMPACT_SLACK = 4096  # ... plus this many slots (amortised O(1) per synapse, like array doubling)
 _SYN_BASE = 32  # smallest synapse block (synapses)
 
 # segi columns (int32 per segment slot)
@@ -61,6 +61,7 @@ _XSTART, _XCOUNT, _XCAP = 0, 1, 2
 # meta slots (int64)
 _M_POOL_TOP, _M_IDX_TOP, _M_SEG_TOP, _M_SEG_FREE, _M_NEXT_ORD, _M_ITER = 0, 1, 2, 3, 4, 5
 _M_NSEG, _M_NSYN, _M_NASEG, _M_NMSEG, _M_NTOUCH, _M_NTAB = 6, 7, 8, 9, 10, 11
+_M_POOL_BASE, _M_IDX_BASE = 12, 13  # pool high-water marks right after the last compaction
 _M_SYN_FREE = 16  # up to 8 synapse block classes
 _M_IDX_FREE = 24  # up to 32 index block classes
 _META_SIZE = 64
@@ -97,10 +98,10 @@ class TemporalMemoryParams:
 # -- numba kernels: allocation --------------------------------------------------------------
 @njit(cache=True)
 def _ensure(a, need):
-    """Return `a`, or a 1.5×-grown copy when it holds fewer than `need` elements."""
+    """Return `a`, or a 1.25×-grown copy when it holds fewer than `need` elements."""
     if need <= a.shape[0]:
         return a
-    n = max(need, a.shape[0] + (a.shape[0] >> 1) + 256)
+    n = max(need, a.shape[0] + (a.shape[0] >> 2) + 256)
     b = np.zeros(n, dtype=a.dtype)
     b[: a.shape[0]] = a
     return b
@@ -636,8 +637,8 @@ def _compact(ip, segi, pre, perm, colx, ctab, iseg, meta):
     for t in range(m):
         g = np.int32(keys[t] & 0xFFFFFFFF)
         total += ip[_P_CLASSES + _syn_class(segi[g, _COUNT], ip)]
-    new_pre = np.zeros(total + total // 8 + 256, dtype=np.int32)
-    new_perm = np.zeros(total + total // 8 + 256, dtype=np.float32)
+    new_pre = np.zeros(total + total // 16 + 256, dtype=np.int32)
+    new_perm = np.zeros(total + total // 16 + 256, dtype=np.float32)
     pos = 0
     for t in range(m):
         g = np.int32(keys[t] & 0xFFFFFFFF)
@@ -658,7 +659,7 @@ def _compact(ip, segi, pre, perm, colx, ctab, iseg, meta):
     for r in range(rows):
         if ctab[r, _XCOUNT] > 0:
             total += _IDX_BASE << _idx_class(ctab[r, _XCOUNT])
-    new_iseg = np.zeros(total + total // 8 + 256, dtype=np.int32)
+    new_iseg = np.zeros(total + total // 16 + 256, dtype=np.int32)
     pos = 0
     for col in range(colx.shape[0]):
         t0 = colx[col]
@@ -679,6 +680,8 @@ def _compact(ip, segi, pre, perm, colx, ctab, iseg, meta):
             pos += cap
     meta[_M_IDX_TOP] = pos
     meta[_M_IDX_FREE:_M_IDX_FREE + 32] = -1
+    meta[_M_POOL_BASE] = meta[_M_POOL_TOP]
+    meta[_M_IDX_BASE] = pos
     return new_pre, new_perm, new_iseg
 
 
@@ -764,6 +767,8 @@ def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta):
             ctab[row, _XCOUNT] += 1
     meta[_M_POOL_TOP] = pool
     meta[_M_IDX_TOP] = total
+    meta[_M_POOL_BASE] = pool
+    meta[_M_IDX_BASE] = total
     meta[_M_SEG_TOP] = n
     meta[_M_NSEG] = n
     meta[_M_NSYN] = j
@@ -926,8 +931,8 @@ class TemporalMemory:
         win.flags.writeable = False
         self._act, self._win, self._lists = act, win, lists
         self._pre, self._perm, self._ctab, self._iseg = pre, perm, ctab, iseg
-        live = COMPACT_RATIO * meta[_M_NSYN] + COMPACT_SLACK
-        if meta[_M_POOL_TOP] > live or meta[_M_IDX_TOP] > live:
+        if (meta[_M_POOL_TOP] > COMPACT_RATIO * meta[_M_POOL_BASE] + COMPACT_SLACK
+                or meta[_M_IDX_TOP] > COMPACT_RATIO * meta[_M_IDX_BASE] + COMPACT_SLACK):
             self.compact()
         return float(anomaly)
 
