@@ -1,9 +1,10 @@
 """Temporal Memory step time, size and memory on SP-like inputs.
 
 Inputs (`--source`):
-* ``sp``: a real NAB series (machine temperature by default) through the RDSE (resolution from
-  the series' range / 130), the time-of-day encoder and a learning Spatial Pooler — the columns
-  the TM sees in production (51 of 2048 per step). SP outputs are computed first, untimed.
+* ``sp``: a real NAB series (machine temperature by default) through the RDSE (resolution =
+  range / 130 of the first 150 values, the service's warm-up rule), the time-of-day encoder and
+  a learning Spatial Pooler — the columns the TM sees in production (51 of 2048 per step). SP
+  outputs are computed first, untimed.
 * ``noisy``: a noisy sine bucketed into 51 contiguous column blocks with 15 % of the columns
   replaced at random each step (many bursts, many segments).
 
@@ -11,7 +12,8 @@ Prints median and p99 µs per `compute` after the warm-up, and segments, synapse
 memory and msgpack bytes after `--size-at` steps; then the cost of one dendrite-activity pass
 via the presynaptic index versus walking every synapse, on the final state.
 
-    python bench/tm_step.py [--source sp|noisy|both] [--steps 7000] [--warmup 2000] [--size-at 5000]
+    python bench/tm_step.py [--source sp|noisy|both] [--file realKnownCause/nyc_taxi.csv]
+                            [--steps 7000] [--warmup 2000] [--size-at 5000] [--range-samples 150]
 """
 
 from __future__ import annotations
@@ -39,15 +41,18 @@ NAB_DATA = Path(os.environ.get("PENSU_NAB_DATA", ROOT.parent / "shared" / "nab" 
 COLUMNS = 2048
 
 
-def sp_columns(path: Path, steps: int) -> list[np.ndarray]:
-    """Active columns of a learning SP fed with the encoded series."""
+def sp_columns(path: Path, steps: int, range_samples: int = 150) -> list[np.ndarray]:
+    """Active columns of a learning SP fed with the encoded series.
+
+    The RDSE resolution comes from the first `range_samples` values (the service's warm-up rule;
+    0 = the whole series' range, as NAB's detector)."""
     rows = []
     with path.open() as fh:
         for row in csv.DictReader(fh):
             ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
             rows.append((ts.timestamp(), float(row["value"])))
     rows = rows[:steps]
-    values = [v for _, v in rows]
+    values = [v for _, v in rows[:range_samples or len(rows)]]
     rdse = RDSE(RDSEParams(size=400, active_bits=21, resolution=max(0.001, (max(values) - min(values)) / 130),
                            seed=42))
     date = DateEncoder(DateEncoderParams(time_of_day_width=21, time_of_day_radius=9.49))
@@ -136,6 +141,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7000)
     ap.add_argument("--warmup", type=int, default=2000)
     ap.add_argument("--size-at", type=int, default=5000)
+    ap.add_argument("--range-samples", type=int, default=150,
+                    help="values that fix the RDSE resolution (service warm-up); 0 = whole series")
     args = ap.parse_args()
     # Compile (or load cached) kernels outside the timed region.
     warm = TemporalMemory(64, TemporalMemoryParams(cells_per_column=4), seed=0)
@@ -143,7 +150,7 @@ def main() -> None:
         warm.compute(np.unique(cols % 64).astype(np.int32))
     if args.source in ("sp", "both"):
         t0 = time.perf_counter()
-        inputs = sp_columns(NAB_DATA / args.file, args.steps)
+        inputs = sp_columns(NAB_DATA / args.file, args.steps, args.range_samples)
         print(f"[sp] {args.file}: {len(inputs)} SP steps precomputed in {time.perf_counter() - t0:.1f} s")
         run("sp", inputs, args.warmup, args.size_at)
     if args.source in ("noisy", "both"):
