@@ -297,3 +297,19 @@ def test_compaction_changes_storage_not_behaviour():
             assert pool_top <= 1.5 * packed.num_synapses() + 32 and index_top <= 2 * packed.num_synapses() + 4
     assert trace_plain == trace_packed
     assert msgpack.packb(plain.get_state()) == msgpack.packb(packed.get_state())
+
+
+def test_full_cell_evicts_its_least_recently_used_segment():
+    params = dataclasses.replace(PARAMS, cells_per_column=1, max_segments_per_cell=2)
+    tm = TemporalMemory(COLUMNS, params, seed=23)
+    a, b, c, d = patterns(4, seed=24)
+    c, d = np.setdiff1d(c, a).astype(np.int32), np.setdiff1d(d, np.union1d(a, c)).astype(np.int32)
+    cell = int(b[0])  # one cell per column: the winner is known
+    for source in (a, c, d):
+        tm.reset()
+        tm.compute(source)
+        tm.compute(b)
+    kept = [set(tm.synapses_for_segment(s)[0].tolist()) for s in tm.segments_for_cell(cell)]
+    assert len(kept) == 2
+    assert kept[0] <= set(c.tolist()) and kept[1] <= set(d.tolist())  # a's segment, the oldest, is gone
+    tm.check_invariants()
