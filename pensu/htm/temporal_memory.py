@@ -936,10 +936,16 @@ class TemporalMemory:
         # Every bursting column may create one segment; make sure its slot exists.
         if meta[_M_SEG_TOP] + cols.shape[0] > self._segi.shape[0]:
             self._grow_segments(int(meta[_M_SEG_TOP]) + cols.shape[0])
-        anomaly, act, win, lists, pre, perm, ctab, iseg = _compute(
-            cols, bool(learn), self._act, self._win, self._lists, self._flags, self._rng, self._ip,
-            self._fp, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm, self._colx,
-            self._ctab, self._iseg, meta)
+        try:
+            anomaly, act, win, lists, pre, perm, ctab, iseg = _compute(
+                cols, bool(learn), self._act, self._win, self._lists, self._flags, self._rng, self._ip,
+                self._fp, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm, self._colx,
+                self._ctab, self._iseg, meta)
+        except Exception:
+            # The flag scratch is shared by all instances: never leave it dirty. (Bad input is
+            # rejected before anything changes; any other failure leaves this TM unusable.)
+            self._flags.fill(0)
+            raise
         act.flags.writeable = False
         win.flags.writeable = False
         self._act, self._win, self._lists = act, win, lists
