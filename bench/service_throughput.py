@@ -65,21 +65,49 @@ def produce(bootstrap: str, topic: str, metrics: int, start: int, count: int, ra
     return sent
 
 
-def drain(bootstrap: str, topic: str, expected: int, timeout: float, latencies: list[float] | None = None) -> int:
-    """Read `expected` messages from `topic`; record latency from create time when asked."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    got = 0
-    deadline = time.monotonic() + timeout
-    while got < expected and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, timeout=0.5):
-            if msg.error() is None:
-                got += 1
-                if latencies is not None:
-                    latencies.append(time.time() * 1000 - msg.timestamp()[1])
-    consumer.close()
-    return got
+class OutputReader:
+    """Reads an output topic continuously (partitions assigned directly: no group join delay)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.count = 0
+        self.latencies_ms: list[float] = []
+        self.last_at = 0.0
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.time_ns()}",
+                                   "enable.auto.commit": False})
+        self._topic = topic
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        while not self._stop.is_set():
+            meta = self._consumer.list_topics(self._topic, timeout=5).topics.get(self._topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+                break
+            time.sleep(0.2)
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(1000, timeout=0.1):
+                if msg.error() is None:
+                    self.count += 1
+                    now = time.time()
+                    self.last_at = now
+                    self.latencies_ms.append(now * 1000 - msg.timestamp()[1])
+        self._consumer.close()
+
+    def wait_for(self, expected: int, timeout: float) -> int:
+        """Block until `expected` messages were read (or timeout); return the count."""
+        deadline = time.monotonic() + timeout
+        while self.count < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.count
+
+    def close(self) -> None:
+        """Stop reading."""
+        self._stop.set()
+        self._thread.join(10)
 
 
 def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int) -> None:
@@ -88,7 +116,7 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int) -> N
         env = {
             "PENSU_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "PENSU_MODELS_DIR": models, "PENSU_MAX_ALLOWED_MODELS": str(cap),
-            "PENSU_MAX_TRACKED_METRICS": str(max(metrics, 1) * 2),
+            "PENSU_MAX_TRACKED_METRICS": str(max(metrics * 2, cap)),
             "PENSU_PING_LISTEN_PORT": str(_free_port()), "PENSU_HTTP_PORT": "0",
             "PENSU_TOPICS_REPORT_INTERVAL": "0", "PENSU_MODELS_AUTOSAVE_INTERVAL": "3600",
             # A configured range skips the warm-up, so every timed sample runs both models.
@@ -102,30 +130,28 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int) -> N
         out_topic = settings.reported_anomalies_kafka_topic
         # Warm every model (and compile kernels) before timing.
         produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, 0, warm_samples)
-        drain(kafka.bootstrap_servers, out_topic, 3 * metrics * warm_samples, timeout=3600)
+        reader = OutputReader(kafka.bootstrap_servers, out_topic)
         base = 3 * metrics * warm_samples
+        reader.wait_for(base, timeout=3600)
 
-        started = time.monotonic()
+        started = time.time()
         produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, warm_samples, timed_samples)
-        got = drain(kafka.bootstrap_servers, out_topic, base + 3 * metrics * timed_samples, timeout=3600)
-        elapsed = time.monotonic() - started
+        target = base + 3 * metrics * timed_samples
+        got = reader.wait_for(target, timeout=3600)
+        elapsed = reader.last_at - started
         samples = (got - base) // 3
         rate = samples / elapsed
         print(f"metrics={metrics} cap={cap} resident={len(service.models)}: {samples} samples in {elapsed:.1f}s "
               f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()})")
 
-        latencies: list[float] = []
         slow_rate = max(1.0, rate / 2)
         n_lat = max(1, int(min(20 * slow_rate, 3 * metrics)) // metrics)
-        start_index = warm_samples + timed_samples
-        producer_thread = threading.Thread(target=produce, args=(kafka.bootstrap_servers, settings.metrics_kafka_topic,
-                                                                 metrics, start_index, n_lat, slow_rate))
-        producer_thread.start()
-        # skip everything already consumed: read from the start, keep only the last 3·metrics·n_lat latencies
-        drain(kafka.bootstrap_servers, out_topic, base + 3 * metrics * (timed_samples + n_lat), timeout=3600,
-              latencies=latencies)
-        producer_thread.join()
-        tail = np.array(latencies[-3 * metrics * n_lat:])
+        before = len(reader.latencies_ms)
+        produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, warm_samples + timed_samples,
+                n_lat, slow_rate)
+        reader.wait_for(target + 3 * metrics * n_lat, timeout=3600)
+        tail = np.array(reader.latencies_ms[before:])
+        reader.close()
         print(f"  latency at {slow_rate:.0f} samples/s: p50={np.percentile(tail, 50):.0f} ms "
               f"p99={np.percentile(tail, 99):.0f} ms (input create time → output read back)")
         service.request_stop()

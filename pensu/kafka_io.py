@@ -71,6 +71,17 @@ def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int
                 log.info("topic %s not created (%s); relying on broker auto-creation", topic, exc)
 
 
+class DeliveryTracker:
+    """Counts the not-yet-answered output records of one consumed batch."""
+
+    __slots__ = ("positions", "pending", "created")
+
+    def __init__(self, positions: dict[tuple[str, int], int]) -> None:
+        self.positions = positions  # (topic, partition) -> next offset to commit
+        self.pending = 0
+        self.created = time.monotonic()
+
+
 class OutputProducer:
     """A producer whose queue is bounded: `send` blocks (serving callbacks) while it is full."""
 
@@ -96,12 +107,26 @@ class OutputProducer:
         else:
             self._on_delivered(msg.topic() or "?")
 
-    def send(self, record: OutputRecord, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Queue one record, waiting for room when the local queue is full."""
+    def send(self, record: OutputRecord, should_stop: Callable[[], bool] = lambda: False,
+             tracker: "DeliveryTracker | None" = None) -> None:
+        """Queue one record, waiting for room when the local queue is full.
+
+        With a `tracker`, its `pending` count covers this record until the broker answers
+        (acknowledged, or failed for good: a permanent failure is counted and logged, and it
+        must not block the offsets behind it forever).
+        """
+        if tracker is None:
+            callback = self._delivery
+        else:
+            tracker.pending += 1
+
+            def callback(err: KafkaError | None, msg: Message) -> None:
+                tracker.pending -= 1
+                self._delivery(err, msg)
         while True:
             try:
                 self._producer.produce(record.topic, value=record.value, key=record.key,
-                                       headers=list(record.headers) or None, on_delivery=self._delivery)
+                                       headers=list(record.headers) or None, on_delivery=callback)
                 return
             except BufferError:
                 self._producer.poll(0.1)

@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -26,7 +26,7 @@ from pensu.analyzer import AnalyzerConfig, Thresholds
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
 from pensu.health import HealthServer, HealthStatus
 from pensu.htm.presets import prediction_params, preset_params
-from pensu.kafka_io import EmbeddedKafka, OutputProducer, ensure_topics, wait_for_delivery
+from pensu.kafka_io import DeliveryTracker, EmbeddedKafka, OutputProducer, ensure_topics, wait_for_delivery
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import Pipeline, PipelineEvents
 from pensu.registry import ModelRegistry, RegistryEvents
@@ -37,6 +37,9 @@ from pensu.telemetry import RateLimitedLog, ServiceMetrics
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+CONSUME_TIMEOUT_SECONDS = 0.05  # consume() waits this long for a full batch; keeps latency low
+MAX_INFLIGHT_BATCHES = 64  # consumed batches whose outputs await the broker's acknowledgement
+DELIVERY_WAIT_WARNING_SECONDS = 5.0  # not ready while the oldest batch waits longer than this
 LAG_REFRESH_SECONDS = 5.0
 
 
@@ -85,6 +88,7 @@ class PensuService:
         self._embedded: EmbeddedKafka | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._metrics_by_partition: dict[str, set[str]] = defaultdict(set)
+        self._inflight: deque[DeliveryTracker] = deque()
         self._waiting_for_broker = False
         self._broker_down = False
         self._last_autosave = time.monotonic()
@@ -226,8 +230,8 @@ class PensuService:
 
     def _step(self) -> None:
         assert self.consumer is not None and self.producer is not None
-        messages = self.consumer.consume(num_messages=BATCH_SIZE, timeout=0.5)
-        positions: dict[tuple[str, int], int] = {}
+        messages = self.consumer.consume(num_messages=BATCH_SIZE, timeout=CONSUME_TIMEOUT_SECONDS)
+        batch = DeliveryTracker({})
         for message in messages:
             err = message.error()
             if err is not None:
@@ -241,27 +245,56 @@ class PensuService:
             if result.metrics:
                 self._metrics_by_partition[source].update(result.metrics)
             for record in result.records:
-                self.producer.send(record, self._stop.is_set)
+                self.producer.send(record, self._stop.is_set, batch)
             self.producer.poll(0)
-            positions[(topic, partition)] = offset + 1
-        if positions:
-            self._deliver_and_commit(positions)
+            batch.positions[(topic, partition)] = offset + 1
+        if batch.positions:
+            self._inflight.append(batch)
+        self.producer.poll(0)
+        self._commit_delivered()
+        # Back-pressure: never run more than MAX_INFLIGHT_BATCHES ahead of the broker's acks.
+        while len(self._inflight) > MAX_INFLIGHT_BATCHES and not self._stop.is_set():
+            self.producer.poll(0.1)
+            self._commit_delivered()
         self.metrics.resident_models.set(len(self.models))
         self._periodic()
 
-    def _deliver_and_commit(self, positions: dict[tuple[str, int], int]) -> None:
-        assert self.consumer is not None and self.producer is not None
-        if not wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting):
-            return  # stopping with undelivered outputs: leave offsets uncommitted (replayed later)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items() if (t, p) in self._assigned]
+    def _commit_delivered(self, asynchronous: bool = True) -> None:
+        """Commit the offsets of the oldest batches whose outputs are all answered.
+
+        Batches complete in order per partition; committing only a prefix of the in-flight
+        queue keeps "offsets committed ⇒ outputs delivered" (at least once).
+        """
+        assert self.consumer is not None
+        merged: dict[tuple[str, int], int] = {}
+        while self._inflight and self._inflight[0].pending == 0:
+            merged.update(self._inflight.popleft().positions)
+        oldest = self._inflight[0].created if self._inflight else None
+        waiting = oldest is not None and time.monotonic() - oldest > DELIVERY_WAIT_WARNING_SECONDS
+        if waiting != self._waiting_for_broker:
+            self._set_waiting(waiting)
+            if waiting:
+                log.warning("waiting for the broker to acknowledge outputs (%d batches in flight)",
+                            len(self._inflight))
+            else:
+                log.info("outputs acknowledged again")
+        offsets = [TopicPartition(t, p, o) for (t, p), o in merged.items() if (t, p) in self._assigned]
         if not offsets:
             return
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except KafkaException as exc:
             # Not fatal: the outputs were delivered; the next owner may replay and skip them.
             self._kafka_log.log(logging.WARNING, "offset commit failed: %s", exc)
             self.metrics.kafka_errors.labels(code="commit").inc()
+
+    def _deliver_all_and_commit(self) -> bool:
+        """Wait until every queued output is answered, then commit synchronously."""
+        assert self.producer is not None
+        if not wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting):
+            return False  # stopping with undelivered outputs: their offsets stay uncommitted
+        self._commit_delivered(asynchronous=False)
+        return True
 
     def _set_waiting(self, waiting: bool) -> None:
         self._waiting_for_broker = waiting
@@ -284,7 +317,7 @@ class PensuService:
     def autosave(self) -> None:
         """Checkpoint every analyzer that learned since its last save, then trim old checkpoints."""
         assert self.producer is not None
-        if not wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting):
+        if not self._deliver_all_and_commit():
             return
         saved, failed = self.models.save_dirty()
         if saved or failed:
@@ -350,12 +383,22 @@ class PensuService:
     def _hand_over(self, partitions: list[TopicPartition], why: str) -> None:
         """Checkpoint and drop the analyzers of partitions this instance no longer owns."""
         assert self.producer is not None
-        wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting)
-        released = 0
+        if why == "lost":  # no longer ours: their offsets cannot be committed by us any more
+            for tp in partitions:
+                self._assigned.discard((tp.topic, tp.partition))
+        # Finish in-flight outputs and commit their offsets before the partitions move on.
+        self._deliver_all_and_commit()
+        sources = {f"{tp.topic}:{tp.partition}" for tp in partitions}
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
-            metrics = self._metrics_by_partition.pop(f"{tp.topic}:{tp.partition}", set())
-            released += self.models.release(metrics)
+        metrics: set[str] = set()
+        for source in sources:
+            metrics |= self._metrics_by_partition.pop(source, set())
+        # A model loaded for a partition whose samples were all replays (skipped, so never
+        # tracked above) must go too: kept resident, it would be stale when the partition
+        # comes back after another owner learned more.
+        metrics.update(metric for metric, analyzer in self.models.items() if sources & analyzer.positions.keys())
+        released = self.models.release(metrics)
         log.info("partitions %s %s: %d models checkpointed and released",
                  sorted(f"{tp.topic}:{tp.partition}" for tp in partitions), why, released)
 
@@ -364,8 +407,9 @@ class PensuService:
         try:
             if self.repartitioner is not None:
                 self.repartitioner.stop()
-            if self.producer is not None:
-                self.producer.flush(10)
+            if self.producer is not None and self.consumer is not None:
+                if self.producer.flush(10) == 0:
+                    self._commit_delivered(asynchronous=False)
             saved, failed = self.models.save_dirty()
             log.info("saved %d models on shutdown (%d failed)", saved, failed)
             if self.consumer is not None:
