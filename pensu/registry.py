@@ -31,6 +31,10 @@ class RegistryEvents:
     save_failed: Callable[[], None] = lambda: None
     load_failed: Callable[[], None] = lambda: None
     quarantined: Callable[[], None] = lambda: None
+    # Called before an analyzer is checkpointed for eviction; the service uses it to make sure
+    # the outputs of every sample the checkpoint records were delivered first.
+    before_evict: Callable[[str], None] = lambda metric: None
+    dropped: Callable[[str], None] = lambda metric: None  # checkpointed and no longer resident
 
 
 @dataclass
@@ -116,9 +120,11 @@ class ModelRegistry:
                 return
             if metric == keep:
                 continue
+            self.events.before_evict(metric)
             if self._save(metric):
                 del self._slots[metric]
                 self.events.evicted()
+                self.events.dropped(metric)
 
     def _save(self, metric: str) -> bool:
         slot = self._slots[metric]
@@ -159,6 +165,7 @@ class ModelRegistry:
         for metric in list(metrics):
             if metric in self._slots and self._save(metric):
                 del self._slots[metric]
+                self.events.dropped(metric)
                 released += 1
         return released
 

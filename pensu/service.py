@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -87,8 +87,9 @@ class PensuService:
         self._stop = threading.Event()
         self._embedded: EmbeddedKafka | None = None
         self._assigned: set[tuple[str, int]] = set()
-        self._metrics_by_partition: dict[str, set[str]] = defaultdict(set)
+        self._source_of: dict[str, str] = {}  # resident metric -> "topic:partition" it came from
         self._inflight: deque[DeliveryTracker] = deque()
+        self._last_batch: dict[str, DeliveryTracker] = {}  # metric -> batch of its latest outputs
         self._waiting_for_broker = False
         self._broker_down = False
         self._last_autosave = time.monotonic()
@@ -102,6 +103,8 @@ class PensuService:
             config_for=RangeAwareConfig(config, settings.metric_ranges).for_metric,
             events=RegistryEvents(
                 evicted=self._on_evicted,
+                before_evict=self._before_evict,
+                dropped=self._forget,
                 loaded=lambda source: self.metrics.model_loads.labels(source=source).inc(),
                 saved=self.metrics.checkpoint_saves.inc,
                 save_failed=lambda: self.metrics.checkpoint_failures.labels(operation="save").inc(),
@@ -138,6 +141,16 @@ class PensuService:
     def _on_skipped(self, reason: str) -> None:
         if reason == "replayed":
             self.metrics.duplicate_samples_skipped.inc()
+
+    def _before_evict(self, metric: str) -> None:
+        """A checkpoint must not record samples whose outputs may still be lost: deliver first."""
+        batch = self._last_batch.get(metric)
+        if batch is not None and batch.pending > 0:
+            self._deliver_all_and_commit()
+
+    def _forget(self, metric: str) -> None:
+        self._source_of.pop(metric, None)
+        self._last_batch.pop(metric, None)
 
     def _on_evicted(self) -> None:
         self.metrics.model_evictions.inc()
@@ -242,8 +255,9 @@ class PensuService:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             source = f"{topic}:{partition}"
             result = self.pipeline.process(message.value(), source, offset)
-            if result.metrics:
-                self._metrics_by_partition[source].update(result.metrics)
+            for metric in result.metrics:
+                self._source_of[metric] = source
+                self._last_batch[metric] = batch
             for record in result.records:
                 self.producer.send(record, self._stop.is_set, batch)
             self.producer.poll(0)
@@ -391,9 +405,7 @@ class PensuService:
         sources = {f"{tp.topic}:{tp.partition}" for tp in partitions}
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
-        metrics: set[str] = set()
-        for source in sources:
-            metrics |= self._metrics_by_partition.pop(source, set())
+        metrics = {metric for metric, source in self._source_of.items() if source in sources}
         # A model loaded for a partition whose samples were all replays (skipped, so never
         # tracked above) must go too: kept resident, it would be stale when the partition
         # comes back after another owner learned more.
@@ -416,6 +428,7 @@ class PensuService:
                 self.consumer.close()
         finally:
             self.consumer = None
+            self.producer = None  # drop the client so it stops reconnecting to a gone cluster
             self.health.stop()
             if self._embedded is not None:
                 self._embedded.close()
