@@ -152,3 +152,35 @@ def test_bad_bytes_raise_clear_errors() -> None:
     envelope["version"] = 1
     with pytest.raises(CorruptData):
         MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), ALWAYS)
+
+
+def test_shared_core_equals_two_separate_models() -> None:
+    from pensu.htm.model import HtmModel
+
+    config = fast_config(ALWAYS, steps=2)
+    analyzer = MetricAnalyzer("m.shared", config)
+    assert analyzer.shares_core
+    anomaly = HtmModel(config.anomaly_params, seed=metric_seed("m.shared"))
+    prediction = HtmModel(config.prediction_params, seed=metric_seed("m.shared"))
+    for ts, value in series(150):
+        got = analyzer.process(ts, value)
+        a, p = anomaly.step(ts, value), prediction.step(ts, value)
+        assert (got.anomaly_score, got.log_likelihood, got.spatial_anomaly) == (a.raw_score, a.log_likelihood,
+                                                                              a.spatial_anomaly)
+        assert (got.forecast, got.forecast_confidence) == (p.prediction, p.confidence)
+
+
+def test_different_presets_keep_two_models() -> None:
+    from pensu.analyzer import AnalyzerConfig
+    from pensu.htm.presets import prediction_params, preset_params
+
+    config = AnalyzerConfig(preset_params("small", warmup_samples=20),
+                            prediction_params(preset_params("nab", warmup_samples=20), 1), ALWAYS)
+    analyzer = MetricAnalyzer("m", config)
+    assert not analyzer.shares_core
+    out = run(analyzer, series(40))
+    restored = MetricAnalyzer.from_bytes(analyzer.to_bytes(), ALWAYS)
+    assert not restored.shares_core
+    assert [dataclasses.astuple(restored.process(ts, v)) for ts, v in series(20, start=40)] == \
+        [dataclasses.astuple(analyzer.process(ts, v)) for ts, v in series(20, start=40)]
+    assert out[-1].forecast is not None
