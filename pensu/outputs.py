@@ -39,6 +39,8 @@ class OutputFormatter:
         self.template = name_template
         self.thresholds = thresholds
         self.instance = instance
+        # Every record names its producer, so outputs can be attributed across a consumer group.
+        self.headers: tuple[tuple[str, bytes], ...] = (("pensu-instance", instance.encode("utf-8")),)
         self._names: dict[tuple[str, str], str] = {}
 
     def name(self, kind: str, metric: str) -> str:
@@ -56,23 +58,22 @@ class OutputFormatter:
         metric = analysis.metric
         key = metric.encode("utf-8")
         ts = analysis.timestamp
+        h = self.headers
+        anomaly, prediction = self.topics.anomaly_metrics, self.topics.prediction_metrics
         out = [
-            OutputRecord(self.topics.anomaly_metrics, key,
-                         format_line(self.name("anomaly_score", metric), analysis.anomaly_score, ts)),
-            OutputRecord(self.topics.anomaly_metrics, key,
-                         format_line(self.name("anomaly_likelihood", metric), analysis.anomaly_likelihood, ts)),
-            OutputRecord(self.topics.anomaly_metrics, key,
-                         format_line(self.name("anomaly_direction", metric), analysis.direction, ts)),
+            OutputRecord(anomaly, key, format_line(self.name("anomaly_score", metric), analysis.anomaly_score, ts), h),
+            OutputRecord(anomaly, key, format_line(self.name("anomaly_likelihood", metric),
+                                                   analysis.anomaly_likelihood, ts), h),
+            OutputRecord(anomaly, key, format_line(self.name("anomaly_direction", metric), analysis.direction, ts), h),
         ]
         if analysis.forecast is not None and analysis.forecast_timestamp is not None:
             ts_pred = analysis.forecast_timestamp
-            out.append(OutputRecord(self.topics.prediction_metrics, key,
-                                    format_line(self.name("prediction", metric), analysis.forecast, ts_pred)))
-            out.append(OutputRecord(self.topics.prediction_metrics, key,
-                                    format_line(self.name("prediction_confidence", metric),
-                                                analysis.forecast_confidence, ts_pred)))
+            out.append(OutputRecord(prediction, key,
+                                    format_line(self.name("prediction", metric), analysis.forecast, ts_pred), h))
+            out.append(OutputRecord(prediction, key, format_line(self.name("prediction_confidence", metric),
+                                                                 analysis.forecast_confidence, ts_pred), h))
         if analysis.reported:
-            out.append(OutputRecord(self.topics.anomaly_reports, key, format_report(self.report(analysis))))
+            out.append(OutputRecord(self.topics.anomaly_reports, key, format_report(self.report(analysis)), h))
         return out
 
     def report(self, analysis: Analysis) -> dict[str, object]:
