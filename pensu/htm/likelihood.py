@@ -12,7 +12,11 @@ average raw score is unusual, given a normal distribution fitted to the recent h
   == 0, over the moving averages of the window, skipping the records of the learning period
   still in it; mean and variance are floored at 0.03 / 0.0003, and a flat metric (variance of
   the values < 1.5e-5) gets the null distribution (mean 0.5, variance 1e6);
-* likelihood = 1 - tail(average), the tail mirrored around the mean.
+* likelihood = 1 - tail(average), the tail mirrored around the mean;
+* red-zone filter (NuPIC/htm.core): a tail probability in the red zone (<= 1 - 0.99999) right
+  after another red-zone one (unfiltered) is reported as the yellow level (1 - 0.999), so a
+  sustained anomaly is reported once at full strength instead of on every record. After a
+  re-fit, "the previous one" is the window's last average under the new distribution.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ VARIANCE_FLOOR = 0.0003
 FLAT_VARIANCE = 1.5e-5
 NULL_MEAN = 0.5
 NULL_VARIANCE = 1e6
+RED_ZONE = 1.0 - 0.99999  # tail probabilities at or below this are "red"
+YELLOW_ZONE = 1.0 - 0.999  # what a repeated red tail is reported as
 _SQRT2_APPROX = 1.4142  # the constant NuPIC uses in its tail probability
 _LOG_EPSILON = math.log(1e-10)
 
@@ -86,6 +92,7 @@ class AnomalyLikelihood:
         self._recent: deque[float] = deque(maxlen=params.averaging_window)
         self._iteration = 0
         self._distribution: tuple[float, float] | None = None
+        self._previous_tail: float | None = None  # unfiltered tail of the previous record
 
     @property
     def iteration(self) -> int:
@@ -108,9 +115,15 @@ class AnomalyLikelihood:
         else:
             if self._distribution is None or self._iteration % self.params.reestimation_period == 0:
                 self._distribution = self._estimate()
+                self._previous_tail = self._last_window_tail()
             average = sum(self._recent) / len(self._recent)
             mean, variance = self._distribution
-            likelihood = 1.0 - tail_probability(average, mean, variance)
+            tail = tail_probability(average, mean, variance)
+            reported = tail
+            if tail <= RED_ZONE and self._previous_tail is not None and self._previous_tail <= RED_ZONE:
+                reported = YELLOW_ZONE
+            self._previous_tail = tail
+            likelihood = 1.0 - reported
         self._raw[self._head] = raw_score
         self._values[self._head] = value
         self._head = (self._head + 1) % self.params.historic_window_size
@@ -130,6 +143,14 @@ class AnomalyLikelihood:
         """Records at the window's start that still belong to the learning period."""
         shifted_out = max(0, self._iteration - self.params.historic_window_size)
         return min(self._iteration, max(0, self.params.learning_period - shifted_out))
+
+    def _last_window_tail(self) -> float | None:
+        """Tail probability of the window's last moving average under the current fit."""
+        raw, _ = self._window()
+        if len(raw) == 0 or self._distribution is None:
+            return None
+        tail_raw = raw[-self.params.averaging_window:]
+        return tail_probability(float(np.mean(tail_raw)), *self._distribution)
 
     def _estimate(self) -> tuple[float, float]:
         """Fit the normal distribution of moving-average raw scores over the window."""
@@ -155,6 +176,7 @@ class AnomalyLikelihood:
             "values": pack_array(values),
             "recent": [float(v) for v in self._recent],
             "distribution": None if self._distribution is None else list(self._distribution),
+            "previous_tail": self._previous_tail,
         }
 
     @classmethod
@@ -167,6 +189,9 @@ class AnomalyLikelihood:
             recent = [float(v) for v in require(state, "recent", owner)]
             dist = require(state, "distribution", owner)
             distribution = None if dist is None else (float(dist[0]), float(dist[1]))
+            # Absent in checkpoints written before the red-zone filter: no previous record.
+            previous = state.get("previous_tail")
+            previous_tail = None if previous is None else float(previous)
         except (TypeError, ValueError, IndexError, ConfigurationError) as exc:
             raise CorruptData(f"{owner}: malformed state ({exc})") from exc
         raw = unpack_array(require(state, "raw", owner), f"{owner}.raw")
@@ -183,6 +208,7 @@ class AnomalyLikelihood:
         model._recent.extend(recent)
         model._iteration = iteration
         model._distribution = distribution
+        model._previous_tail = previous_tail
         return model
 
 

@@ -25,7 +25,8 @@ def tail(x, mean, var):
 
 def naive_reference(raws, values, p):
     """A slow, list-based re-implementation of the spec, recomputing everything each time."""
-    out, dist = [], None
+    out, dist, prev = [], None, None
+    red, yellow = 1.0 - 0.99999, 1.0 - 0.999
     for i, (r, v) in enumerate(zip(raws, values)):
         if i < p.learning_period + p.estimation_samples:
             out.append(0.5)
@@ -49,8 +50,12 @@ def naive_reference(raws, values, p):
                     m = sum(a) / len(a)
                     var = sum((x - m) ** 2 for x in a) / len(a)
                     dist = (max(m, 0.03), max(var, 0.0003))
+            last = raws[max(0, i - p.averaging_window):i]
+            prev = tail(sum(last) / len(last), *dist) if last else None
         cur = raws[max(0, i - p.averaging_window + 1):i + 1]
-        out.append(1.0 - tail(sum(cur) / len(cur), *dist))
+        t = tail(sum(cur) / len(cur), *dist)
+        out.append(1.0 - (yellow if t <= red and prev is not None and prev <= red else t))
+        prev = t
     return out
 
 
@@ -143,9 +148,26 @@ def test_sustained_jump_after_calm_period_is_very_likely_anomalous():
     calm = run(model, list(rng.random(300) * 0.1), list(rng.normal(5, 1, 300)))
     jump = run(model, [1.0] * 10, list(rng.normal(5, 1, 10)))
     assert max(calm[100:]) < 0.999
-    assert jump[-1] > 0.9999
-    assert log_likelihood(jump[-1]) > 0.4
-    assert log_likelihood(jump[-1]) > 5 * log_likelihood(calm[-1])
+    peak = max(jump)  # later records of the run are filtered down to the yellow level
+    assert peak > 0.9999
+    assert log_likelihood(peak) > 0.4
+    assert log_likelihood(peak) > 5 * log_likelihood(calm[-1])
+
+
+def test_repeated_red_zone_is_reported_once_at_full_strength():
+    p = AnomalyLikelihoodParams(learning_period=50, estimation_samples=50, reestimation_period=1000)
+    rng = np.random.default_rng(5)
+    model = AnomalyLikelihood(p)
+    run(model, list(rng.random(200) * 0.05), list(rng.normal(5, 1, 200)))
+    jump = run(model, [1.0] * 6, list(rng.normal(5, 1, 6)))
+    red = [lk for lk in jump if lk >= 0.99999]
+    # The first red record keeps its value; the following ones drop to the yellow level.
+    assert len(red) == 1
+    first = jump.index(red[0])
+    assert all(lk == pytest.approx(0.999, abs=1e-12) for lk in jump[first + 1:])
+    # Once the average leaves the red zone, a new red record counts in full again.
+    run(model, [0.0] * 30, list(rng.normal(5, 1, 30)))
+    assert max(run(model, [1.0] * 4, list(rng.normal(5, 1, 4)))) >= 0.99999
 
 
 def test_log_likelihood_formula():
