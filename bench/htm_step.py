@@ -10,34 +10,23 @@ Prints median and p99 µs per step for the `nab` anomaly model and the predictio
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from pensu.htm.model import HtmModel  # noqa: E402
+from nab_data import NAB_DATA, load_series  # noqa: E402
 from pensu.htm.presets import prediction_params, preset_params  # noqa: E402
 
-NAB_DATA = Path(os.environ.get("PENSU_NAB_DATA", ROOT.parent / "shared" / "nab" / "data"))
 WARMUP = 2000
 SIZE_AT = 5000
-
-
-def load_series(path: Path) -> list[tuple[float, float]]:
-    """(unix ts, value) rows of a NAB csv."""
-    rows = []
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
-            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-            rows.append((ts.timestamp(), float(row["value"])))
-    return rows
 
 
 def measure(name: str, model: HtmModel, rows: list[tuple[float, float]]) -> None:

@@ -18,13 +18,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-NAB_DATA = Path(os.environ.get("PENSU_NAB_DATA", ROOT.parent / "shared" / "nab" / "data"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from nab_data import NAB_DATA, load_rows  # noqa: E402
 
 
 def probation(rows: int) -> tuple[int, int]:
@@ -41,11 +42,7 @@ def run_file(args: tuple[str, str, str, int]) -> tuple[str, int, float]:
     from pensu.htm.presets import preset_params
 
     relative, out_dir, range_mode, seed = args
-    rows = []
-    with (NAB_DATA / relative).open() as fh:
-        for row in csv.DictReader(fh):
-            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-            rows.append((row["timestamp"], ts.timestamp(), float(row["value"])))
+    rows = load_rows(NAB_DATA / relative)
     learning, estimation = probation(len(rows))
     overrides: dict = {"likelihood": AnomalyLikelihoodParams(learning_period=learning, estimation_samples=estimation)}
     if range_mode == "file":

@@ -14,32 +14,20 @@ The cells are recorded first; then only `infer` + `learn` are timed.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from pensu.htm.predictor import Predictor, PredictorParams  # noqa: E402
+from nab_data import NAB_DATA, load_series  # noqa: E402
 
-NAB_DATA = Path(os.environ.get("PENSU_NAB_DATA", ROOT.parent / "shared" / "nab" / "data"))
 COLUMNS, CELLS_PER_COLUMN, ACTIVE_COLUMNS = 2048, 32, 40
-
-
-def load_series(path: Path) -> list[tuple[float, float]]:
-    """(unix ts, value) rows of a NAB csv."""
-    rows = []
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
-            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-            rows.append((ts.timestamp(), float(row["value"])))
-    return rows
 
 
 def synthetic_cells(rows: list[tuple[float, float]]) -> list[tuple[np.ndarray, int, float]]:

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from pensu.analyzer import Analysis, Thresholds
-from pensu.carbon import format_line
 from pensu.outputs import OutputFormatter, OutputTopics
 from pensu.settings import Settings
 from tests.stack.stack_files import (
