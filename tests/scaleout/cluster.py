@@ -47,13 +47,14 @@ def workload(n: int, count: int = METRIC_COUNT, start: int = 0) -> dict[str, lis
 
 def produce_keyed(kafka: KafkaCluster, topic: str, per_metric: dict[str, list[tuple[float, float]]],
                   lines_per_message: int = 10) -> None:
-    """Each metric's lines keyed by its name, several lines per message, metrics interleaved."""
-    messages = []
+    """Each metric's lines keyed by its name, several lines per message, metrics interleaved
+    (message k of every metric before message k+1 of any, like a live feed)."""
+    chunks = {}
     for metric, samples in per_metric.items():
         lines = list(lines_for(metric, samples))
-        for i in range(0, len(lines), lines_per_message):
-            messages.append((metric.encode(), b"\n".join(lines[i:i + lines_per_message])))
-    kafka.produce(topic, messages)
+        chunks[metric] = [b"\n".join(lines[i:i + lines_per_message]) for i in range(0, len(lines), lines_per_message)]
+    rounds = max(len(c) for c in chunks.values())
+    kafka.produce(topic, [(metric.encode(), c[k]) for k in range(rounds) for metric, c in chunks.items() if k < len(c)])
 
 
 def produce_like_relays(bootstrap: str, topic: str, per_metric: dict[str, list[tuple[float, float]]]) -> None:
