@@ -16,12 +16,18 @@ from typing import Callable
 
 from pensu.carbon import OWN_OUTPUT_PREFIX, Rejection, parse_message
 from pensu.errors import LineRejected
+from pensu.htm.model import MIN_RESOLUTION
+from pensu.analyzer import MetricAnalyzer
 from pensu.outputs import OutputFormatter, OutputRecord
 from pensu.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_MAX_BYTES = 64 * 1024  # a dead-lettered line is truncated beyond this
+# The value encoder's bucket floor(value / resolution) is kept as a 64-bit integer inside the
+# model; a value past this many resolutions would overflow there after part of the model had
+# already learned it (and the exception would end the service loop).
+MAX_VALUE_BUCKETS = 2.0**62
 
 
 @dataclass
@@ -76,12 +82,24 @@ class Pipeline:
             if source and analyzer.already_applied(source, offset, line_no):
                 self.events.skipped("replayed")
                 continue
+            if not value_encodable(analyzer, sample.value):
+                raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
+                self._reject(result, Rejection("value_out_of_range",
+                                               "value too large for the metric's encoder resolution", raw),
+                             source, offset)
+                continue
             started = self._clock()
             try:
                 analysis = analyzer.process(sample.timestamp, sample.value, source or None, offset, line_no)
             except LineRejected as exc:
                 raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
                 self._reject(result, Rejection(exc.reason, exc.detail, raw), source, offset)
+                continue
+            except (ArithmeticError, ValueError) as exc:
+                # Last line of defence: one sample the model cannot digest must not stop the loop.
+                raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
+                self._reject(result, Rejection("model_error", f"{type(exc).__name__}: {exc}", raw),
+                             source, offset)
                 continue
             self.events.sample(self._clock() - started)
             self.registry.mark_dirty(metric)
@@ -109,3 +127,13 @@ class Pipeline:
             result.records.append(OutputRecord(self.dead_letter_topic, None,
                                                bytes(rejection.raw[:DEAD_LETTER_MAX_BYTES]), headers))
 
+
+
+def value_encodable(analyzer: MetricAnalyzer, value: float) -> bool:
+    """True when `value` fits the analyzer's value encoders (any value does at a coarse enough resolution)."""
+    for model in (analyzer.anomaly_model, analyzer.prediction_model):
+        # While warming up the resolution is not known yet; it can be no finer than MIN_RESOLUTION.
+        resolution = model.resolution or MIN_RESOLUTION
+        if abs(value) / resolution >= MAX_VALUE_BUCKETS:
+            return False
+    return True

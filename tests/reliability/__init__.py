@@ -1,0 +1,1 @@
+"""Reliability and security tests: real faults injected into a real service (issue #5)."""
