@@ -48,7 +48,9 @@ def run_file(args: tuple[str, str, str, int]) -> tuple[str, int, float]:
     if range_mode == "file":
         values = [r[2] for r in rows]
         lo, hi = min(values), max(values)
-        overrides.update(min_value=lo, max_value=hi if hi > lo else lo + 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        pad = float(os.environ.get("PENSU_NAB_PAD", "0")) * (hi - lo)  # NuPIC's NAB detector pads 20 %
+        overrides.update(min_value=lo - pad, max_value=hi + pad)
     model = HtmModel(preset_params(os.environ.get("PENSU_NAB_PRESET", "nab"), **overrides), seed=seed)
     started = time.perf_counter()
     target = Path(out_dir) / relative
@@ -70,9 +72,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default="/tmp/pensu-nab")
+    parser.add_argument("--pad", type=float, default=0.0,
+                        help="with --range file: widen the file range by this fraction on each side")
     parser.add_argument("--only", default="", help="substring filter on file paths (for quick looks)")
     args = parser.parse_args()
     os.environ["PENSU_NAB_PRESET"] = args.preset
+    os.environ["PENSU_NAB_PAD"] = str(args.pad)
     files = sorted(str(p.relative_to(NAB_DATA)) for p in NAB_DATA.rglob("*.csv") if args.only in str(p))
     started = time.perf_counter()
     total_rows = 0
