@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from pensu import __version__
 from pensu.analyzer import AnalyzerConfig, Thresholds
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
+from pensu.errors import CheckpointError
 from pensu.health import HealthServer, HealthStatus
 from pensu.htm.presets import prediction_params, preset_params
 from pensu.kafka_io import DeliveryTracker, EmbeddedKafka, OutputProducer, ensure_topics, wait_for_delivery
@@ -342,7 +343,7 @@ class PensuService:
             if removed:
                 log.info("removed %d idle checkpoints beyond PENSU_MAX_TRACKED_METRICS=%d",
                          removed, self.settings.max_tracked_metrics)
-        except OSError as exc:
+        except (CheckpointError, OSError) as exc:  # an unlistable models dir must not end the loop
             log.warning("could not trim checkpoints: %s", exc)
 
     def _report_topics(self) -> None:
