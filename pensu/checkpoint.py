@@ -312,7 +312,8 @@ class LocalCheckpointStore(CheckpointStore):
         except OSError as exc:
             log.error("could not quarantine checkpoint %s (%s): %s", path.name, reason, exc)
             return False
-        log.warning("quarantined checkpoint %s as %s: %s", path.name, target.name, reason)
+        # Debug only: the caller logs the one operator-facing line, naming the metric.
+        log.debug("quarantined checkpoint %s as %s: %s", path.name, target.name, reason)
         return True
 
     def entries(self) -> Iterator[CheckpointEntry]:

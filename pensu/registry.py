@@ -92,7 +92,8 @@ class ModelRegistry:
         try:
             loaded = self.store.load(metric)
         except CheckpointCorrupt as exc:
-            log.warning("checkpoint of %r quarantined, starting a fresh model: %s", metric, exc.reason)
+            log.warning("checkpoint of %r is corrupt (%s): moved to quarantine, starting a fresh model",
+                        metric, exc.reason)
             self.events.quarantined()
             loaded = None
         except CheckpointError as exc:
@@ -104,7 +105,8 @@ class ModelRegistry:
             try:
                 analyzer = MetricAnalyzer.from_bytes(payload, self.config.thresholds, expected_metric=metric)
             except SerializationError as exc:
-                log.warning("checkpoint of %r holds an unusable model, starting fresh: %s", metric, exc)
+                log.warning("checkpoint of %r holds an unusable model (%s): moved to quarantine, starting a "
+                            "fresh model", metric, exc)
                 self.events.quarantined()
                 self.store.quarantine(metric, f"unusable model: {exc}")
             else:
