@@ -121,3 +121,26 @@ def remount_tmpfs(path: Path, size: str) -> None:
 def umount(path: Path) -> None:
     """Unmount `path` (lazily, so a file still open cannot keep it busy)."""
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def spawn_logged(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    """Start `python -m pensu run` with `env` added, its output going to `log_path` (never a pipe
+    that nobody reads, which would block a chatty service)."""
+    full = dict(os.environ)
+    full.update(env)
+    full.setdefault("PYTHONUNBUFFERED", "1")
+    with open(log_path, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "pensu", *(args or ("run",))], env=full,
+                                cwd=Path(__file__).resolve().parents[2], stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60.0) -> int:
+    """SIGTERM a service process and wait; SIGKILL it if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
