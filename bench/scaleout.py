@@ -1,0 +1,326 @@
+"""Scale-out: aggregate throughput of 1, 2, 3 `pensu run` processes in one consumer group, and
+how long the moved metrics wait for outputs after a rebalance.
+
+Each instance is a separate process (as in production) against a librdkafka mock broker hosted
+by this script; outputs are attributed through their `pensu-instance` header.
+
+1. throughput: with N instances settled (every one owns partitions of the 4-partition input),
+   `--samples` samples of each of `--metrics` keyed metrics are queued at once; aggregate
+   samples/s = samples / (last output read − first input produced);
+2. rebalance: three instances analyse a steady feed (one sample per metric every `--period` s);
+   one instance is stopped (SIGTERM: clean handover; SIGKILL: crash, noticed after the session
+   timeout) or added; for each moved metric, the gap is the time from the event to its first
+   output from the new owner.
+
+    python bench/scaleout.py                       # 600 metrics, small preset
+    python bench/scaleout.py --preset default --metrics 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pensu.kafka_io import EmbeddedKafka  # noqa: E402
+
+START = 1_700_000_000
+PARTITIONS = 4  # what the mock broker gives an auto-created topic
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def line(metric_index: int, i: int) -> tuple[bytes, bytes]:
+    """(key, carbon line) of sample `i` of metric `metric_index`: a noisy wave."""
+    name = f"bench.host{metric_index:05d}.load"
+    value = round(50 + 30 * math.sin(2 * math.pi * (i + metric_index) / 48) + (metric_index * 7919 + i) % 5, 3)
+    return name.encode(), f"{name} {value} {START + 60 * i}".encode()
+
+
+def produce_rounds(producer: Producer, topic: str, metrics: int, first: int, count: int) -> None:
+    """Samples first..first+count of every metric, round by round, keyed by name."""
+    for i in range(first, first + count):
+        for m in range(metrics):
+            key, value = line(m, i)
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+    producer.flush(60)
+
+
+class OutputReader:
+    """Reads the anomaly-metrics topic continuously; records (time, metric, instance) of each
+    anomaly_score line (one per analysed sample)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.events: list[tuple[float, str, str]] = []
+        self._lock = threading.Lock()
+        self._topic = topic
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.time_ns()}",
+                                   "enable.auto.commit": False})
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assigned = False
+        while not self._stop.is_set():
+            if not assigned:
+                meta = self._consumer.list_topics(self._topic, timeout=5).topics.get(self._topic)
+                if meta is None or meta.error is not None or not meta.partitions:
+                    time.sleep(0.2)
+                    continue
+                self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+                assigned = True
+            batch = self._consumer.consume(1000, timeout=0.2)
+            now = time.monotonic()
+            got = []
+            for msg in batch:
+                if msg.error() is None and b".anomaly_score." in msg.value():
+                    instance = dict(msg.headers() or []).get("pensu-instance", b"?").decode()
+                    got.append((now, msg.key().decode(), instance))
+            with self._lock:
+                self.events.extend(got)
+
+    def count(self) -> int:
+        """Analysed samples seen so far."""
+        with self._lock:
+            return len(self.events)
+
+    def snapshot(self) -> list[tuple[float, str, str]]:
+        """A copy of the events so far."""
+        with self._lock:
+            return list(self.events)
+
+    def wait_for(self, expected: int, timeout: float) -> float:
+        """Block until `expected` analysed samples were read; returns the time of the last one."""
+        deadline = time.monotonic() + timeout
+        while self.count() < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            if len(self.events) < expected:
+                raise RuntimeError(f"only {len(self.events)} of {expected} outputs after {timeout}s")
+            return self.events[expected - 1][0]
+
+    def close(self) -> None:
+        """Stop reading."""
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+class Instance:
+    """One `python -m pensu run` process."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.http_port = free_port()
+        full = dict(os.environ, **env, PENSU_INSTANCE_ID=name, PENSU_HTTP_PORT=str(self.http_port),
+                    PENSU_PING_LISTEN_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+        self._log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=full, cwd=ROOT,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def assigned(self) -> int | None:
+        """Partitions it owns (from /readyz), None while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=2) as resp:
+                body = resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode()
+        except OSError:
+            return None
+        match = re.search(r"assigned=(\d+)", body)
+        return int(match.group(1)) if match else None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal and wait."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process `pid` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_settled(instances: list[Instance], timeout: float = 120.0) -> float:
+    """Wait until every instance owns partitions and together they own all; returns seconds."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        owned = [i.assigned() for i in instances]
+        if all(o is not None for o in owned) and sum(owned) == PARTITIONS and min(owned) >= 1:  # type: ignore[arg-type]
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise RuntimeError(f"group did not settle: {[i.assigned() for i in instances]}")
+
+
+def base_env(bootstrap: str, models: Path, tag: str, preset: str) -> dict[str, str]:
+    """PENSU_* of one bench group."""
+    return {
+        "PENSU_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PENSU_KAFKA_CONSUMER_GROUP_ID": f"{tag}.group",
+        "PENSU_METRICS_KAFKA_TOPIC": f"{tag}.metrics", "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": f"{tag}.anomaly",
+        "PENSU_PREDICTION_METRICS_KAFKA_TOPIC": f"{tag}.predictions",
+        "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": f"{tag}.reports", "PENSU_TOPICS_REPORT_INTERVAL": "0",
+        "PENSU_MODELS_DIR": str(models), "PENSU_ANOMALY_MODEL_PRESET": preset,
+        "PENSU_PREDICTION_MODEL_PRESET": preset, "PENSU_WARMUP_SAMPLES": "30",
+        "PENSU_MODELS_AUTOSAVE_INTERVAL": "30", "PENSU_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "PENSU_KAFKA_CONSUMER_OPT_HEARTBEAT_INTERVAL_MS": "1000",
+        "PENSU_KAFKA_CONSUMER_OPT_TOPIC_METADATA_REFRESH_INTERVAL_MS": "500",
+        "PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_HTTP_HOST": "127.0.0.1",
+    }
+
+
+def throughput(bootstrap: str, work: Path, n: int, args: argparse.Namespace) -> float:
+    """Aggregate samples/s of `n` settled instances draining a queued backlog."""
+    tag = f"tp{n}.{time.time_ns()}"
+    env = base_env(bootstrap, work / tag, tag, args.preset)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+    reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
+    # Prime: create the topic and every model (and finish the encoders' warm-up) before timing.
+    produce_rounds(producer, env["PENSU_METRICS_KAFKA_TOPIC"], args.metrics, 0, args.prime)
+    instances = [Instance(f"i{k}", env, work) for k in range(n)]
+    try:
+        wait_settled(instances)
+        reader.wait_for(args.metrics * args.prime, 600)
+        time.sleep(1.0)
+        cpu0 = [cpu_seconds(i.proc.pid) for i in instances]
+        own0 = time.process_time()
+        begin = time.monotonic()
+        produce_rounds(producer, env["PENSU_METRICS_KAFKA_TOPIC"], args.metrics, args.prime, args.samples)
+        end = reader.wait_for(args.metrics * (args.prime + args.samples), 900)
+        rate = args.metrics * args.samples / (end - begin)
+        cpu = sum(cpu_seconds(i.proc.pid) for i in instances) - sum(cpu0)
+        own = time.process_time() - own0
+        per_instance = {}
+        for _t, _m, inst in reader.snapshot()[args.metrics * args.prime:]:
+            per_instance[inst] = per_instance.get(inst, 0) + 1
+        print(f"  {n} instance(s): {rate:8.0f} samples/s aggregate  ({args.metrics * args.samples} samples "
+              f"in {end - begin:.1f} s; per instance {dict(sorted(per_instance.items()))}; instances used "
+              f"{cpu / (end - begin):.2f} cores, {1e3 * cpu / (args.metrics * args.samples):.2f} ms CPU/sample; "
+              f"broker+driver {own / (end - begin):.2f} cores)", flush=True)
+        return rate
+    finally:
+        for i in instances:
+            i.stop()
+        reader.close()
+
+
+def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) -> None:
+    """Gap in outputs of the moved metrics after `event` (sigterm | sigkill | add)."""
+    tag = f"rb-{event}.{time.time_ns()}"
+    env = base_env(bootstrap, work / tag, tag, args.preset)
+    topic = env["PENSU_METRICS_KAFKA_TOPIC"]
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
+    produce_rounds(producer, topic, args.metrics, 0, args.prime)
+    instances = [Instance(f"i{k}", env, work) for k in range(2 if event == "add" else 3)]
+    stop_feed = threading.Event()
+    rounds = [args.prime]
+
+    def feed() -> None:
+        while not stop_feed.wait(args.period):
+            produce_rounds(producer, topic, args.metrics, rounds[0], 1)
+            rounds[0] += 1
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        wait_settled(instances)
+        reader.wait_for(args.metrics * args.prime, 600)
+        feeder.start()
+        time.sleep(max(5.0, 5 * args.period))  # steady state
+        before = reader.snapshot()
+        owner = {m: inst for _t, m, inst in before}
+        t0 = time.monotonic()
+        if event == "add":
+            instances.append(Instance(f"i{len(instances)}", env, work))
+            changed = instances[-1].name
+        else:
+            victim = instances.pop(0)
+            victim.stop(signal.SIGTERM if event == "sigterm" else signal.SIGKILL)
+            changed = victim.name
+        settle = wait_settled(instances)
+        time.sleep(max(8.0, 4 * args.period))
+        stop_feed.set()
+        feeder.join(10)
+        after = reader.snapshot()[len(before):]
+        first_new: dict[str, float] = {}
+        for t, m, inst in after:
+            moved = owner.get(m) == changed if event != "add" else inst == changed
+            if moved and inst != owner.get(m) and m not in first_new:
+                first_new[m] = t - t0
+        gaps = sorted(first_new.values())
+        if not gaps:
+            print(f"  {event}: no metric moved", flush=True)
+            return
+        # Samples of the moved metrics arrive every `period` s, so a gap includes up to one period.
+        print(f"  {event:7s}: {len(gaps)} metrics moved; group settled after {settle:.1f} s; first output of a "
+              f"moved metric after {gaps[0]:.1f} s, median {statistics.median(gaps):.1f} s, "
+              f"all after {gaps[-1]:.1f} s", flush=True)
+    finally:
+        stop_feed.set()
+        for i in instances:
+            i.stop()
+        reader.close()
+
+
+def main() -> None:
+    """Run the throughput curve and the rebalance gaps."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metrics", type=int, default=600)
+    parser.add_argument("--samples", type=int, default=40, help="timed samples per metric")
+    parser.add_argument("--prime", type=int, default=35, help="untimed samples per metric first (warm-up)")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--instances", default="1,2,3")
+    parser.add_argument("--period", type=float, default=1.0, help="feed period in the rebalance runs (s)")
+    parser.add_argument("--events", default="sigterm,sigkill,add")
+    args = parser.parse_args()
+    print(f"CPUs: os.cpu_count()={os.cpu_count()}, usable={len(os.sched_getaffinity(0))}; load average "
+          f"{os.getloadavg()[0]:.2f}; {args.metrics} metrics, preset {args.preset}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pensu-scaleout-") as tmp, EmbeddedKafka() as kafka:
+        work = Path(tmp)
+        print("throughput (queued backlog, mock broker in this process):", flush=True)
+        rates = {}
+        for n in (int(x) for x in args.instances.split(",") if x):
+            rates[n] = throughput(kafka.bootstrap_servers, work, n, args)
+        if 1 in rates:
+            print("  speed-up over one instance: " + ", ".join(f"{n}: {r / rates[1]:.2f}x" for n, r in rates.items()))
+        print(f"rebalance gaps (feed: one sample per metric every {args.period} s):", flush=True)
+        for event in (e for e in args.events.split(",") if e):
+            rebalance(kafka.bootstrap_servers, work, event, args)
+
+
+if __name__ == "__main__":
+    main()
