@@ -51,6 +51,8 @@ def run_file(args: tuple[str, str, str, int]) -> tuple[str, int, float]:
         hi = hi if hi > lo else lo + 1.0
         pad = float(os.environ.get("PENSU_NAB_PAD", "0")) * (hi - lo)  # NuPIC's NAB detector pads 20 %
         overrides.update(min_value=lo - pad, max_value=hi + pad)
+    elif float(os.environ.get("PENSU_NAB_PAD", "0")):
+        overrides.update(warmup_range_padding=float(os.environ["PENSU_NAB_PAD"]))
     model = HtmModel(preset_params(os.environ.get("PENSU_NAB_PRESET", "nab"), **overrides), seed=seed)
     started = time.perf_counter()
     target = Path(out_dir) / relative
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default="/tmp/pensu-nab")
     parser.add_argument("--pad", type=float, default=0.0,
-                        help="with --range file: widen the file range by this fraction on each side")
+                        help="widen the file range (--range file) or the warm-up range by this fraction on each side")
     parser.add_argument("--only", default="", help="substring filter on file paths (for quick looks)")
     args = parser.parse_args()
     os.environ["PENSU_NAB_PRESET"] = args.preset

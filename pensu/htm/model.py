@@ -8,7 +8,8 @@ The value encoder is an RDSE whose resolution follows htm.core's NAB detector:
 * With a configured range (``ModelParams.min_value``/``max_value``) the resolution is fixed
   from it at construction and every sample is modelled at once.
 * Otherwise the first ``warmup_samples`` samples are buffered. When the buffer is full the
-  range of the buffered values sets the resolution once and for all, and the buffered samples
+  range of the buffered values, widened by ``warmup_range_padding`` × range on each side,
+  sets the resolution once and for all, and the buffered samples
   are fed through the model (learning from them) before the current one, so nothing is lost.
   A warm-up whose values are all equal says nothing about scale: warming up continues, up to
   ``10 × warmup_samples`` samples, after which the resolution falls back to
@@ -68,6 +69,9 @@ class ModelParams:
     min_value: float | None = None
     max_value: float | None = None
     warmup_samples: int = 150
+    # Widen the warm-up range by this fraction of it on each side before fixing the resolution
+    # (a warm-up usually sees only part of a stream's range; NuPIC's NAB detector pads 20 %).
+    warmup_range_padding: float = 0.0
 
     def replace(self, **changes: Any) -> "ModelParams":
         """Return a copy with some fields changed."""
@@ -164,7 +168,8 @@ class HtmModel:
         values = [v for _, v in self._warmup]
         lo, hi = min(values), max(values)
         if hi > lo:
-            return resolution_for_range(lo, hi)
+            pad = (hi - lo) * self.params.warmup_range_padding
+            return resolution_for_range(lo - pad, hi + pad)
         if n < FLAT_WARMUP_FACTOR * self.params.warmup_samples:
             return None
         return max(MIN_RESOLUTION, abs(values[-1]) * 0.01)

@@ -1,0 +1,36 @@
+import math
+
+import numpy as np
+import pytest
+
+from pensu.htm.model import HtmModel, ModelParams, resolution_for_range
+from pensu.htm.presets import preset_params
+
+
+def feed(model: HtmModel, values, start: float = 1.4e9):
+    return [model.step(start + 300.0 * i, v) for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("padding", [0.0, 0.5])
+def test_warmup_range_sets_resolution_with_padding(padding):
+    params = preset_params("small", warmup_samples=20, warmup_range_padding=padding)
+    model = HtmModel(params, seed=3)
+    values = list(np.linspace(10.0, 36.0, 20))
+    outs = feed(model, values)
+    assert all(o.warming_up for o in outs[:-1]) and not outs[-1].warming_up
+    assert model.resolution == pytest.approx(resolution_for_range(10.0 - 26.0 * padding, 36.0 + 26.0 * padding))
+    assert model.resolution == pytest.approx(26.0 * (1 + 2 * padding) / 130.0)
+
+
+def test_padding_survives_a_round_trip_and_outputs_continue_identically():
+    params = preset_params("small", warmup_samples=10, warmup_range_padding=0.25)
+    rng = np.random.default_rng(4)
+    values = list(np.sin(np.arange(60) / 5.0) * 10 + rng.normal(0, 0.5, 60))
+    model = HtmModel(params, seed=8)
+    feed(model, values[:40])
+    restored = HtmModel.from_bytes(model.to_bytes())
+    assert restored.params.warmup_range_padding == 0.25
+    a = feed(model, values[40:], start=1.4e9 + 40 * 300.0)
+    b = feed(restored, values[40:], start=1.4e9 + 40 * 300.0)
+    assert a == b
+    assert not any(math.isnan(o.anomaly_score) for o in a)
