@@ -94,6 +94,7 @@ class PensuService:
         self._waiting_for_broker = False
         self._broker_down = False
         self._last_autosave = time.monotonic()
+        self._evictions_since_trim = 0
         self._last_topics_report = time.monotonic()
         self._last_lag = 0.0
         self._kafka_log = RateLimitedLog(log, 30.0)
@@ -156,6 +157,12 @@ class PensuService:
     def _on_evicted(self) -> None:
         self.metrics.model_evictions.inc()
         self.metrics.over_quota.inc()
+        # A flood of new names evicts (writes) a checkpoint per name, possibly for longer than an
+        # autosave interval within one batch: trim every tenth of the quota too, so disk use stays
+        # within PENSU_MAX_TRACKED_METRICS plus that tenth.
+        self._evictions_since_trim += 1
+        if self._evictions_since_trim >= max(1, self.settings.max_tracked_metrics // 10):
+            self._trim_checkpoints()
         self._over_quota_log.log(logging.INFO,
                                  "over the model quota (%d resident): swapping least recently used models to disk",
                                  self.settings.max_allowed_models)
@@ -337,6 +344,11 @@ class PensuService:
         saved, failed = self.models.save_dirty()
         if saved or failed:
             log.info("autosave: %d checkpoints written, %d failed", saved, failed)
+        self._trim_checkpoints()
+
+    def _trim_checkpoints(self) -> None:
+        """Delete the longest-idle checkpoints beyond PENSU_MAX_TRACKED_METRICS (never resident ones)."""
+        self._evictions_since_trim = 0
         try:
             removed = self.store.enforce_limit(self.settings.max_tracked_metrics,
                                                protect=self.models.resident_metrics())
