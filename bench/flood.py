@@ -20,6 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 from confluent_kafka import Producer
 
@@ -96,29 +97,54 @@ def disk_usage(models: Path) -> tuple[int, int]:
     return files, size
 
 
-def produce_flood(bootstrap: str, topic: str, names: int, per_message: int = 100, prefix: str = "flood",
-                  samples_per_name: int = 1) -> None:
-    """`samples_per_name` samples of each of `names` distinct metrics, `per_message` lines per message."""
+def _line(i: int, step: int, prefix: str) -> str:
+    return f"{prefix}.host{i % 997}.m{i} {(i + step) % 100} {START + 60 * step}"
+
+
+def flood_messages(names: int, samples_per_name: int = 1, per_message: int = 100,
+                   prefix: str = "flood") -> Iterator[tuple[bytes | None, list[str]]]:
+    """(key, lines) messages: one sample per name, `per_message` names a message, unkeyed; or,
+    with several samples per name, `per_message` consecutive samples of one name keyed by it
+    (so each name's samples stay in order on one partition)."""
+    if samples_per_name == 1:
+        for start in range(0, names, per_message):
+            yield None, [_line(i, 0, prefix) for i in range(start, min(names, start + per_message))]
+        return
+    for i in range(names):
+        name = _line(i, 0, prefix).split(" ", 1)[0].encode()
+        for start in range(0, samples_per_name, per_message):
+            yield name, [_line(i, step, prefix) for step in range(start, min(samples_per_name, start + per_message))]
+
+
+def produce_flood(bootstrap: str, topic: str, messages: Iterator[tuple[bytes | None, list[str]]], count: int,
+                  ahead: Callable[[], int] | None = None, window: int = 0) -> None:
+    """Produce messages until `count` lines were sent.
+
+    With `window`, wait while more than `window` lines are ahead of `ahead()` (processed so
+    far): the mock cluster retains a bounded log per partition (measured: the oldest of 2,000
+    3.5 KB messages were deleted), and a flood queued all at once would lose its first lines.
+    """
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
-    total = names * samples_per_name
-    for start in range(0, total, per_message):
-        lines = []
-        for n in range(start, min(total, start + per_message)):
-            step, i = divmod(n, names)  # sample `step` of every name, then the next sample
-            lines.append(f"{prefix}.host{i % 997}.m{i} {(i + step) % 100} {START + 60 * step}")
+    sent = 0
+    while sent < count:
+        while window and ahead is not None and sent - max(0, ahead()) > window:
+            time.sleep(0.5)
+        key, chunk = next(messages)
         while True:
             try:
-                producer.produce(topic, value="\n".join(lines).encode())
+                producer.produce(topic, key=key, value="\n".join(chunk).encode())
                 break
             except BufferError:
                 producer.poll(0.1)
+        sent += len(chunk)
         producer.poll(0)
     assert producer.flush(60) == 0
 
 
 def run_flood(bootstrap: str, models: Path, names: int, cap: int, tracked: int, autosave: float = 2.0,
               quota_log_seconds: float = 10.0, timeout: float = 3600.0, extra_env: dict[str, str] | None = None,
-              log_path: Path | None = None, progress: bool = False, samples_per_name: int = 1) -> FloodResult:
+              log_path: Path | None = None, progress: bool = False, samples_per_name: int = 1,
+              window: int = 0) -> FloodResult:
     """Start the service, flood it with `names` names, watch memory and disk, stop it cleanly."""
     tag = f"flood{os.getpid()}x{int(time.time() * 1000) % 10**8}"
     topic, port = f"{tag}.metrics", _free_port()
@@ -136,12 +162,21 @@ def run_flood(bootstrap: str, models: Path, names: int, cap: int, tracked: int, 
         "PENSU_KAFKA_CONSUMER_OPT_TOPIC_METADATA_REFRESH_INTERVAL_MS": "500", "PYTHONUNBUFFERED": "1",
     })
     env.update(extra_env or {})
-    produce_flood(bootstrap, topic, names, samples_per_name=samples_per_name)  # the input exists before the service subscribes
+    total = names * samples_per_name
+    lines = flood_messages(names, samples_per_name)
+    # The input topic exists before the service subscribes (a group joining a missing topic stalls).
+    first = total if not window else min(total, window)
+    produce_flood(bootstrap, topic, lines, first)
     log_path = log_path or models.parent / "flood-service.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)
-    total = names * samples_per_name
+    if first < total:  # the rest follows the service, at most `window` lines ahead
+        import threading
+
+        threading.Thread(target=produce_flood, args=(bootstrap, topic, lines, total - first),
+                         kwargs={"ahead": lambda: _processed(port) - first, "window": window},
+                         daemon=True).start()
     result = FloodResult(names=names, processed=0, seconds=0.0)
     started: float | None = None
     try:
@@ -189,10 +224,13 @@ def main() -> None:
     parser.add_argument("--autosave", type=float, default=5.0, help="PENSU_MODELS_AUTOSAVE_INTERVAL")
     parser.add_argument("--quota-log-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=7200.0)
+    parser.add_argument("--window", type=int, default=100_000,
+                        help="lines produced ahead of the service at most (0: all up front)")
     args = parser.parse_args()
     with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory() as tmp:
         result = run_flood(kafka.bootstrap_servers, Path(tmp) / "models", args.names, args.cap, args.tracked,
-                           args.autosave, args.quota_log_seconds, args.timeout, progress=True)
+                           args.autosave, args.quota_log_seconds, args.timeout, progress=True,
+                           window=args.window)
     rss = result.rss_kb
     quarter = next((kb for done, kb in rss if done >= result.names // 4), rss[-1][1] if rss else 0)
     print(f"flood: {result.processed:,} of {result.names:,} names in {result.seconds:.0f} s "
