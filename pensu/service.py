@@ -271,6 +271,9 @@ class PensuService:
             self.producer.poll(0)
             batch.positions[(topic, partition)] = offset + 1
         if batch.positions:
+            # Time the wait for acknowledgements from the end of processing, not its start: a
+            # long batch on a busy core is not a broker problem.
+            batch.created = time.monotonic()
             self._inflight.append(batch)
         self.producer.poll(0)
         self._commit_delivered()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -151,14 +152,16 @@ def test_arbitrary_bytes_never_raise(tmp_path: Path, payload: bytes) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(carbonish_line(), min_size=1, max_size=30), crlf=st.booleans())
 def test_carbonish_messages_follow_the_contract(tmp_path: Path, lines: list[bytes], crlf: bool) -> None:
-    pipeline = make_pipeline(tmp_path / "models", capacity=2)
+    # A directory per example: tmp_path outlives hypothesis examples, and a checkpoint left by an
+    # earlier example would (rightly) make this one's samples replays.
+    pipeline = make_pipeline(Path(tempfile.mkdtemp(dir=tmp_path)), capacity=2)
     check_message(pipeline, (b"\r\n" if crlf else b"\n").join(lines), 0)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=200))
 def test_arbitrary_text_never_raises(tmp_path: Path, text: str) -> None:
-    pipeline = make_pipeline(tmp_path / "models")
+    pipeline = make_pipeline(Path(tempfile.mkdtemp(dir=tmp_path)))
     payload = text.encode("utf-8", "surrogatepass")
     check_message(pipeline, payload, 0)
     samples, rejections = parse_message(text)  # the str path too (lone surrogates included)
