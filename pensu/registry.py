@@ -2,8 +2,13 @@
 
 No metric is ever dropped for being over the cap: the least recently used analyzer is
 checkpointed and evicted, and the newcomer is loaded from its checkpoint or created fresh.
-A checkpoint that cannot be written keeps its analyzer resident (nothing learned is thrown
-away); the cap is then exceeded until a later save succeeds, and the failure is counted.
+
+A checkpoint must not record samples whose outputs may still be lost (a restart would skip
+them as replays), so an evicted analyzer whose outputs are still in flight is parked in a
+small write-behind area (a tenth of the cap, counted in it) and saved once they are
+acknowledged; only when that area is full does eviction wait for the broker. A checkpoint
+that cannot be written keeps its analyzer in memory (nothing learned is thrown away); the
+cap is then exceeded until a later save succeeds, and the failure is counted.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ class RegistryEvents:
     save_failed: Callable[[], None] = lambda: None
     load_failed: Callable[[], None] = lambda: None
     quarantined: Callable[[], None] = lambda: None
-    # Called before an analyzer is checkpointed for eviction; the service uses it to make sure
-    # the outputs of every sample the checkpoint records were delivered first.
-    before_evict: Callable[[str], None] = lambda metric: None
+    # True while outputs of samples the metric's analyzer learned may still be lost; such an
+    # analyzer is not checkpointed for eviction until they are acknowledged.
+    outputs_pending: Callable[[str], bool] = lambda metric: False
+    # Wait until every queued output is acknowledged (the write-behind area is full).
+    flush_outputs: Callable[[], object] = lambda: None
     dropped: Callable[[str], None] = lambda metric: None  # checkpointed and no longer resident
 
 
@@ -45,7 +52,7 @@ class _Slot:
 
 
 class ModelRegistry:
-    """Resident analyzers (LRU, capped) backed by a checkpoint store."""
+    """Analyzers in memory (LRU plus write-behind, capped) backed by a checkpoint store."""
 
     def __init__(self, store: CheckpointStore, config: AnalyzerConfig, capacity: int,
                  events: RegistryEvents | None = None, clock: Callable[[], float] = time.time,
@@ -56,19 +63,27 @@ class ModelRegistry:
         self.config = config
         self._config_for = config_for or (lambda metric: config)
         self.capacity = capacity
+        # Part of the cap reserved for evicted analyzers waiting for their outputs' acks.
+        self.write_behind = capacity // 10
         self.events = events or RegistryEvents()
         self._clock = clock
-        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()  # LRU order
+        self._parked: OrderedDict[str, _Slot] = OrderedDict()  # evicted, not yet checkpointed
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self._slots) + len(self._parked)
 
     def __contains__(self, metric: object) -> bool:
-        return metric in self._slots
+        return metric in self._slots or metric in self._parked
 
     def resident_metrics(self) -> list[str]:
-        """Metrics currently in memory, least recently used first."""
-        return list(self._slots)
+        """Metrics currently in memory: parked ones, then the LRU from least recently used."""
+        return list(self._parked) + list(self._slots)
+
+    @property
+    def parked(self) -> int:
+        """Evicted analyzers still in memory, waiting for their outputs to be acknowledged."""
+        return len(self._parked)
 
     def get(self, metric: str) -> MetricAnalyzer:
         """Return the metric's analyzer, loading or creating it (and evicting the LRU one)."""
@@ -76,15 +91,17 @@ class ModelRegistry:
         if slot is not None:
             self._slots.move_to_end(metric)
             return slot.analyzer
-        analyzer, from_checkpoint = self._load_or_create(metric)
-        self._slots[metric] = _Slot(analyzer, dirty=False,
-                                    saved_count=analyzer.sample_count if from_checkpoint else -1)
+        slot = self._parked.pop(metric, None)
+        if slot is None:
+            analyzer, from_checkpoint = self._load_or_create(metric)
+            slot = _Slot(analyzer, dirty=False, saved_count=analyzer.sample_count if from_checkpoint else -1)
+        self._slots[metric] = slot
         self._evict_over_capacity(keep=metric)
-        return analyzer
+        return slot.analyzer
 
     def mark_dirty(self, metric: str) -> None:
         """Record that the metric's analyzer learned something since its last save."""
-        slot = self._slots.get(metric)
+        slot = self._slot(metric)
         if slot is not None:
             slot.dirty = True
 
@@ -97,7 +114,11 @@ class ModelRegistry:
             self.events.quarantined()
             loaded = None
         except CheckpointError as exc:
-            log.warning("checkpoint of %r unreadable, starting a fresh model: %s", metric, exc)
+            # Set the file aside (if it can be moved) so the fresh model's first save cannot
+            # overwrite a checkpoint that was perhaps only unreadable for a moment.
+            kept = self.store.quarantine(metric, f"unreadable: {exc}")
+            log.warning("checkpoint of %r unreadable, starting a fresh model%s: %s", metric,
+                        " (file moved to quarantine)" if kept else "", exc)
             self.events.load_failed()
             loaded = None
         if loaded is not None:
@@ -116,20 +137,46 @@ class ModelRegistry:
         return MetricAnalyzer(metric, self._config_for(metric)), False
 
     def _evict_over_capacity(self, keep: str) -> None:
-        # Walk from the LRU end; a failed save leaves that analyzer resident and tries the next.
+        # The LRU keeps the cap minus the write-behind area, so parked analyzers never push the
+        # total over the cap. Walk from the LRU end; a failed save leaves that analyzer in
+        # memory and tries the next.
         for metric in list(self._slots):
-            if len(self._slots) <= self.capacity:
+            if len(self._slots) <= self.capacity - self.write_behind:
                 return
             if metric == keep:
                 continue
-            self.events.before_evict(metric)
-            if self._save(metric):
+            if self.events.outputs_pending(metric):
+                self._parked[metric] = self._slots.pop(metric)
+                self.events.evicted()
+                if len(self._parked) > self.write_behind:
+                    self.events.flush_outputs()
+                    self.settle()
+            elif self._save(metric):
                 del self._slots[metric]
                 self.events.evicted()
                 self.events.dropped(metric)
 
+    def settle(self) -> int:
+        """Checkpoint and drop parked analyzers whose outputs are acknowledged; return how many."""
+        settled = 0
+        for metric in list(self._parked):
+            if not self.events.outputs_pending(metric) and self._save(metric):
+                del self._parked[metric]
+                self.events.dropped(metric)
+                settled += 1
+        return settled
+
+    def _slot(self, metric: str) -> _Slot | None:
+        return self._slots.get(metric) or self._parked.get(metric)
+
+    def _drop(self, metric: str) -> None:
+        if self._slots.pop(metric, None) is None:
+            del self._parked[metric]
+        self.events.dropped(metric)
+
     def _save(self, metric: str) -> bool:
-        slot = self._slots[metric]
+        slot = self._slot(metric)
+        assert slot is not None
         analyzer = slot.analyzer
         if not slot.dirty and slot.saved_count == analyzer.sample_count:
             return True
@@ -148,30 +195,59 @@ class ModelRegistry:
         return True
 
     def save_dirty(self, metrics: Iterable[str] | None = None) -> tuple[int, int]:
-        """Checkpoint dirty analyzers (all, or those named); return (saved, failed)."""
+        """Checkpoint dirty analyzers (all, or those named); return (saved, failed).
+
+        The caller makes sure their outputs were acknowledged first (autosave, shutdown).
+        """
         saved = failed = 0
-        names = list(self._slots) if metrics is None else [m for m in metrics if m in self._slots]
+        names = self.resident_metrics() if metrics is None else [m for m in metrics if m in self]
         for metric in names:
-            slot = self._slots[metric]
-            if not slot.dirty:
+            slot = self._slot(metric)
+            if slot is None or not slot.dirty:
                 continue
             if self._save(metric):
                 saved += 1
             else:
                 failed += 1
+        self.settle()
         return saved, failed
 
-    def release(self, metrics: Iterable[str]) -> int:
-        """Checkpoint and drop the named analyzers (e.g. their partitions were revoked)."""
+    def release(self, metrics: Iterable[str], unless_superseded: bool = False) -> int:
+        """Checkpoint and drop the named analyzers (e.g. their partitions were revoked).
+
+        With `unless_superseded` (partitions lost: another member may own them already), an
+        analyzer whose stored checkpoint has moved past it is dropped without saving.
+        """
         released = 0
         for metric in list(metrics):
-            if metric in self._slots and self._save(metric):
-                del self._slots[metric]
-                self.events.dropped(metric)
+            if metric not in self:
+                continue
+            if unless_superseded and self._superseded(metric):
+                log.warning("checkpoint of %r was advanced by another owner: dropping the local model unsaved",
+                            metric)
+                self._drop(metric)
+                released += 1
+            elif self._save(metric):
+                self._drop(metric)
                 released += 1
         return released
 
+    def _superseded(self, metric: str) -> bool:
+        """True when the stored checkpoint records a position this analyzer has not reached."""
+        try:
+            loaded = self.store.load(metric)
+        except CheckpointError:  # unreadable or corrupt (then quarantined): ours is the best copy
+            return False
+        if loaded is None:
+            return False
+        slot = self._slot(metric)
+        assert slot is not None
+        positions = slot.analyzer.positions
+        return any(positions.get(source, (-1, -1))[0] < offset
+                   for source, offset in loaded[0].last_offsets.items())
+
     def items(self) -> Iterator[tuple[str, MetricAnalyzer]]:
-        """Resident (metric, analyzer) pairs."""
-        for metric, slot in self._slots.items():
-            yield metric, slot.analyzer
+        """(metric, analyzer) pairs of every analyzer in memory."""
+        for slots in (self._parked, self._slots):
+            for metric, slot in list(slots.items()):
+                yield metric, slot.analyzer

@@ -105,7 +105,8 @@ class PensuService:
             config_for=RangeAwareConfig(config, settings.metric_ranges).for_metric,
             events=RegistryEvents(
                 evicted=self._on_evicted,
-                before_evict=self._before_evict,
+                outputs_pending=self._outputs_pending,
+                flush_outputs=self._deliver_all_and_commit,
                 dropped=self._forget,
                 loaded=lambda source: self.metrics.model_loads.labels(source=source).inc(),
                 saved=self.metrics.checkpoint_saves.inc,
@@ -144,11 +145,10 @@ class PensuService:
         if reason == "replayed":
             self.metrics.duplicate_samples_skipped.inc()
 
-    def _before_evict(self, metric: str) -> None:
-        """A checkpoint must not record samples whose outputs may still be lost: deliver first."""
+    def _outputs_pending(self, metric: str) -> bool:
+        """True while outputs of the metric's last batch are not all acknowledged."""
         batch = self._last_batch.get(metric)
-        if batch is not None and batch.pending > 0:
-            self._deliver_all_and_commit()
+        return batch is not None and batch.pending > 0
 
     def _forget(self, metric: str) -> None:
         self._source_of.pop(metric, None)
@@ -277,6 +277,8 @@ class PensuService:
             self._inflight.append(batch)
         self.producer.poll(0)
         self._commit_delivered()
+        if self.models.parked:
+            self.models.settle()  # evicted analyzers whose outputs are now acknowledged
         # Back-pressure: never run more than MAX_INFLIGHT_BATCHES ahead of the broker's acks.
         while len(self._inflight) > MAX_INFLIGHT_BATCHES and not self._stop.is_set():
             self.producer.poll(0.1)
@@ -426,7 +428,8 @@ class PensuService:
         # tracked above) must go too: kept resident, it would be stale when the partition
         # comes back after another owner learned more.
         metrics.update(metric for metric, analyzer in self.models.items() if sources & analyzer.positions.keys())
-        released = self.models.release(metrics)
+        # Lost (not revoked): a new owner may already have checkpointed past us; never overwrite that.
+        released = self.models.release(metrics, unless_superseded=why == "lost")
         log.info("partitions %s %s: %d models checkpointed and released",
                  sorted(f"{tp.topic}:{tp.partition}" for tp in partitions), why, released)
 

@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 from pensu.analyzer import MetricAnalyzer, Thresholds
-from pensu.checkpoint import LocalCheckpointStore
+from pensu.checkpoint import LocalCheckpointStore, checkpoint_key
 from pensu.registry import ModelRegistry, RegistryEvents
-from tests.support import fast_config, series
+from tests.support import START_TS, fast_config, series
 
 ALWAYS = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0)
 METRICS = [f"host{i}.cpu" for i in range(10)]
@@ -118,3 +118,83 @@ def test_failed_save_keeps_the_model_resident_and_a_later_save_catches_up(tmp_pa
     saved, failed = registry.save_dirty()
     assert (saved, failed) == (2, 0)
     assert LocalCheckpointStore(models).load("a") is not None
+
+
+def _learn(registry: ModelRegistry, metric: str, samples: list[tuple[float, float]], first_offset: int) -> None:
+    for i, (ts, value) in enumerate(samples):
+        registry.get(metric).process(ts, value, "metrics:0", first_offset + i, 0)
+        registry.mark_dirty(metric)
+
+
+def test_release_of_a_lost_partition_never_overwrites_a_newer_checkpoint(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    samples = series(60)
+    old_owner = ModelRegistry(store, fast_config(), capacity=10)
+    _learn(old_owner, "m", samples[:20], 0)
+    old_owner.save_dirty()
+    _learn(old_owner, "m", samples[20:30], 20)  # learned locally, not yet saved
+    # Meanwhile the new owner resumed from the checkpoint and saved further progress.
+    new_owner = ModelRegistry(store, fast_config(), capacity=10)
+    _learn(new_owner, "m", samples[20:40], 20)
+    assert new_owner.release(["m"]) == 1
+    assert old_owner.release(["m"], unless_superseded=True) == 1 and "m" not in old_owner
+    header, _payload = store.load("m")
+    assert header.sample_count == 40 and header.last_offsets == {"metrics:0": 39}
+
+
+def test_release_of_a_lost_partition_saves_when_nobody_advanced_the_checkpoint(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    registry = ModelRegistry(store, fast_config(), capacity=10)
+    _learn(registry, "m", series(30)[:20], 0)
+    registry.save_dirty()
+    _learn(registry, "m", series(30)[20:], 20)
+    assert registry.release(["m"], unless_superseded=True) == 1
+    header, _payload = store.load("m")
+    assert header.sample_count == 30  # nothing learned is thrown away
+
+
+def test_unreadable_checkpoint_is_set_aside_not_overwritten_by_the_fresh_model(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    path = store.path_for("m")
+    path.parent.mkdir(parents=True)
+    # A read failure that says nothing about the content (root ignores permissions, so use
+    # a symlink loop: ELOOP on open).
+    path.symlink_to(path)
+    events, counts = counting_events()
+    registry = ModelRegistry(store, fast_config(), capacity=10, events=events)
+    _learn(registry, "m", series(10), 0)
+    assert counts["load_failed"] == 1 and counts["loaded_fresh"] == 1
+    set_aside = list((tmp_path / "quarantine").iterdir())
+    assert len(set_aside) == 1 and set_aside[0].is_symlink()
+    registry.save_dirty()
+    assert store.load("m")[0].sample_count == 10 and set_aside[0].is_symlink()  # both kept
+
+
+def test_eviction_parks_models_with_unacknowledged_outputs_until_they_are_acknowledged(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    in_flight: set[str] = set()
+    flushes: list[int] = []
+
+    def flush() -> None:
+        flushes.append(len(in_flight))
+        in_flight.clear()  # the broker acknowledged everything
+
+    def learn(name: str) -> None:
+        registry.get(name).process(START_TS, 1.0)
+        registry.mark_dirty(name)
+        in_flight.add(name)
+
+    registry = ModelRegistry(store, fast_config(), capacity=20,
+                             events=RegistryEvents(outputs_pending=in_flight.__contains__, flush_outputs=flush))
+    assert registry.write_behind == 2
+    for i in range(20):  # 18 in the LRU, two evicted ones parked: nothing saved, no waiting
+        learn(f"m{i}")
+    assert len(registry) == 20 and registry.parked == 2 and flushes == []
+    assert list(store.entries()) == []
+    assert registry.get("m0").sample_count == 1 and registry.parked == 2  # m0 back unloaded; m2 parked
+    learn("m20")  # a third parked model overflows the write-behind: one wait, then all are saved
+    assert flushes == [20] and registry.parked == 0 and len(registry) == 18
+    assert {e.key for e in store.entries()} == {checkpoint_key(m) for m in ("m1", "m2", "m3")}
+    learn("m21")  # the LRU one (m4) has no outputs in flight since the wait: saved at once
+    assert registry.parked == 0 and checkpoint_key("m4") in {e.key for e in store.entries()}
+    assert len(flushes) == 1 and len(registry) == 18
