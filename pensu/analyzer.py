@@ -20,7 +20,6 @@ with both heads attached. Outputs are identical to running two models, at half t
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -93,16 +92,17 @@ def shared_core_params(config: AnalyzerConfig) -> ModelParams | None:
     return anomaly.replace(predictor=prediction.predictor)
 
 
-def metric_seed(metric: str) -> int:
-    """A stable per-metric seed, so a metric's fresh model is the same on every instance."""
-    return int.from_bytes(hashlib.sha256(metric.encode("utf-8")).digest()[:4], "little")
+# One seed for every metric's models, as in NuPIC/NAB (and bench/nab_run.py): a metric's fresh
+# model is the same on every instance, and all models share one Spatial Pooler wiring, which
+# the pooler computes once per process, so creating or restoring a model is cheap.
+MODEL_SEED = 42
 
 
 class MetricAnalyzer:
     """The model pair of one metric plus the decision rule and per-metric bookkeeping."""
 
     def __init__(self, metric: str, config: AnalyzerConfig) -> None:
-        seed = metric_seed(metric)
+        seed = MODEL_SEED
         self.metric = metric
         self.thresholds = config.thresholds
         self.prediction_steps = int(config.prediction_steps)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -143,3 +145,12 @@ def lines_for(metric: str, samples: list[tuple[float, float]]) -> Iterator[bytes
     """Carbon lines for samples of one metric."""
     for ts, value in samples:
         yield f"{metric} {value!r} {int(ts)}".encode()
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """Status and body of GET http://127.0.0.1:<port><path> (HTTP errors included; OSError if no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

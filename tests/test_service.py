@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from tests.service_harness import (
     carbon_by_metric,
     carbon_of,
     expected_records,
+    http_get,
     lines_for,
     output_topics,
     service_env,
@@ -142,27 +141,19 @@ def _ping(port: int, line: bytes) -> bytes:
         return sock.recv(1024)
 
 
-def _http(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_health_endpoints_answer(kafka: KafkaCluster, tmp_path: Path) -> None:
     env = service_env(kafka, tmp_path / "models")
     ping_port, http_port = int(env["PENSU_PING_LISTEN_PORT"]), int(env["PENSU_HTTP_PORT"])
     with ServiceThread(env) as running:
         assert _ping(ping_port, b"ping\n").strip() == b"pong"
-        assert _http(http_port, "/healthz")[0] == 200
+        assert http_get(http_port, "/healthz")[0] == 200
         # (the mock cluster creates the input topic on first produce; only then can it be assigned)
         produce_lines(kafka, running.settings.metrics_kafka_topic, {"a.b": series(5)})
         running.wait_ready()
         kafka.consume_all([running.settings.reported_anomalies_kafka_topic], expected=15, timeout=60, idle=0.5)
-        status, body = _http(http_port, "/readyz")
+        status, body = http_get(http_port, "/readyz")
         assert status == 200, body
-        status, metrics = _http(http_port, "/metrics")
+        status, metrics = http_get(http_port, "/metrics")
         assert status == 200
         assert "pensu_samples_processed_total 5.0" in metrics
         assert "pensu_model_step_seconds_bucket" in metrics and "pensu_resident_models 1.0" in metrics

@@ -31,12 +31,20 @@ Compact layout
     bitmap (inputs × columns / 8 bytes) + touched rows (inputs × 2 bytes each) + duty cycles;
     serialized size is just the touched rows, their column ids and the duty cycles — the
     bitmap and untouched columns are rebuilt from the seed on restore.
+
+Shared wiring
+    Everything derived from (seed, parameters, input size) — column seeds, tie-break order,
+    every column's initial row and the initial bitmap — is computed once per process and
+    shared read-only by all poolers with that key (a small LRU). Building a pooler, fresh
+    or restored, is then a bitmap copy plus its touched rows: models swap in and out cheaply.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -141,18 +149,29 @@ def _set_column_bits(bitmap: np.ndarray, column: int, row: np.ndarray, conn_stor
 
 
 @njit(cache=True)
-def _build_bitmap(col_seeds: np.ndarray, row_of: np.ndarray, rows: np.ndarray, n_inputs: int,
-                  num_potential: int, conn_units: int, stim: int, bump: int, bitmap: np.ndarray) -> None:
-    """Fill the connected bitmap from stored rows and, for untouched columns, regenerated initial rows."""
-    row = np.empty(n_inputs, dtype=np.uint16)
-    scratch = np.empty(n_inputs, dtype=np.int32)
+def _column_draws(state: np.ndarray, col_seeds: np.ndarray, ties: np.ndarray, tie_scale: float) -> None:
+    """Draw every column's generator seed, then every column's tie-break offset, from `state`."""
     for c in range(col_seeds.shape[0]):
-        r = row_of[c]
-        if r >= 0:
-            _set_column_bits(bitmap, c, rows[r], conn_units + 1)
-        else:
-            _init_column(col_seeds[c], num_potential, conn_units, stim, bump, row, scratch)
-            _set_column_bits(bitmap, c, row, conn_units + 1)
+        col_seeds[c] = rng_next(state)
+    for c in range(ties.shape[0]):
+        ties[c] = rng_uniform(state) * tie_scale
+
+
+@njit(cache=True)
+def _initial_rows(col_seeds: np.ndarray, num_potential: int, conn_units: int, stim: int, bump: int,
+                  rows: np.ndarray) -> None:
+    """Fill rows[c] with column c's initial stored permanences."""
+    scratch = np.empty(rows.shape[1], dtype=np.int32)
+    for c in range(col_seeds.shape[0]):
+        _init_column(col_seeds[c], num_potential, conn_units, stim, bump, rows[c], scratch)
+
+
+@njit(cache=True)
+def _overlay_rows(bitmap: np.ndarray, row_col: np.ndarray, rows: np.ndarray, n_rows: int,
+                  conn_stored: int) -> None:
+    """Set the bitmap bits of every stored row's column from that row."""
+    for r in range(n_rows):
+        _set_column_bits(bitmap, row_col[r], rows[r], conn_stored)
 
 
 @njit(cache=True)
@@ -300,6 +319,50 @@ def _update_duty_cycles(overlaps: np.ndarray, active_columns: np.ndarray, overla
         active_duty[c] = active_duty[c] + step
 
 
+# -- shared wiring ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Wiring:
+    """What a pooler derives from (seed, parameters, input size); shared, never written."""
+
+    col_seeds: np.ndarray  # uint64 [columns]: each column's own generator seed
+    ties: np.ndarray  # float64 [columns]: tie-break offsets
+    tie_order: np.ndarray  # int32 [columns]: columns by descending tie offset
+    initial_rows: np.ndarray  # uint16 [columns, inputs]: stored permanences before any learning
+    bitmap: np.ndarray  # uint64 [inputs, column words]: connected bitmap of the initial rows
+
+
+_WIRING_CACHE_SIZE = 4
+_wirings: OrderedDict[tuple, _Wiring] = OrderedDict()
+_wirings_lock = threading.Lock()
+
+
+def _wiring(seed: int, input_size: int, column_count: int, num_potential: int, conn_units: int,
+            stim: int, bump: int) -> _Wiring:
+    """Return the shared wiring for these values, computing it on first use."""
+    key = (seed, input_size, column_count, num_potential, conn_units, stim, bump)
+    with _wirings_lock:
+        found = _wirings.get(key)
+        if found is not None:
+            _wirings.move_to_end(key)
+            return found
+    col_seeds = np.empty(column_count, dtype=np.uint64)
+    ties = np.empty(column_count, dtype=np.float64)
+    _column_draws(new_rng_state(seed, stream=1), col_seeds, ties, TIE_BREAK_SCALE)
+    rows = np.empty((column_count, input_size), dtype=np.uint16)
+    _initial_rows(col_seeds, num_potential, conn_units, stim, bump, rows)
+    bitmap = np.zeros((input_size, (column_count + 63) // 64), dtype=np.uint64)
+    _overlay_rows(bitmap, np.arange(column_count, dtype=np.int32), rows, column_count, conn_units + 1)
+    tie_order = np.argsort(-ties, kind="stable").astype(np.int32)
+    for arr in (col_seeds, ties, tie_order, rows, bitmap):
+        arr.flags.writeable = False
+    wiring = _Wiring(col_seeds, ties, tie_order, rows, bitmap)
+    with _wirings_lock:
+        _wirings[key] = wiring
+        while len(_wirings) > _WIRING_CACHE_SIZE:
+            _wirings.popitem(last=False)
+    return wiring
+
+
 # -- the component ----------------------------------------------------------------------------
 class SpatialPooler:
     """Global-inhibition Spatial Pooler mapping input SDRs to a fixed number of active columns."""
@@ -335,24 +398,18 @@ class SpatialPooler:
         self._inc = to_units(p.syn_perm_active_inc)
         self._dec = to_units(p.syn_perm_inactive_dec)
         self._bump = max(1, to_units(p.syn_perm_connected / 10.0))
-        state = new_rng_state(self.seed, stream=1)
-        n = p.column_count
-        self._col_seeds = np.array([rng_next(state) for _ in range(n)], dtype=np.uint64)
-        self._ties = np.array([rng_uniform(state) * TIE_BREAK_SCALE for _ in range(n)], dtype=np.float64)
-        self._tie_order = np.argsort(-self._ties, kind="stable").astype(np.int32)
+        self._wiring = _wiring(self.seed, self.input_size, p.column_count, self._num_potential,
+                               self._conn_units, p.stimulus_threshold, self._bump)
+        self._col_seeds = self._wiring.col_seeds
+        self._ties = self._wiring.ties
+        self._tie_order = self._wiring.tie_order
 
     def _rebuild_bitmap(self) -> None:
-        words = (self.params.column_count + 63) // 64
-        self._bitmap = np.zeros((self.input_size, words), dtype=np.uint64)
-        _build_bitmap(self._col_seeds, self._row_of, self._rows, self.input_size, self._num_potential,
-                      self._conn_units, self.params.stimulus_threshold, self._bump, self._bitmap)
+        self._bitmap = self._wiring.bitmap.copy()
+        _overlay_rows(self._bitmap, self._row_col, self._rows, self._n_rows, self._conn_units + 1)
 
     def _initial_row(self, column: int) -> np.ndarray:
-        row = np.empty(self.input_size, dtype=np.uint16)
-        scratch = np.empty(self.input_size, dtype=np.int32)
-        _init_column(self._col_seeds[column], self._num_potential, self._conn_units,
-                     self.params.stimulus_threshold, self._bump, row, scratch)
-        return row
+        return self._wiring.initial_rows[column].copy()
 
     def _materialise(self, columns: np.ndarray) -> None:
         """Give every listed column its own stored row, initialised from its seed."""
@@ -429,8 +486,8 @@ class SpatialPooler:
 
     def memory_bytes(self) -> int:
         """Bytes held in this pooler's arrays."""
-        arrays = [self._row_of, self._rows, self._row_col, self.overlap_duty, self.active_duty,
-                  self._col_seeds, self._ties, self._tie_order, self._bitmap]
+        # The shared wiring (column seeds, tie order, initial rows) is not this pooler's.
+        arrays = [self._row_of, self._rows, self._row_col, self.overlap_duty, self.active_duty, self._bitmap]
         if self.boost is not None:
             arrays.append(self.boost)
         return int(sum(a.nbytes for a in arrays))
@@ -482,9 +539,10 @@ class SpatialPooler:
         if n and (row_columns.min() < 0 or row_columns.max() >= n_cols or np.unique(row_columns).size != n):
             raise CorruptData(f"{_OWNER}: row column ids out of range or repeated")
         # A stored row must keep exactly the potential pool its column's seed generates.
-        for r in range(n):
-            if not np.array_equal(rows[r] == 0, sp._initial_row(int(row_columns[r])) == 0):
-                raise CorruptData(f"{_OWNER}: column {int(row_columns[r])} has a foreign potential pool")
+        if n:
+            foreign = np.flatnonzero(((rows == 0) != (sp._wiring.initial_rows[row_columns] == 0)).any(axis=1))
+            if foreign.size:
+                raise CorruptData(f"{_OWNER}: column {int(row_columns[foreign[0]])} has a foreign potential pool")
         if (boost_raw is None) != (sp.boost is None):
             raise CorruptData(f"{_OWNER}: boost state does not match boost_strength")
         if boost_raw is not None:

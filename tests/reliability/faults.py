@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from tests.service_harness import http_get
 
 _BROKER_CHILD = """
 import sys, time
@@ -71,15 +71,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by a process (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
-    """Status and body of GET http://127.0.0.1:<port><path> (HTTP errors included)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def prom_value(port: int, name: str, labels: str = "") -> float | None:

@@ -14,8 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from pensu.outputs import OutputRecord
 from pensu.settings import Settings, load_settings
 from tests.conftest import KafkaCluster, free_port
 from tests.service_harness import REPO, carbon_of, lines_for, service_env
+from tests.service_harness import http_get as harness_http_get
 from tests.support import INTERVAL, START_TS, periodic_value
 
 METRIC_COUNT = 300
@@ -190,10 +189,7 @@ def checkpoint_counts(models_dir: Path, metrics: list[str]) -> dict[str, int]:
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
     """(status, body) of a GET on an instance's HTTP port; (0, error) when it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        return harness_http_get(port, path, timeout)
     except OSError as exc:
         return 0, str(exc)
 
