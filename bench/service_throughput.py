@@ -8,6 +8,11 @@ Two phases per scenario:
 
     python bench/service_throughput.py                      # 1,000 metrics resident
     python bench/service_throughput.py --metrics 10000 --cap 1000   # swapping
+
+Latency note: the mock broker holds an empty Fetch for the full fetch.wait.max.ms (librdkafka
+default 500 ms) even when records arrive meanwhile, where a real broker answers as soon as
+fetch.min.bytes are there; both consumers here (the service's and the reader) therefore use
+--fetch-wait-ms (default 10) so the figure measures Pensu, not that mock artefact.
 """
 
 from __future__ import annotations
@@ -68,13 +73,13 @@ def produce(bootstrap: str, topic: str, metrics: int, start: int, count: int, ra
 class OutputReader:
     """Reads an output topic continuously (partitions assigned directly: no group join delay)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int) -> None:
         self.count = 0
         self.latencies_ms: list[float] = []
         self.last_at = 0.0
         self._stop = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.time_ns()}",
-                                   "enable.auto.commit": False})
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms})
         self._topic = topic
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -110,7 +115,7 @@ class OutputReader:
         self._thread.join(10)
 
 
-def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int) -> None:
+def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetch_wait_ms: int) -> None:
     """Run one scenario and print its figures."""
     with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory() as models:
         env = {
@@ -121,6 +126,7 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int) -> N
             "PENSU_TOPICS_REPORT_INTERVAL": "0", "PENSU_MODELS_AUTOSAVE_INTERVAL": "3600",
             # A configured range skips the warm-up, so every timed sample runs both models.
             "PENSU_METRIC_RANGES": '{"bench\\\\.": [0, 100]}',
+            "PENSU_KAFKA_CONSUMER_OPT_FETCH_WAIT_MAX_MS": str(fetch_wait_ms),
         }
         settings = load_settings(env)
         service = PensuService(settings)
@@ -130,7 +136,7 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int) -> N
         out_topic = settings.reported_anomalies_kafka_topic
         # Warm every model (and compile kernels) before timing.
         produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, 0, warm_samples)
-        reader = OutputReader(kafka.bootstrap_servers, out_topic)
+        reader = OutputReader(kafka.bootstrap_servers, out_topic, fetch_wait_ms)
         base = 3 * metrics * warm_samples
         reader.wait_for(base, timeout=3600)
 
@@ -173,8 +179,9 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=1000)
     parser.add_argument("--warm-samples", type=int, default=3)
     parser.add_argument("--timed-samples", type=int, default=5)
+    parser.add_argument("--fetch-wait-ms", type=int, default=10, help="fetch.wait.max.ms of both consumers")
     args = parser.parse_args()
-    scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples)
+    scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples, args.fetch_wait_ms)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ checkpointed and evicted, and the newcomer is loaded from its checkpoint or crea
 A checkpoint must not record samples whose outputs may still be lost (a restart would skip
 them as replays), so an evicted analyzer whose outputs are still in flight is parked in a
 small write-behind area (a tenth of the cap, counted in it) and saved once they are
-acknowledged; only when that area is full does eviction wait for the broker. A checkpoint
-that cannot be written keeps its analyzer in memory (nothing learned is thrown away); the
-cap is then exceeded until a later save succeeds, and the failure is counted.
+acknowledged; only when that area is full does eviction wait for the broker (once, for the
+whole area). A checkpoint that cannot be written keeps its analyzer in memory (nothing
+learned is thrown away); the cap is then exceeded until a later save succeeds, and the
+failure is counted.
 """
 
 from __future__ import annotations
@@ -137,11 +138,13 @@ class ModelRegistry:
         return MetricAnalyzer(metric, self._config_for(metric)), False
 
     def _evict_over_capacity(self, keep: str) -> None:
-        # The LRU keeps the cap minus the write-behind area, so parked analyzers never push the
-        # total over the cap. Walk from the LRU end; a failed save leaves that analyzer in
-        # memory and tries the next.
+        # Parked analyzers count in the cap, so parking one frees nothing: the walk goes on
+        # until a save frees a slot or the write-behind overflows and one wait settles it all.
+        # A failed save leaves that analyzer in memory and tries the next.
+        if self._parked and len(self._slots) + len(self._parked) > self.capacity:
+            self.settle()
         for metric in list(self._slots):
-            if len(self._slots) <= self.capacity - self.write_behind:
+            if len(self._slots) + len(self._parked) <= self.capacity:
                 return
             if metric == keep:
                 continue

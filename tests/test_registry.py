@@ -174,6 +174,7 @@ def test_eviction_parks_models_with_unacknowledged_outputs_until_they_are_acknow
     store = LocalCheckpointStore(tmp_path)
     in_flight: set[str] = set()
     flushes: list[int] = []
+    loads: Counter = Counter()
 
     def flush() -> None:
         flushes.append(len(in_flight))
@@ -184,17 +185,26 @@ def test_eviction_parks_models_with_unacknowledged_outputs_until_they_are_acknow
         registry.mark_dirty(name)
         in_flight.add(name)
 
-    registry = ModelRegistry(store, fast_config(), capacity=20,
-                             events=RegistryEvents(outputs_pending=in_flight.__contains__, flush_outputs=flush))
+    def saved() -> set[str]:
+        return {entry.key for entry in store.entries()}
+
+    registry = ModelRegistry(store, fast_config(), capacity=20, events=RegistryEvents(
+        outputs_pending=in_flight.__contains__, flush_outputs=flush, loaded=lambda source: loads.update([source])))
     assert registry.write_behind == 2
-    for i in range(20):  # 18 in the LRU, two evicted ones parked: nothing saved, no waiting
+    for i in range(20):  # the whole cap is usable: nothing saved, no waiting
         learn(f"m{i}")
-    assert len(registry) == 20 and registry.parked == 2 and flushes == []
-    assert list(store.entries()) == []
-    assert registry.get("m0").sample_count == 1 and registry.parked == 2  # m0 back unloaded; m2 parked
-    learn("m20")  # a third parked model overflows the write-behind: one wait, then all are saved
+    assert len(registry) == 20 and registry.parked == 0 and flushes == [] and saved() == set()
+    # Over the cap with every older model's outputs in flight: m0..m2 are parked, the third
+    # overflows the write-behind, and one wait lets all three be saved.
+    learn("m20")
     assert flushes == [20] and registry.parked == 0 and len(registry) == 18
-    assert {e.key for e in store.entries()} == {checkpoint_key(m) for m in ("m1", "m2", "m3")}
-    learn("m21")  # the LRU one (m4) has no outputs in flight since the wait: saved at once
-    assert registry.parked == 0 and checkpoint_key("m4") in {e.key for e in store.entries()}
-    assert len(flushes) == 1 and len(registry) == 18
+    assert saved() == {checkpoint_key(m) for m in ("m0", "m1", "m2")}
+    in_flight.clear()
+    in_flight.add("m3")  # only m3's outputs are still in flight
+    learn("m21")
+    learn("m22")
+    learn("m23")  # over the cap: m3 is parked, m4 (acknowledged) is saved; no waiting
+    assert len(flushes) == 1 and registry.parked == 1 and len(registry) == 20
+    assert checkpoint_key("m4") in saved() and checkpoint_key("m3") not in saved()
+    assert registry.get("m3").sample_count == 1 and registry.parked == 0  # back from the write-behind
+    assert loads["checkpoint"] == 0
