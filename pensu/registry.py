@@ -23,8 +23,11 @@ from typing import Callable, Iterable, Iterator
 from pensu.analyzer import AnalyzerConfig, MetricAnalyzer
 from pensu.checkpoint import CheckpointCorrupt, CheckpointHeader, CheckpointStore
 from pensu.errors import CheckpointError, SerializationError
+from pensu.telemetry import RateLimitedLog
 
 log = logging.getLogger(__name__)
+
+SAVE_FAILURE_LOG_INTERVAL_S = 30.0
 
 
 @dataclass
@@ -70,6 +73,9 @@ class ModelRegistry:
         self._clock = clock
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # LRU order
         self._parked: OrderedDict[str, _Slot] = OrderedDict()  # evicted, not yet checkpointed
+        # A full or read-only disk fails every save of every autosave: one line per interval
+        # (the counter carries the volume).
+        self._save_failure_log = RateLimitedLog(log, SAVE_FAILURE_LOG_INTERVAL_S)
 
     def __len__(self) -> int:
         return len(self._slots) + len(self._parked)
@@ -189,7 +195,7 @@ class ModelRegistry:
         try:
             self.store.save(header, analyzer.to_bytes())
         except CheckpointError as exc:
-            log.warning("could not checkpoint %r: %s", metric, exc)
+            self._save_failure_log.log(logging.WARNING, "could not checkpoint %r: %s", metric, exc)
             self.events.save_failed()
             return False
         slot.dirty = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -208,3 +209,20 @@ def test_eviction_parks_models_with_unacknowledged_outputs_until_they_are_acknow
     assert checkpoint_key("m4") in saved() and checkpoint_key("m3") not in saved()
     assert registry.get("m3").sample_count == 1 and registry.parked == 0  # back from the write-behind
     assert loads["checkpoint"] == 0
+
+
+def test_a_failing_disk_logs_one_line_per_interval_not_one_per_model(tmp_path: Path, caplog) -> None:
+    models = tmp_path / "models"
+    events, counts = counting_events()
+    registry = ModelRegistry(LocalCheckpointStore(models), fast_config(), capacity=10, events=events)
+    for name in ("a", "b", "c", "d"):
+        registry.get(name).process(1.0, 1.0)
+        registry.mark_dirty(name)
+    shutil.rmtree(models, ignore_errors=True)
+    models.write_bytes(b"not a directory")  # every save fails
+    with caplog.at_level(logging.WARNING, logger="pensu.registry"):
+        assert registry.save_dirty() == (0, 4)
+        assert registry.save_dirty() == (0, 4)
+    assert counts["save_failed"] == 8
+    lines = [r.getMessage() for r in caplog.records if "could not checkpoint" in r.getMessage()]
+    assert len(lines) == 1 and "'a'" in lines[0]
