@@ -13,7 +13,7 @@ by this script; outputs are attributed through their `pensu-instance` header.
    output from the new owner.
 
     python bench/scaleout.py                       # 600 metrics, small preset
-    python bench/scaleout.py --preset default --metrics 300
+    python bench/scaleout.py --preset nab --metrics 300
 """
 
 from __future__ import annotations
