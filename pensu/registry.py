@@ -67,7 +67,8 @@ class ModelRegistry:
         self.config = config
         self._config_for = config_for or (lambda metric: config)
         self.capacity = capacity
-        # Part of the cap reserved for evicted analyzers waiting for their outputs' acks.
+        # At most this many evicted analyzers wait for their outputs' acks before eviction
+        # waits for the broker; they count in the cap.
         self.write_behind = capacity // 10
         self.events = events or RegistryEvents()
         self._clock = clock
@@ -152,7 +153,7 @@ class ModelRegistry:
         for metric in list(self._slots):
             if len(self._slots) + len(self._parked) <= self.capacity:
                 return
-            if metric == keep:
+            if metric == keep or metric not in self._slots:
                 continue
             if self.events.outputs_pending(metric):
                 self._parked[metric] = self._slots.pop(metric)
