@@ -40,7 +40,9 @@ def test_three_instances_analyse_every_sample_exactly_once(kafka: KafkaCluster, 
     anomaly_topic = settings.reported_anomalies_kafka_topic
     # Samples keep flowing while the members join one by one, so partitions are handed over
     # mid-stream: the first member owns everything, then gives partitions to the next two.
-    feed = RoundProducer(kafka.bootstrap_servers, settings.metrics_kafka_topic, metric_names())
+    # A round every 0.5 s: the librdkafka mock cluster keeps at most 5 MB per partition and drops
+    # the oldest records beyond; three slow joins at 4 rounds/s once overflowed the output topic.
+    feed = RoundProducer(kafka.bootstrap_servers, settings.metrics_kafka_topic, metric_names(), period=0.5)
     feed.produce_round()  # creates the topic before anyone subscribes
     with Group(env, tmp_path) as group:
         feed.start()
