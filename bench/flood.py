@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -172,8 +173,6 @@ def run_flood(bootstrap: str, models: Path, names: int, cap: int, tracked: int, 
         proc = subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)
     if first < total:  # the rest follows the service, at most `window` lines ahead
-        import threading
-
         threading.Thread(target=produce_flood, args=(bootstrap, topic, lines, total - first),
                          kwargs={"ahead": lambda: _processed(port) - first, "window": window},
                          daemon=True).start()

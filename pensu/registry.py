@@ -162,17 +162,15 @@ class ModelRegistry:
                     self.events.flush_outputs()
                     self.settle()
             elif self._save(metric):
-                del self._slots[metric]
+                self._drop(metric)
                 self.events.evicted()
-                self.events.dropped(metric)
 
     def settle(self) -> int:
         """Checkpoint and drop parked analyzers whose outputs are acknowledged; return how many."""
         settled = 0
         for metric in list(self._parked):
             if not self.events.outputs_pending(metric) and self._save(metric):
-                del self._parked[metric]
-                self.events.dropped(metric)
+                self._drop(metric)
                 settled += 1
         return settled
 
@@ -180,6 +178,7 @@ class ModelRegistry:
         return self._slots.get(metric) or self._parked.get(metric)
 
     def _drop(self, metric: str) -> None:
+        """Forget the metric's analyzer (LRU or parked) and tell the listener."""
         if self._slots.pop(metric, None) is None:
             del self._parked[metric]
         self.events.dropped(metric)

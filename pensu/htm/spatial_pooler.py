@@ -400,9 +400,6 @@ class SpatialPooler:
         self._bump = max(1, to_units(p.syn_perm_connected / 10.0))
         self._wiring = _wiring(self.seed, self.input_size, p.column_count, self._num_potential,
                                self._conn_units, p.stimulus_threshold, self._bump)
-        self._col_seeds = self._wiring.col_seeds
-        self._ties = self._wiring.ties
-        self._tie_order = self._wiring.tie_order
 
     def _rebuild_bitmap(self) -> None:
         self._bitmap = self._wiring.bitmap.copy()
@@ -439,9 +436,10 @@ class SpatialPooler:
         p = self.params
         overlaps = _overlaps(self._bitmap, inputs, p.column_count)
         if self.boost is None:
-            active = _inhibit_integer(overlaps, self._tie_order, self.num_active_columns, p.stimulus_threshold)
+            active = _inhibit_integer(overlaps, self._wiring.tie_order, self.num_active_columns,
+                                      p.stimulus_threshold)
         else:
-            active = _inhibit_boosted(overlaps, self.boost, self._ties, self.num_active_columns,
+            active = _inhibit_boosted(overlaps, self.boost, self._wiring.ties, self.num_active_columns,
                                       p.stimulus_threshold)
         if learn:
             self._learn(inputs, overlaps, active)
