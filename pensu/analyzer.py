@@ -30,6 +30,7 @@ import msgpack
 from pensu.errors import CorruptData, LineRejected, SerializationError, UnsupportedFormatVersion
 from pensu.htm.model import HtmModel, ModelParams
 from pensu.htm.serialization import require
+from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
 FORMAT_VERSION = 1
@@ -119,15 +120,22 @@ class MetricAnalyzer:
         self.last_timestamp: float | None = None
         self.last_value: float | None = None
         self.positions: dict[str, tuple[int, int]] = {}  # "topic:partition" -> (offset, line) applied
+        self.origins: dict[str, str] = {}  # "topic:partition" -> incarnation key of that position (pensu.provenance)
         self._deltas: deque[float] = deque(maxlen=_INTERVAL_WINDOW)
         # predictions made for upcoming samples, oldest first: (value, confidence)
         self._pending: deque[tuple[float | None, float]] = deque(maxlen=self.prediction_steps)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def already_applied(self, source: str, offset: int, line: int) -> bool:
-        """True when the sample at (source, offset, line) was learned before (a replay)."""
+        """True when (source, offset, line) is at or before the recorded position (offsets only)."""
         seen = self.positions.get(source)
         return seen is not None and (offset, line) <= seen
+
+    def replay_verdict(self, source: str, offset: int, line: int, timestamp: float,
+                       origin: str | None) -> "ReplayVerdict | None":
+        """Whether the sample was provably learned before (see pensu.provenance); None: learn it."""
+        return replay_verdict(self.positions.get(source), self.origins.get(source), origin, offset, line,
+                              timestamp, self.last_timestamp)
 
     def check_order(self, timestamp: float) -> None:
         """Raise `LineRejected` for a timestamp not after the last one seen."""
@@ -149,7 +157,7 @@ class MetricAnalyzer:
 
     # -- processing -----------------------------------------------------------------------
     def process(self, timestamp: float, value: float, source: str | None = None,
-                offset: int = -1, line: int = 0) -> Analysis:
+                offset: int = -1, line: int = 0, origin: str | None = None) -> Analysis:
         """Learn one sample and return its analysis; rejects out-of-order samples."""
         timestamp, value = float(timestamp), float(value)
         if not math.isfinite(value) or not math.isfinite(timestamp):
@@ -184,6 +192,10 @@ class MetricAnalyzer:
         self.last_value = value
         if source is not None:
             self.positions[source] = (int(offset), int(line))
+            if origin is None:
+                self.origins.pop(source, None)
+            else:
+                self.origins[source] = origin
         return Analysis(
             metric=self.metric, timestamp=timestamp, value=value,
             anomaly_score=anomaly.raw_score, anomaly_likelihood=likelihood,
@@ -216,6 +228,7 @@ class MetricAnalyzer:
             "last_timestamp": self.last_timestamp,
             "last_value": self.last_value,
             "positions": {k: list(v) for k, v in self.positions.items()},
+            "origins": dict(self.origins),
             "deltas": list(self._deltas),
             "pending": [list(p) for p in self._pending],
             "anomaly_model": self.anomaly_model.get_state(),
@@ -257,6 +270,8 @@ class MetricAnalyzer:
             analyzer.last_value = None if last_value is None else float(last_value)
             analyzer.positions = {str(k): (int(v[0]), int(v[1]))
                                   for k, v in require(state, "positions", "MetricAnalyzer").items()}
+            # Checkpoints written before origins were recorded have none: their offsets prove nothing.
+            analyzer.origins = {str(k): str(v) for k, v in (state.get("origins") or {}).items()}
             analyzer._deltas = deque((float(d) for d in require(state, "deltas", "MetricAnalyzer")),
                                      maxlen=_INTERVAL_WINDOW)
             analyzer._pending = deque(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -22,22 +23,67 @@ class JsonLogFormatter(logging.Formatter):
                            "logger": record.name, "message": record.getMessage()})
 
 
+class LegacyLogFormatter(logging.Formatter):
+    """The original Pensu's positional format, e.g. `timestamp=%s;module=%s;...;message=%s`.
+
+    Each `%s` is filled by the key written before its `=`: timestamp, module, method, severity,
+    exception_msg, exception_type and message have values; any other key (state, metric, ...)
+    is left empty.
+    """
+
+    _KEY = re.compile(r"([A-Za-z_/-]+)=[^;=]*$")  # the key of the field a "%s" ends
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self._legacy = fmt
+        keys = []
+        for part in fmt.split("%s")[:-1]:
+            found = self._KEY.search(part)
+            keys.append(found.group(1).lower() if found else "")
+        self._keys = keys
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Fill the positional fields from the record."""
+        exc_type = exc_msg = ""
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc_msg = record.exc_info[0].__name__, str(record.exc_info[1])
+        values = {"timestamp": self.formatTime(record), "module": record.name, "method": record.funcName,
+                  "severity": record.levelname, "exception_msg": exc_msg, "exception_type": exc_type,
+                  "message": record.getMessage()}
+        filled = [values.get(key, "") for key in self._keys]
+        pieces = self._legacy.split("%s")
+        return "".join(piece + (filled[i] if i < len(filled) else "") for i, piece in enumerate(pieces))
+
+
+def make_formatter(fmt: str) -> logging.Formatter:
+    """The formatter of PENSU_LOGGING_FORMAT: 'json', a legacy 'key=%s;...' form, or a logging format."""
+    from pensu.settings import is_legacy_logging_format
+
+    if fmt == "json":
+        return JsonLogFormatter()
+    if is_legacy_logging_format(fmt):
+        return LegacyLogFormatter(fmt)
+    return logging.Formatter(fmt)
+
+
 def setup_logging(fmt: str, level: str) -> None:
     """Configure root logging from PENSU_LOGGING_FORMAT / PENSU_LOG_LEVEL."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter() if fmt == "json" else logging.Formatter(fmt))
+    handler.setFormatter(make_formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
 def _load_settings():  # noqa: ANN202 - returns pensu.settings.Settings
-    from pensu.settings import load_settings, unknown_variables
+    from pensu.settings import deprecation_warnings, load_settings, unknown_variables
 
     settings = load_settings()
     setup_logging(settings.logging_format, settings.log_level)
     for name in unknown_variables():
         logging.getLogger("pensu").warning("unknown variable %s ignored (typo?)", name)
+    for line in deprecation_warnings(settings=settings):
+        logging.getLogger("pensu").warning("%s", line)
     return settings
 
 

@@ -24,16 +24,17 @@ from prometheus_client import CollectorRegistry
 from pensu import __version__
 from pensu.analyzer import AnalyzerConfig, Thresholds
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
-from pensu.errors import CheckpointError
+from pensu.errors import CheckpointError, ConfigurationError
 from pensu.health import HealthServer, HealthStatus
 from pensu.htm.presets import prediction_params, preset_params
-from pensu.kafka_io import DeliveryTracker, EmbeddedKafka, OutputProducer, ensure_topics, wait_for_delivery
+from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, ensure_topics,
+                            wait_for_delivery)
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import Pipeline, PipelineEvents
 from pensu.registry import ModelRegistry, RegistryEvents
 from pensu.repartition import Repartitioner
 from pensu.settings import Settings
-from pensu.telemetry import RateLimitedLog, ServiceMetrics
+from pensu.telemetry import RateLimitedLog, ServiceMetrics, librdkafka_logger
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,9 @@ class PensuService:
         self.consumer: Consumer | None = None
         self.producer: OutputProducer | None = None
         self.repartitioner: Repartitioner | None = None
-        self.bootstrap_servers: str | None = settings.kafka_bootstrap_servers
+        self.bootstrap_servers: str | None = settings.consumer_servers()
+        self._incarnations = IncarnationCache.disabled()
+        self._last_offset: dict[tuple[str, int], int] = {}  # offset last consumed per partition, this run
 
     # -- events ---------------------------------------------------------------------------
     def _on_sample(self, seconds: float) -> None:
@@ -187,17 +190,27 @@ class PensuService:
         return self._stop.is_set()
 
     def start(self) -> None:
-        """Start health servers, the embedded broker if needed, and the Kafka clients."""
+        """Start health servers, the embedded broker if asked for, and the Kafka clients."""
+        problem = self.settings.missing_broker_problem()
+        if problem is not None:
+            raise ConfigurationError(problem)
         self.health.start()
-        if not self.bootstrap_servers:
-            self._embedded = EmbeddedKafka()
-            self.bootstrap_servers = self._embedded.bootstrap_servers
-            log.info("no PENSU_KAFKA_BOOTSTRAP_SERVERS: started an embedded Kafka mock cluster at %s "
-                     "(produce carbon lines to topic %r)", self.bootstrap_servers, self.settings.metrics_kafka_topic)
         instance, started = self.settings.instance_id, str(int(self.started_at))
         consumer_conf = self.settings.consumer_config(instance, started)
         producer_conf = self.settings.producer_config(instance, started)
-        consumer_conf["bootstrap.servers"] = producer_conf["bootstrap.servers"] = self.bootstrap_servers
+        if self.settings.embedded_broker:
+            self._embedded = EmbeddedKafka()
+            consumer_conf["bootstrap.servers"] = producer_conf["bootstrap.servers"] = self._embedded.bootstrap_servers
+            log.info("PENSU_KAFKA_BOOTSTRAP_SERVERS=embedded: started an in-process Kafka mock cluster at %s "
+                     "(produce carbon lines to topic %r; its data is lost on exit)",
+                     self._embedded.bootstrap_servers, self.settings.metrics_kafka_topic)
+        self.bootstrap_servers = consumer_conf["bootstrap.servers"]
+        if producer_conf["bootstrap.servers"] != consumer_conf["bootstrap.servers"]:
+            log.info("input from %s, outputs to %s", consumer_conf["bootstrap.servers"],
+                     producer_conf["bootstrap.servers"])
+        # librdkafka's own log lines go through Python logging (format, level, rate limit); they are
+        # served from poll()/consume()/flush(), which the loop calls continuously.
+        consumer_conf["logger"] = producer_conf["logger"] = librdkafka_logger()
         consumer_conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
         consumer_conf.setdefault("auto.offset.reset", "earliest")
         # An input topic created after start-up is noticed within this (librdkafka: 5 min).
@@ -206,10 +219,13 @@ class PensuService:
         consumer_conf["enable.auto.offset.store"] = "false"
         # Topic creation is best effort and must not delay start-up (some clusters, like the mock
         # one, never answer CreateTopics): it runs in the background.
-        threading.Thread(target=self._ensure_topics, args=(dict(producer_conf),), name="pensu-topics",
-                         daemon=True).start()
+        threading.Thread(target=self._ensure_topics, args=(dict(consumer_conf), dict(producer_conf)),
+                         name="pensu-topics", daemon=True).start()
+        self._incarnations = IncarnationCache(dict(consumer_conf))
         if self.settings.repartition:
-            self.repartitioner = Repartitioner(consumer_conf, producer_conf, self.settings.metrics_kafka_topic,
+            # The repartition topic is consumed back, so it lives on the input (consumer) cluster.
+            repartition_producer = dict(producer_conf, **{"bootstrap.servers": consumer_conf["bootstrap.servers"]})
+            self.repartitioner = Repartitioner(consumer_conf, repartition_producer, self.settings.metrics_kafka_topic,
                                                self.settings.repartition_kafka_topic, self._on_kafka_error)
             self.repartitioner.start()
             log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",
@@ -223,14 +239,18 @@ class PensuService:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.metrics.ready.set(0)
 
-    def _ensure_topics(self, config: dict) -> None:
-        try:
-            ensure_topics(config, [self.settings.metrics_kafka_topic, self._input_topic(),
-                                   self.settings.reported_anomalies_kafka_topic,
-                                   self.settings.prediction_metrics_kafka_topic,
-                                   self.settings.anomalies_metrics_kafka_topic], timeout=10.0)
-        except Exception as exc:  # noqa: BLE001 - best effort; the loop survives missing topics and outages
-            log.warning("could not check topics at start (%s); continuing", exc)
+    def _ensure_topics(self, consumer_conf: dict, producer_conf: dict) -> None:
+        outputs = [self.settings.reported_anomalies_kafka_topic, self.settings.prediction_metrics_kafka_topic,
+                   self.settings.anomalies_metrics_kafka_topic]
+        inputs = [self.settings.metrics_kafka_topic, self._input_topic()]
+        same = consumer_conf.get("bootstrap.servers") == producer_conf.get("bootstrap.servers")
+        for config, topics in ([(producer_conf, inputs + outputs)] if same
+                               else [(consumer_conf, inputs), (producer_conf, outputs)]):
+            try:
+                ensure_topics(config, topics, timeout=10.0)
+            except Exception as exc:  # noqa: BLE001 - best effort; the loop survives missing topics and outages
+                log.warning("could not check topics on %s at start (%s); continuing",
+                            config.get("bootstrap.servers"), exc)
 
     def _input_topic(self) -> str:
         if self.settings.repartition:
@@ -262,7 +282,15 @@ class PensuService:
             self._broker_down = False
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             source = f"{topic}:{partition}"
-            result = self.pipeline.process(message.value(), source, offset)
+            previous = self._last_offset.get((topic, partition))
+            if previous is not None and offset <= previous:
+                # Offsets went backwards: the topic may have been deleted and recreated. Until its
+                # incarnation is looked up again, replays are judged by timestamp.
+                log.warning("offsets of %s went back from %d to %d; checking the topic's incarnation again",
+                            source, previous, offset)
+                self._incarnations.refresh(topic)
+            self._last_offset[(topic, partition)] = offset
+            result = self.pipeline.process(message.value(), source, offset, self._incarnations.get(topic))
             for metric in result.metrics:
                 self._source_of[metric] = source
                 self._last_batch[metric] = batch
@@ -329,7 +357,8 @@ class PensuService:
 
     def _periodic(self) -> None:
         now = time.monotonic()
-        if now - self._last_autosave >= self.settings.models_autosave_interval:
+        interval = self.settings.models_autosave_interval
+        if interval and now - self._last_autosave >= interval:
             self._last_autosave = now
             self.autosave()
         interval = self.settings.topics_report_interval
@@ -404,6 +433,7 @@ class PensuService:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
+            self._last_offset.pop((tp.topic, tp.partition), None)
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -449,6 +479,7 @@ class PensuService:
             self.consumer = None
             self.producer = None  # drop the client so it stops reconnecting to a gone cluster
             self.health.stop()
+            self._incarnations.close()
             if self._embedded is not None:
                 self._embedded.close()
 

@@ -63,9 +63,9 @@ def test_generate_produces_parseable_keyed_lines(kafka: KafkaCluster) -> None:
 
 
 @pytest.mark.slow
-def test_run_without_bootstrap_starts_an_embedded_broker_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_run_with_embedded_bootstrap_starts_an_embedded_broker_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    env = {"PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_PING_LISTEN_PORT": str(port), "PENSU_HTTP_PORT": "0",
+    env = {"PENSU_KAFKA_BOOTSTRAP_SERVERS": "embedded", "PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_PING_LISTEN_PORT": str(port), "PENSU_HTTP_PORT": "0",
            "PENSU_MODELS_DIR": str(tmp_path / "models"), "PYTHONUNBUFFERED": "1"}
     full = {k: v for k, v in os.environ.items() if not k.startswith("PENSU_")}
     full.update(env)
@@ -87,6 +87,44 @@ def test_run_without_bootstrap_starts_an_embedded_broker_and_stops_on_sigterm(tm
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+def test_run_without_a_broker_stops_with_one_message_naming_the_variables(tmp_path: Path) -> None:
+    result = pensu("run", env={"PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_PING_LISTEN_PORT": str(free_port()),
+                               "PENSU_HTTP_PORT": "0", "PENSU_MODELS_DIR": str(tmp_path)}, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "embedded Kafka" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    message = [line for line in result.stderr.splitlines() if "pensu:" in line]
+    assert len(message) == 1, result.stderr
+    for variable in ("PENSU_KAFKA_BOOTSTRAP_SERVERS", "PENSU_KAFKA_CONSUMER_SERVER", "PENSU_KAFKA_PRODUCER_SERVER"):
+        assert variable in message[0]
+
+
+def test_original_variables_alone_are_no_longer_unknown_and_select_the_clusters(tmp_path: Path) -> None:
+    # Before #11 these were "unknown variable (typo?)" and an embedded broker started instead.
+    result = pensu("config", env={"PENSU_KAFKA_CONSUMER_SERVER": "in:9092", "PENSU_KAFKA_PRODUCER_SERVER": "out:9092"})
+    assert result.returncode == 0, result.stderr
+    assert "unknown variable" not in result.stderr
+    assert "PENSU_KAFKA_CONSUMER_SERVER=in:9092" in result.stdout
+    assert "PENSU_KAFKA_PRODUCER_SERVER=out:9092" in result.stdout
+
+
+@pytest.mark.parametrize("variable,value,words", [
+    ("PENSU_KAFKA_OPT_FOO_BAR", "1", "No such configuration property"),
+    ("PENSU_KAFKA_OPT_SOCKET_TIMEOUT_MS", "abc", "Invalid value"),
+    ("PENSU_KAFKA_CONSUMER_OPT_FETCH_WAIT_MAX_MS", "soon", "Invalid value"),
+])
+def test_bad_pass_through_option_fails_config_and_run_with_one_line(variable: str, value: str, words: str,
+                                                                    tmp_path: Path) -> None:
+    env = {variable: value, "PENSU_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "PENSU_MODELS_DIR": str(tmp_path),
+           "PENSU_PING_LISTEN_PORT": str(free_port()), "PENSU_HTTP_PORT": "0"}
+    for command in ("config", "run"):
+        result = pensu(command, env=env, timeout=60)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert variable in result.stderr and words in result.stderr
 
 
 NAB_FILE = NAB_DATA / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
