@@ -132,10 +132,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the effective settings, secrets masked."""
-    from pensu.settings import effective_settings, load_settings
+    from pensu.settings import deprecation_warnings, effective_settings, load_settings, unknown_variables
 
-    for name, value in effective_settings(load_settings()).items():
+    settings = load_settings()
+    for name, value in effective_settings(settings).items():
         print(f"{name}={value}")
+    for name in unknown_variables():
+        print(f"pensu: warning: unknown variable {name} ignored (typo?)", file=sys.stderr)
+    for line in deprecation_warnings(settings=settings):
+        print(f"pensu: warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -131,7 +131,7 @@ class PensuService:
         self.health = HealthServer(
             ping_host=settings.ping_listen_host, ping_port=settings.ping_listen_port,
             http_host=settings.http_host, http_port=settings.http_port or None,
-            registry=self.prom, status=self.status)
+            registry=self.prom, status=self.status, info=self.ping_info)
         self.consumer: Consumer | None = None
         self.producer: OutputProducer | None = None
         self.repartitioner: Repartitioner | None = None
@@ -178,6 +178,31 @@ class PensuService:
         detail = (f"assigned={len(self._assigned)} models={len(self.models)} "
                   f"broker={'down' if self._broker_down or self._waiting_for_broker else 'up'}")
         return HealthStatus(live=live, ready=ready, detail=detail)
+
+    def ping_info(self) -> dict[str, object]:
+        """What GET /ping reports besides PONG, like the original Pensu: identity and counters."""
+        def total(name: str) -> int:
+            return int(sum(sample.value for metric in self.prom.collect() for sample in metric.samples
+                           if sample.name == name))
+
+        status = self.status()
+        return {
+            "instance_id": self.settings.instance_id,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "ready": status.ready,
+            "live": status.live,
+            "service_specific_info": {
+                "samples_processed": total("pensu_samples_processed_total"),
+                "rejected_lines": total("pensu_rejected_lines_total"),
+                "duplicate_samples_skipped": total("pensu_duplicate_samples_skipped_total"),
+                "reports_emitted": total("pensu_reports_emitted_total"),
+                "outputs_produced": total("pensu_outputs_produced_total"),
+                "kafka_errors": total("pensu_kafka_errors_total"),
+                "resident_models": len(self.models),
+                "assigned_partitions": len(self._assigned),
+            },
+        }
 
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
