@@ -176,3 +176,34 @@ def test_replay_rejects_an_unusable_file(tmp_path: Path) -> None:
     assert "timestamp,value" in result.stderr
     missing = pensu("replay", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "o.csv"))
     assert missing.returncode != 0
+
+
+@pytest.mark.slow
+def test_librdkafka_logs_go_through_logging_rate_limited(tmp_path: Path) -> None:
+    """Broker unreachable: librdkafka's connection failures come out as JSON log lines, a few, not
+    ~22 raw `%3|FAIL` lines a second on stderr."""
+    env = {"PENSU_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "PENSU_LOGGING_FORMAT": "json",
+           "PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_PING_LISTEN_PORT": str(free_port()), "PENSU_HTTP_PORT": "0",
+           "PENSU_MODELS_DIR": str(tmp_path / "models"), "PYTHONUNBUFFERED": "1"}
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PENSU_")}
+    full.update(env)
+    proc = subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=full, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(8)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert not [line for line in lines if line.startswith("%")], out[-2000:]
+    import json
+
+    records = [json.loads(line) for line in lines]  # every line in the configured format
+    from_librdkafka = [r for r in records if r["logger"] == "pensu.kafka.librdkafka"]
+    assert from_librdkafka, out[-2000:]
+    assert any("FAIL" in r["message"] for r in from_librdkafka)
+    # Rate-limited per facility (one per 30 s each): a handful in 8 s, not hundreds.
+    assert len(from_librdkafka) <= 10, out[-2000:]
