@@ -109,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generator = SyntheticMetrics(interval=args.interval, start_time=time.time() - args.backfill * args.interval,
                                  seed=args.seed)
     produce_synthetic(args.bootstrap_servers, args.topic, generator, backfill=args.backfill,
-                      rate=args.rate, limit=args.count, stop=threading.Event())
+                      rate=args.rate, limit=args.count, stop=threading.Event(), timeout=args.timeout)
     return 0
 
 
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rate", type=float, default=1.0, help="live samples per second per series after backfill")
     gen.add_argument("--count", type=int, default=0, help="stop after this many samples per series (0: never)")
     gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--timeout", type=float, default=30.0,
+                     help="give up when the cluster does not answer or acknowledge within this many seconds")
     gen.set_defaults(func=cmd_generate)
     rep = sub.add_parser("replay", help="backtest a CSV series (timestamp,value) offline")
     rep.add_argument("input")

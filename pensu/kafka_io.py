@@ -261,10 +261,27 @@ def wait_for_delivery(producer: OutputProducer, should_stop: Callable[[], bool],
 
 
 def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticMetrics", backfill: int,
-                      rate: float, limit: int, stop: threading.Event) -> int:
-    """Produce `backfill` samples per series at once, then `rate` samples/s per series until stopped."""
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": "20"})
+                      rate: float, limit: int, stop: threading.Event, timeout: float = 30.0) -> int:
+    """Produce `backfill` samples per series at once, then `rate` samples/s per series until stopped.
+
+    Gives up with `KafkaUnavailable` when the cluster does not answer within `timeout` seconds,
+    or a sample is not acknowledged within `timeout` seconds of being sent.
+    """
+    from pensu.telemetry import librdkafka_logger
+
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": "20",
+                         "message.timeout.ms": str(max(1, int(timeout * 1000))), "logger": librdkafka_logger()})
+    try:
+        producer.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap_servers} within {timeout:g} s "
+                               f"({exc.args[0].str() if exc.args and hasattr(exc.args[0], 'str') else exc})") from None
     sent = 0
+    failed: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err.str())
 
     def send(index: int) -> None:
         nonlocal sent
@@ -272,18 +289,27 @@ def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticM
             line = f"{metric} {value!r} {int(ts)}".encode()
             while True:
                 try:
-                    producer.produce(topic, key=metric.encode(), value=line)
+                    producer.produce(topic, key=metric.encode(), value=line, on_delivery=on_delivery)
                     break
                 except BufferError:
                     producer.poll(0.1)
             sent += 1
         producer.poll(0)
+        if failed:
+            raise KafkaUnavailable(f"{len(failed)} samples not delivered to {topic} at {bootstrap_servers}: "
+                                   f"{failed[0]}")
+
+    def flush() -> None:
+        remaining = producer.flush(timeout + 1)
+        if remaining or failed:
+            raise KafkaUnavailable(f"{remaining + len(failed)} samples not acknowledged by {bootstrap_servers} "
+                                   f"within {timeout:g} s" + (f": {failed[0]}" if failed else ""))
 
     index = 0
     while index < backfill and not stop.is_set() and (not limit or index < limit):
         send(index)
         index += 1
-    producer.flush(30)
+    flush()
     log.info("generator: %d backfill samples per series sent to %s", index, topic)
     period = 1.0 / rate if rate > 0 else 0.0
     next_at = time.monotonic()
@@ -292,5 +318,5 @@ def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticM
         index += 1
         next_at += period
         stop.wait(max(0.0, next_at - time.monotonic()))
-    producer.flush(30)
+    flush()
     return sent

@@ -207,3 +207,14 @@ def test_librdkafka_logs_go_through_logging_rate_limited(tmp_path: Path) -> None
     assert any("FAIL" in r["message"] for r in from_librdkafka)
     # Rate-limited per facility (one per 30 s each): a handful in 8 s, not hundreds.
     assert len(from_librdkafka) <= 10, out[-2000:]
+
+
+def test_generate_to_an_unreachable_broker_gives_up_with_an_error() -> None:
+    started = time.monotonic()
+    result = pensu("generate", "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--timeout", "3",
+                   "--backfill", "4", "--count", "4", "--rate", "0", timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pensu:")]
+    assert len(errors) == 1 and "cannot reach Kafka" in errors[0] and "3 s" in errors[0], result.stderr
