@@ -118,8 +118,14 @@ def _samples(service: PensuService) -> int:
 
 
 def _newest_timestamp(service: PensuService) -> float | None:
-    stamps = [a.last_timestamp for _, a in list(service.models.items()) if a.last_timestamp is not None]
-    return max(stamps) if stamps else None
+    """The newest sample any resident model has learned (read while the service thread runs)."""
+    for _ in range(10):
+        try:
+            stamps = [a.last_timestamp for _, a in list(service.models.items()) if a.last_timestamp is not None]
+        except RuntimeError:  # the registry changed while we listed it; try again
+            continue
+        return max(stamps) if stamps else None
+    return None
 
 
 def run_demo(duration: float = 0.0, models_dir: Path | None = None) -> int:
@@ -187,12 +193,13 @@ def run_demo(duration: float = 0.0, models_dir: Path | None = None) -> int:
                           f"{judge.reports} anomalies reported ({judge.true_reports} matching an injected one)",
                           flush=True)
         finally:
+            newest = _newest_timestamp(service)
             stop.set()
             viewer.close()
             service.request_stop()
             worker.join(timeout=30)
             feeder.join(timeout=5)
-    precision, recall, found, injected = judge.summary(_newest_timestamp(service))
+    precision, recall, found, injected = judge.summary(newest)
     samples = _samples(service)
     p_text = "n/a" if precision is None else f"{precision:.2f}"
     r_text = "n/a" if recall is None else f"{recall:.2f} ({found} of {injected} injected anomalies)"

@@ -52,4 +52,4 @@ def test_demo_twice_in_the_same_models_dir_analyses_samples_both_times(tmp_path:
     assert "new samples continue from there" in second
     counts = [int(re.search(r"stopped after (\d+) samples analysed", t).group(1)) for t in outputs]  # type: ignore[union-attr]
     assert counts[0] > 0 and counts[1] > 0, outputs[1][-2000:]
-    assert re.search(r"precision (n/a|\d\.\d\d), recall", second)
+    assert re.search(r"precision (n/a|\d\.\d\d), recall \d\.\d\d \(\d+ of \d+ injected", second), second[-1500:]
