@@ -29,6 +29,14 @@ def pensu(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -
                           text=True, timeout=timeout)
 
 
+def popen_run(env: dict[str, str]) -> subprocess.Popen:
+    """`pensu run` as a subprocess with only `env`'s PENSU_* variables, output merged as text."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PENSU_")}
+    full.update(env)
+    return subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=full, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 def test_config_prints_effective_settings_with_secrets_masked() -> None:
     result = pensu("config", env={"PENSU_KAFKA_SASL_PASSWORD": "hunter2", "PENSU_PREDICTION_STEPS": "3"})
     assert result.returncode == 0, result.stderr
@@ -67,10 +75,7 @@ def test_run_with_embedded_bootstrap_starts_an_embedded_broker_and_stops_on_sigt
     port = free_port()
     env = {"PENSU_KAFKA_BOOTSTRAP_SERVERS": "embedded", "PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_PING_LISTEN_PORT": str(port), "PENSU_HTTP_PORT": "0",
            "PENSU_MODELS_DIR": str(tmp_path / "models"), "PYTHONUNBUFFERED": "1"}
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PENSU_")}
-    full.update(env)
-    proc = subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=full, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = popen_run(env)
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
@@ -185,18 +190,14 @@ def test_librdkafka_logs_go_through_logging_rate_limited(tmp_path: Path) -> None
     env = {"PENSU_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "PENSU_LOGGING_FORMAT": "json",
            "PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_PING_LISTEN_PORT": str(free_port()), "PENSU_HTTP_PORT": "0",
            "PENSU_MODELS_DIR": str(tmp_path / "models"), "PYTHONUNBUFFERED": "1"}
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PENSU_")}
-    full.update(env)
-    proc = subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=full, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = popen_run(env)
+    time.sleep(8)
+    proc.send_signal(signal.SIGTERM)
     try:
-        time.sleep(8)
-        proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
     lines = [line for line in out.splitlines() if line.strip()]
     assert not [line for line in lines if line.startswith("%")], out[-2000:]
     import json
