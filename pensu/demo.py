@@ -32,9 +32,12 @@ def _format_report(report: dict[str, object]) -> str:
     predicted = report.get("predicted_value")
     arrow = {1: "↑", -1: "↓"}.get(int(report.get("direction", 0)), "·")  # type: ignore[call-overload]
     pred_text = "   n/a" if predicted is None else f"{float(predicted):10.2f}"  # type: ignore[arg-type]
+    if report.get("event") == "resolved":
+        return (f"resolved  {ts}  {report['metric']:<34} after {report.get('episode_samples')} samples "
+                f"(peak severity {float(report['severity']):.2f}, {report.get('reason')})")  # type: ignore[arg-type]
     return (f"ANOMALY {arrow} {ts}  {report['metric']:<34} value={float(report['value']):10.2f} "  # type: ignore[arg-type]
-            f"predicted={pred_text} score={float(report['anomaly_score']):.2f} "  # type: ignore[arg-type]
-            f"likelihood={float(report['anomaly_likelihood']):.5f}")  # type: ignore[arg-type]
+            f"predicted={pred_text} severity={float(report.get('severity', 0.0)):.2f} "  # type: ignore[arg-type]
+            f"{report.get('reason', '')}")
 
 
 def run_demo(duration: float = 0.0, models_dir: Path | None = None) -> int:
@@ -75,7 +78,7 @@ def run_demo(duration: float = 0.0, models_dir: Path | None = None) -> int:
             while not stop.is_set() and (not duration or time.monotonic() - started < duration):
                 message = viewer.poll(0.5)
                 if message is not None and message.error() is None:
-                    reports += 1
+                    reports += json.loads(message.value()).get("event") != "resolved"
                     print(_format_report(json.loads(message.value())), flush=True)
                 if time.monotonic() - last_status >= 10:
                     last_status = time.monotonic()

@@ -13,6 +13,8 @@ from tests.support import INTERVAL, START_TS, fast_config, series
 
 NEVER = Thresholds(anomaly_score=1.01, anomaly_likelihood=1.01, minimum_confidence=0.0)
 ALWAYS = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.0)
+# Every modelled sample anomalous and, without episodes, every one reported.
+EVERY = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.0, quiet_samples=0)
 
 
 def run(analyzer: MetricAnalyzer, samples: list[tuple[float, float]]) -> list:
@@ -40,9 +42,13 @@ def test_thresholds_gate_reports() -> None:
     samples = series(150)
     never = run(MetricAnalyzer("m", fast_config(NEVER)), samples)
     always = run(MetricAnalyzer("m", fast_config(ALWAYS)), samples)
-    assert not any(a.reported for a in never)
-    # With zero thresholds every modelled sample is reported; warm-up samples never are.
-    assert all(a.reported == (not a.warming_up) for a in always)
+    assert not any(a.reported or a.anomalous for a in never)
+    # With zero thresholds every modelled sample is anomalous; warm-up samples never are. They
+    # form one episode that never resolves: one report.
+    assert all(a.anomalous == (not a.warming_up) for a in always)
+    assert [a.event.event for a in always if a.event] == ["opened"] and sum(a.reported for a in always) == 1
+    every = run(MetricAnalyzer("m", fast_config(EVERY)), samples)
+    assert all(a.reported == (not a.warming_up) for a in every)  # quiet_samples=0: every one reported
     # Thresholds do not change what the models compute.
     assert [a.anomaly_score for a in never] == [a.anomaly_score for a in always]
 
@@ -50,12 +56,12 @@ def test_thresholds_gate_reports() -> None:
 def test_minimum_confidence_blocks_unconfident_reports() -> None:
     strict = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.999999)
     out = run(MetricAnalyzer("m", fast_config(strict)), series(150))
-    assert all(a.reported == (not a.warming_up and a.prediction_confidence >= 0.999999) for a in out)
-    assert not all(a.reported for a in out if not a.warming_up)
+    assert all(a.anomalous == (not a.warming_up and a.prediction_confidence >= 0.999999) for a in out)
+    assert not all(a.anomalous for a in out if not a.warming_up)
 
 
 def test_direction_follows_the_prediction_made_for_the_sample() -> None:
-    out = run(MetricAnalyzer("m", fast_config(ALWAYS)), series(200))
+    out = run(MetricAnalyzer("m", fast_config(EVERY)), series(200))
     checked = 0
     for prev, a in zip(out, out[1:]):
         if not a.reported:
@@ -66,20 +72,6 @@ def test_direction_follows_the_prediction_made_for_the_sample() -> None:
         assert a.direction == expected
         checked += a.predicted_value is not None
     assert checked > 50  # the prediction model produced predictions for most samples
-
-
-def test_spike_after_learning_is_reported_upwards() -> None:
-    # Service defaults except the raw-score threshold: a spike's raw score is the share of its
-    # active columns not predicted, and the date bits keep a seed-dependent part of them
-    # predicted (0.3-0.7 measured across seeds), so 0.5 would test the seed, not the rule.
-    thresholds = Thresholds(anomaly_score=0.25)
-    analyzer = MetricAnalyzer("m", fast_config(thresholds))
-    out = run(analyzer, series(400))
-    assert sum(a.reported for a in out[200:]) <= 2  # a learned periodic signal is quiet
-    spike = analyzer.process(START_TS + INTERVAL * 400, 1000.0)
-    assert spike.spatial_anomaly and spike.anomaly_likelihood == 1.0
-    assert spike.reported and spike.direction == 1
-    assert spike.anomaly_score >= 0.25
 
 
 def test_forecast_timestamp_uses_observed_interval_and_steps() -> None:

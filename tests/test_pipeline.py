@@ -54,7 +54,9 @@ def test_multi_line_message_produces_all_outputs_keyed_by_metric(tmp_path: Path)
     assert len(reports) == counts["reported"] > 0
     assert set(reports[0]) == {"metric", "timestamp", "value", "predicted_value", "prediction_confidence",
                                "anomaly_score", "anomaly_likelihood", "direction", "thresholds",
-                               "model_age", "pensu_instance"}
+                               "model_age", "pensu_instance", "event", "episode_id", "episode_opened_at",
+                               "severity", "reason", "expected_range", "episode_samples", "anomalous_samples"}
+    assert reports[0]["event"] == "opened" and reports[0]["episode_id"].startswith("a.b@")
     assert reports[0]["pensu_instance"] == "test-instance" and reports[0]["metric"] == "a.b"
 
 
