@@ -127,7 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     return run_replay(Path(args.input), Path(args.output), preset=args.preset, min_value=args.min,
                       max_value=args.max, steps=args.steps,
-                      plot_path=Path(args.plot) if args.plot else None)
+                      plot_path=Path(args.plot) if args.plot else None, metric=args.metric)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -164,13 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--timeout", type=float, default=30.0,
                      help="give up when the cluster does not answer or acknowledge within this many seconds")
     gen.set_defaults(func=cmd_generate)
-    rep = sub.add_parser("replay", help="backtest a CSV series (timestamp,value) offline")
+    rep = sub.add_parser("replay", help="backtest a CSV series (timestamp,value) offline, with the "
+                                        "service's PENSU_* thresholds")
     rep.add_argument("input")
     rep.add_argument("-o", "--output", required=True)
-    rep.add_argument("--preset", default="nab", choices=["nab", "nupic", "small"])
+    rep.add_argument("--preset", default=None, choices=["nab", "nupic", "small"],
+                     help="both models' preset (default: PENSU_ANOMALY/PREDICTION_MODEL_PRESET)")
     rep.add_argument("--min", type=float, default=None, help="fixed minimum of the value range")
     rep.add_argument("--max", type=float, default=None, help="fixed maximum of the value range")
-    rep.add_argument("--steps", type=int, default=1, help="prediction steps ahead")
+    rep.add_argument("--steps", type=int, default=None, help="prediction steps ahead (default: PENSU_PREDICTION_STEPS)")
+    rep.add_argument("--metric", default="replay",
+                     help="metric name: PENSU_METRIC_RANGES patterns are matched against it, episode ids carry it")
     rep.add_argument("--plot", default=None, help="write a PNG plot (needs the 'plot' extra)")
     rep.set_defaults(func=cmd_replay)
     sub.add_parser("config", help="print the effective settings (secrets masked)").set_defaults(func=cmd_config)

@@ -85,12 +85,15 @@ def _format_report(report: dict[str, object], match: Anomaly | None, generator: 
     predicted = report.get("predicted_value")
     arrow = {1: "↑", -1: "↓"}.get(int(report.get("direction", 0)), "·")  # type: ignore[call-overload]
     pred_text = "   n/a" if predicted is None else f"{float(predicted):10.2f}"  # type: ignore[arg-type]
+    ts = _clock_text(float(report["timestamp"]))  # type: ignore[arg-type]
+    if report.get("event") == "resolved":
+        return (f"resolved  {ts}  {report['metric']:<34} after {report.get('episode_samples')} samples "
+                f"(peak severity {float(report['severity']):.2f}, {report.get('reason')})")  # type: ignore[arg-type]
     verdict = ("✓ injected " + match.kind + " at " + _clock_text(generator.timestamp(match.start))
                if match is not None else "✗ no injected anomaly")
-    return (f"ANOMALY {arrow} {_clock_text(float(report['timestamp']))}  {report['metric']:<34} "  # type: ignore[arg-type]
-            f"value={float(report['value']):10.2f} predicted={pred_text} "  # type: ignore[arg-type]
-            f"score={float(report['anomaly_score']):.2f} "  # type: ignore[arg-type]
-            f"likelihood={float(report['anomaly_likelihood']):.5f}  {verdict}")  # type: ignore[arg-type]
+    return (f"ANOMALY {arrow} {ts}  {report['metric']:<34} value={float(report['value']):10.2f} "  # type: ignore[arg-type]
+            f"predicted={pred_text} severity={float(report.get('severity', 0.0)):.2f} "  # type: ignore[arg-type]
+            f"{report.get('reason', '')}  {verdict}")
 
 
 def _free_port() -> int:
@@ -126,6 +129,7 @@ def _newest_timestamp(service: PensuService) -> float | None:
             continue
         return max(stamps) if stamps else None
     return None
+
 
 
 def run_demo(duration: float = 0.0, models_dir: Path | None = None) -> int:
@@ -181,7 +185,9 @@ def run_demo(duration: float = 0.0, models_dir: Path | None = None) -> int:
                 message = viewer.poll(0.5)
                 if message is not None and message.error() is None:
                     report = json.loads(message.value())
-                    match = judge.judge(str(report["metric"]), float(report["timestamp"]))
+                    match = None
+                    if report.get("event") != "resolved":  # a resolution closes a report already judged
+                        match = judge.judge(str(report["metric"]), float(report["timestamp"]))
                     print(_format_report(report, match, generator), flush=True)
                 if not compiled and _samples(service) > 0:
                     compiled = True

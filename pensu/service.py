@@ -22,11 +22,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pensu import __version__
-from pensu.analyzer import AnalyzerConfig, Thresholds
+from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
 from pensu.errors import CheckpointError, ConfigurationError
 from pensu.health import HealthServer, HealthStatus
-from pensu.htm.presets import prediction_params, preset_params
 from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, ensure_topics,
                             wait_for_delivery)
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
@@ -43,37 +42,6 @@ CONSUME_TIMEOUT_SECONDS = 0.05  # consume() waits this long for a full batch; ke
 MAX_INFLIGHT_BATCHES = 64  # consumed batches whose outputs await the broker's acknowledgement
 DELIVERY_WAIT_WARNING_SECONDS = 5.0  # not ready while the oldest batch waits longer than this
 LAG_REFRESH_SECONDS = 5.0
-
-
-def analyzer_config(settings: Settings) -> AnalyzerConfig:
-    """Build the analyzer configuration (presets, thresholds, steps) from settings."""
-    anomaly = preset_params(settings.anomaly_model_preset, warmup_samples=settings.warmup_samples)
-    prediction = prediction_params(preset_params(settings.prediction_model_preset,
-                                                 warmup_samples=settings.warmup_samples),
-                                   settings.prediction_steps)
-    thresholds = Thresholds(anomaly_score=settings.anomaly_score_threshold,
-                            anomaly_likelihood=settings.anomaly_likelihood_threshold,
-                            minimum_confidence=settings.minimum_confidence_for_reporting)
-    return AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction, thresholds=thresholds,
-                          prediction_steps=settings.prediction_steps)
-
-
-class RangeAwareConfig:
-    """Per-metric analyzer configs: settings' metric_ranges fix a metric's encoder range."""
-
-    def __init__(self, base: AnalyzerConfig, ranges: dict[str, tuple[float, float]]) -> None:
-        self.base = base
-        self._ranges = [(re.compile(pattern), bounds) for pattern, bounds in ranges.items()]
-
-    def for_metric(self, metric: str) -> AnalyzerConfig:
-        """The config for `metric`: the base one, with a fixed range when a pattern matches."""
-        for pattern, (lo, hi) in self._ranges:
-            if pattern.match(metric):
-                return AnalyzerConfig(
-                    anomaly_params=self.base.anomaly_params.replace(min_value=lo, max_value=hi),
-                    prediction_params=self.base.prediction_params.replace(min_value=lo, max_value=hi),
-                    thresholds=self.base.thresholds, prediction_steps=self.base.prediction_steps)
-        return self.base
 
 
 class PensuService:

@@ -40,6 +40,8 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 from pydantic_settings.exceptions import SettingsError
 
 from pensu.carbon import DEFAULT_NAME_TEMPLATE, validate_name_template
+from pensu.decision import (DEFAULT_LIKELIHOOD_THRESHOLD, DEFAULT_QUIET_SAMPLES, DEFAULT_SCORE_THRESHOLD,
+                            DEFAULT_SUPPRESSION_SAMPLES)
 from pensu.errors import ConfigurationError
 
 __all__ = [
@@ -172,11 +174,25 @@ class Settings(BaseSettings):
     allowed_to_work_on_metrics: str = Field(
         ".*", description="Regex of metrics to model, matched at the start of the name (re.match).",
         json_schema_extra={"expected": "a Python regular expression"})
-    anomaly_score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum raw anomaly score to report.")
-    anomaly_likelihood_threshold: float = Field(0.99999, ge=0, le=1,
-                                                description="Minimum anomaly likelihood to report.")
-    minimum_confidence_for_reporting: float = Field(0.0, ge=0, le=1,
-                                                    description="Minimum prediction confidence to report.")
+    anomaly_score_threshold: float = Field(
+        DEFAULT_SCORE_THRESHOLD, ge=0, le=1,
+        description="Minimum raw anomaly score of a temporal-surprise sample (0: off); values outside "
+                    "the range seen pass regardless. README: Decision rule.")
+    anomaly_likelihood_threshold: float = Field(
+        DEFAULT_LIKELIHOOD_THRESHOLD, ge=0, le=1,
+        description="Minimum anomaly likelihood (raw units), applied to the final score as its log-scale "
+                    "equivalent (0.99999 = final score 0.5).")
+    minimum_confidence_for_reporting: float = Field(
+        0.0, ge=0, le=1, description="Minimum confidence of the prediction made for a sample to count it "
+                                     "anomalous.")
+    # --- anomaly episodes (pensu.decision) ---
+    episode_quiet_samples: int = Field(
+        DEFAULT_QUIET_SAMPLES, ge=0, le=1_000_000,
+        description="Consecutive normal samples that resolve an anomaly episode; 0: no episodes, every "
+                    "anomalous sample is reported.")
+    episode_suppression_samples: int = Field(
+        DEFAULT_SUPPRESSION_SAMPLES, ge=0, le=1_000_000,
+        description="Samples after an episode resolves during which no new episode opens.")
     prediction_steps: int = Field(1, ge=1, le=100, description="How many samples ahead to predict.")
     anomaly_model_preset: ModelPreset = Field("nab", description="HTM parameter preset of the anomaly model.")
     prediction_model_preset: ModelPreset = Field("nab",

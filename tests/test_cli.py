@@ -157,6 +157,10 @@ def test_replay_a_nab_file_end_to_end(tmp_path: Path) -> None:
     assert max(scores[jump - 20:jump + 60]) >= max(scores[1000:jump - 100])
     assert plot.stat().st_size > 1000
     assert "rows" in result.stderr
+    # With the default thresholds the labelled jump is reported, once, where it starts.
+    reported = [i for i, r in enumerate(rows) if r[OUTPUT_COLUMNS.index("reported")] == "1"]
+    assert reported and jump - 5 <= reported[0] <= jump + 20 and len(reported) <= 3
+    assert "alerts per day:" in result.stderr and "2014-04-11" in result.stderr
 
 
 def test_replay_reports_bad_rows_and_keeps_going(tmp_path: Path) -> None:
@@ -169,8 +173,9 @@ def test_replay_reports_bad_rows_and_keeps_going(tmp_path: Path) -> None:
     assert "line 3" in result.stderr and "line 4" in result.stderr
     rows = list(csv.reader(out.open()))[1:]
     assert len(rows) == 4
-    assert rows[1][2:] == [""] * 5 and rows[2][2:] == [""] * 5
-    assert rows[0][2] != "" and rows[3][2] != ""
+    empty = [""] * (len(OUTPUT_COLUMNS) - 2)
+    assert rows[1][2:] == empty and rows[2][2:] == empty
+    assert rows[0][2] != "" and rows[3][2] != "" and rows[0][OUTPUT_COLUMNS.index("reported")] == "0"
 
 
 def test_replay_rejects_an_unusable_file(tmp_path: Path) -> None:
