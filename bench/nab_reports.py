@@ -1,105 +1,110 @@
-"""Choose the report threshold on the final score (and the episode quiet period) on NAB, honestly.
+"""NAB score of the *reports* Pensu would send: the decision rule and episodes applied to a run.
 
-The service reports when the anomaly model's final score (log-likelihood, 1.0 on a spatial
-anomaly) crosses a threshold, once per episode: `episode_reports` emulates that rule — a row is
-reported when its score is at or above the threshold and no row of the previous `quiet` rows
-was. Reports are scored as detections (1 on a reported row, 0 elsewhere).
+    python bench/nab_reports.py RESULTS_DIR [--likelihood 0.99999] [--quiet 10] [--suppression 0]
+    python bench/nab_reports.py RESULTS_DIR --grid     # a small grid of thresholds and periods
 
-The (threshold, quiet) pair is chosen on one half of the corpus (files in sorted order,
-alternating) by the standard profile and checked on the other half, both ways round; the pair
-chosen on the whole corpus is printed last with its three profiles.
-
-    python bench/nab_reports.py RESULTS_DIR    # e.g. /tmp/pensu-nab/streaming from nab_run.py
+RESULTS_DIR is the output of `bench/nab_run.py` (columns timestamp, value, anomaly_score = the
+final score, raw_score). Each file's rows go through `pensu.decision.EpisodeTracker` — the code
+`MetricAnalyzer` runs in the service and in `pensu replay` — and the rows where an episode opens
+(the service's reports) are scored as detections (score 1, every other row 0, threshold 0.5) with
+the standard profile. With the default raw-score gate (0) and minimum confidence (0) this is
+exactly the service's decision; a value outside the range seen is taken to be a row whose final
+score is 1.0 (what the spatial-anomaly rule sets), which only matters for a raw-score gate > 0.
+The warm-up rows (neutral outputs) are the first PENSU_WARMUP_SAMPLES of a file (--warmup).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from nab_data import NAB_DATA  # noqa: E402
-from nab_scorer_lib import PROFILES, LabelledFile, load_corpus, load_results, null_and_perfect, row_values  # noqa: E402
+from nab_scorer_lib import PROFILES, load_corpus, null_and_perfect, score_file  # noqa: E402
 
-THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
-QUIET = (0, 12, 36, 72, 144, 288, 576)
+from pensu.decision import (  # noqa: E402
+    DEFAULT_LIKELIHOOD_THRESHOLD,
+    DEFAULT_QUIET_SAMPLES,
+    DEFAULT_SCORE_THRESHOLD,
+    DEFAULT_SUPPRESSION_SAMPLES,
+    DecisionConfig,
+    EpisodeTracker,
+    Observation,
+)
 
-
-def episode_reports(scores: np.ndarray, threshold: float, quiet: int) -> np.ndarray:
-    """Rows reported by the episode rule: score ≥ threshold and none of the previous `quiet` rows was."""
-    above = np.asarray(scores, dtype=np.float64) >= threshold
-    reported = np.zeros(above.shape, dtype=bool)
-    last_above = -quiet - 1  # index of the last row at or above the threshold
-    for i in np.flatnonzero(above):
-        if i - last_above > quiet:
-            reported[i] = True
-        last_above = int(i)
-    return reported
+NAB = ROOT.parent / "shared" / "nab"
 
 
-class FixedScorer:
-    """NAB v1.1 score of 0/1 detections on a subset of files (row values computed once)."""
-
-    def __init__(self, corpus: Mapping[str, LabelledFile]) -> None:
-        self.corpus = corpus
-        self.rows = {p: {n: row_values(lab, prof) for n, lab in corpus.items()} for p, prof in PROFILES.items()}
-
-    def score(self, detections: Mapping[str, np.ndarray], names: Iterable[str], profile: str) -> float:
-        """Normalised score of `detections` over `names` for one profile."""
-        names = list(names)
-        prof = PROFILES[profile]
-        null, perfect = null_and_perfect({n: self.corpus[n] for n in names}, prof)
-        raw = 0.0
-        for name in names:
-            window_id, value = self.rows[profile][name]
-            hit = detections[name]
-            for w, (_, end) in enumerate(self.corpus[name].windows):
-                if end < self.corpus[name].probation:
-                    continue
-                rows = np.flatnonzero(hit & (window_id == w))
-                raw += float(value[rows[0]]) if rows.size else -prof.fn_weight
-            raw += float(value[hit & (window_id == -1)].sum())
-        return 100.0 * (raw - null) / (perfect - null)
+def load_run(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, final score, raw score) columns of one result file."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return (np.array([float(r["value"]) for r in rows]), np.array([float(r["anomaly_score"]) for r in rows]),
+            np.array([float(r["raw_score"]) for r in rows]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Choose on each half, check on the other; print the whole-corpus choice."""
+def reports(run: tuple[np.ndarray, np.ndarray, np.ndarray], config: DecisionConfig, warmup: int) -> np.ndarray:
+    """1.0 on the rows where an episode opens, else 0.0."""
+    values, finals, raws = run
+    tracker = EpisodeTracker("nab", config)
+    out = np.zeros(len(values))
+    previous = None
+    for i, (value, final, raw) in enumerate(zip(values.tolist(), finals.tolist(), raws.tolist())):
+        spatial = final == 1.0
+        obs = Observation(timestamp=float(i), value=value, raw_score=raw, log_likelihood=final, final_score=final,
+                          spatial_anomaly=spatial, warming_up=i < warmup - 1, predicted_value=None,
+                          prediction_confidence=1.0, previous_value=previous)
+        out[i] = tracker.step(obs).reported
+        previous = value
+    return out
+
+
+def score(runs: dict, corpus: dict, config: DecisionConfig, warmup: int) -> tuple[float, int, int, int]:
+    """(normalised standard score, TP, FP, FN) of the reports over the corpus."""
+    profile = PROFILES["standard"]
+    null, perfect = null_and_perfect(corpus, profile)
+    raw = 0.0
+    tp = fp = fn = 0
+    for name, labelled in corpus.items():
+        counts = score_file(labelled, reports(runs[name], config, warmup), 0.5, profile)
+        raw += counts.raw_score
+        tp, fp, fn = tp + counts.tp, fp + counts.fp, fn + counts.fn
+    return 100 * (raw - null) / (perfect - null), tp, fp, fn
+
+
+def main() -> None:
+    """Score one decision configuration, or a grid."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path)
-    args = parser.parse_args(argv)
-    corpus = load_corpus(NAB_DATA, NAB_DATA.parent / "combined_windows.json")
-    results = load_results(args.results, corpus.keys())
-    if len(results) != len(corpus):
-        print(f"only {len(results)} of {len(corpus)} files under {args.results}", file=sys.stderr)
-        return 1
-    scorer = FixedScorer(corpus)
-    names = sorted(corpus)
-    halves = {"A": names[0::2], "B": names[1::2]}
-    grid = {(t, q): {n: episode_reports(results[n], t, q) for n in names} for t in THRESHOLDS for q in QUIET}
-    table = {key: {h: scorer.score(det, files, "standard") for h, files in halves.items()}
-             for key, det in grid.items()}
-    for chosen_on, checked_on in (("A", "B"), ("B", "A")):
-        best = max(table, key=lambda k: table[k][chosen_on])
-        print(f"chosen on half {chosen_on}: threshold {best[0]}, quiet {best[1]}: "
-              f"standard {table[best][chosen_on]:.1f} on {chosen_on}, {table[best][checked_on]:.1f} on {checked_on}")
-    whole = {key: scorer.score(det, names, "standard") for key, det in grid.items()}
-    print("\nstandard score on all files (rows: threshold, columns: quiet rows)")
-    print("thr   " + " ".join(f"{q:>6}" for q in QUIET))
-    for t in THRESHOLDS:
-        print(f"{t:<5} " + " ".join(f"{whole[(t, q)]:6.1f}" for q in QUIET))
-    best = max(whole, key=whole.get)
-    det = grid[best]
-    scores = {p: scorer.score(det, names, p) for p in PROFILES}
-    print(f"\nbest on all files: threshold {best[0]}, quiet {best[1]}: " +
-          " / ".join(f"{p} {s:.1f}" for p, s in scores.items()) +
-          f"; {sum(int(d.sum()) for d in det.values())} reports")
-    return 0
+    parser.add_argument("results")
+    parser.add_argument("--likelihood", type=float, default=DEFAULT_LIKELIHOOD_THRESHOLD)
+    parser.add_argument("--score", type=float, default=DEFAULT_SCORE_THRESHOLD)
+    parser.add_argument("--quiet", type=int, default=DEFAULT_QUIET_SAMPLES)
+    parser.add_argument("--suppression", type=int, default=DEFAULT_SUPPRESSION_SAMPLES)
+    parser.add_argument("--warmup", type=int, default=150)
+    parser.add_argument("--grid", action="store_true")
+    args = parser.parse_args()
+    corpus = load_corpus(NAB / "data", NAB / "combined_windows.json")
+    runs = {name: load_run(Path(args.results) / name) for name in corpus}
+    if args.grid:
+        configs = [DecisionConfig(anomaly_score=args.score, anomaly_likelihood=lik, quiet_samples=q,
+                                  suppression_samples=s)
+                   for lik in (0.9999, 0.99999, 0.999999) for q in (0, 5, 10, 30, 100) for s in (0, 100, 500)]
+    else:
+        configs = [DecisionConfig(anomaly_score=args.score, anomaly_likelihood=args.likelihood,
+                                  quiet_samples=args.quiet, suppression_samples=args.suppression)]
+    for config in configs:
+        value, tp, fp, fn = score(runs, corpus, config, args.warmup)
+        print(f"likelihood={config.anomaly_likelihood:<9g} (final {config.final_score_threshold:.2f}) "
+              f"score_gate={config.anomaly_score:g} quiet={config.quiet_samples:<4} "
+              f"suppression={config.suppression_samples:<4} standard={value:6.2f} tp={tp} fp={fp} fn={fn}",
+              flush=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

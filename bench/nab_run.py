@@ -16,8 +16,9 @@ Three lines per run (each with the standard / low FP / low FN profiles):
                             [--out /tmp/pensu-nab] [--only SUBSTRING]
 
 Results land in `<out>/streaming/`, `<out>/reports/` and `<out>/file/` (one csv per data file,
-NAB layout); `bench/nab_reports.py <out>/streaming` chooses a report threshold on the final
-score from them. `--mode all` also prints the number of reports per file.
+NAB layout); `bench/nab_reports.py <out>/streaming` scores other decision settings (threshold,
+quiet period) on them without re-running the models. The run also prints the number of reports
+per file.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def run_streaming(args: tuple[str, str, str, int]) -> tuple[str, int, float, int
     pensu.analyzer.MODEL_SEED = seed  # the service uses one seed for every metric; vary it for the spread
     _apply_experiment_overrides()
     rows = load_rows(NAB_DATA / relative)
-    analyzer = build_analyzer(preset=preset, metric=relative)
+    analyzer = build_analyzer(env={}, preset=preset, metric=relative)  # default settings
     started = time.perf_counter()
     streaming = Path(out_dir) / "streaming" / relative
     reports = Path(out_dir) / "reports" / relative
@@ -91,12 +92,12 @@ def _apply_experiment_overrides() -> None:
     """PENSU_NAB_OVERRIDES='{"field": value}' changes top-level preset fields (experiments only)."""
     import json
 
-    import pensu.replay
+    import pensu.analyzer_settings
     from pensu.htm.presets import preset_params
 
     overrides = json.loads(os.environ.get("PENSU_NAB_OVERRIDES", "{}"))
     if overrides:
-        pensu.replay.preset_params = lambda name, **kw: preset_params(name, **{**kw, **overrides})
+        pensu.analyzer_settings.preset_params = lambda name, **kw: preset_params(name, **{**kw, **overrides})
 
 
 def run_file_range(args: tuple[str, str, str, int]) -> tuple[str, int, float, int]:

@@ -2,15 +2,14 @@
 
 Per sample it returns an `Analysis`: raw anomaly score and likelihood from the anomaly model,
 a forecast `prediction_steps` samples ahead from the prediction model, the prediction that
-was made earlier *for this sample* (used for the direction and the report), and whether the
-decision rule reports an anomaly:
+was made earlier *for this sample* (used for the direction and the report), and the decision
+of `pensu.decision` (the rule, the episode state machine and their documentation live there):
+whether the sample is anomalous, whether an episode opened on it (`reported`: a report is
+emitted) and the episode event (opened/resolved) if any. The episode state is per metric and
+is saved with the models (format version 2; version-1 checkpoints restore with no episode open).
 
-    report  ⇔  raw score ≥ score threshold
-              ∧ likelihood ≥ likelihood threshold   (a spatial anomaly counts as likelihood 1)
-              ∧ confidence of the prediction for this sample ≥ minimum confidence
-
-Direction is +1 when the value is above the prediction made for it, −1 when below (when no
-prediction exists, the previous value stands in), 0 when nothing is reported.
+Direction is +1 when the value of a reported sample is above the prediction made for it, −1
+when below (when no prediction exists, the previous value stands in), 0 otherwise.
 
 When the two models' parameters differ only in their heads (the default: both from the same
 preset), they would evolve identically — same encoders, spatial pooler and temporal memory,
@@ -27,27 +26,20 @@ from typing import Any, Mapping
 
 import msgpack
 
+from pensu.decision import DecisionConfig, EpisodeEvent, EpisodeTracker, Observation
 from pensu.errors import CorruptData, LineRejected, SerializationError, UnsupportedFormatVersion
 from pensu.htm.model import HtmModel, ModelParams
 from pensu.htm.serialization import require
+from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds the decision's episode state
+READABLE_VERSIONS = (1, 2)
 _INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """The decision rule's three thresholds."""
-
-    anomaly_score: float = 0.5
-    anomaly_likelihood: float = 0.99999
-    minimum_confidence: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        """Thresholds as they appear in a JSON report."""
-        return {"anomaly_score": self.anomaly_score, "anomaly_likelihood": self.anomaly_likelihood,
-                "minimum_confidence": self.minimum_confidence}
+# The decision's configuration under its historical name (AnalyzerConfig.thresholds, reports).
+Thresholds = DecisionConfig
 
 
 @dataclass(frozen=True)
@@ -78,9 +70,12 @@ class Analysis:
     forecast_confidence: float
     forecast_timestamp: float | None
     direction: int
-    reported: bool
+    reported: bool  # an anomaly episode opened on this sample: a report is emitted
     model_age: int  # samples seen, this one included
     warming_up: bool
+    # --- decision (pensu.decision) ---
+    anomalous: bool  # the sample passed the thresholds (reported only when it opens an episode)
+    event: EpisodeEvent | None  # the episode opened or resolved on this sample
 
 
 def shared_core_params(config: AnalyzerConfig) -> ModelParams | None:
@@ -119,15 +114,23 @@ class MetricAnalyzer:
         self.last_timestamp: float | None = None
         self.last_value: float | None = None
         self.positions: dict[str, tuple[int, int]] = {}  # "topic:partition" -> (offset, line) applied
+        self.origins: dict[str, str] = {}  # "topic:partition" -> incarnation key of that position (pensu.provenance)
+        self.decision = EpisodeTracker(metric, config.thresholds)
         self._deltas: deque[float] = deque(maxlen=_INTERVAL_WINDOW)
         # predictions made for upcoming samples, oldest first: (value, confidence)
         self._pending: deque[tuple[float | None, float]] = deque(maxlen=self.prediction_steps)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def already_applied(self, source: str, offset: int, line: int) -> bool:
-        """True when the sample at (source, offset, line) was learned before (a replay)."""
+        """True when (source, offset, line) is at or before the recorded position (offsets only)."""
         seen = self.positions.get(source)
         return seen is not None and (offset, line) <= seen
+
+    def replay_verdict(self, source: str, offset: int, line: int, timestamp: float,
+                       origin: str | None) -> "ReplayVerdict | None":
+        """Whether the sample was provably learned before (see pensu.provenance); None: learn it."""
+        return replay_verdict(self.positions.get(source), self.origins.get(source), origin, offset, line,
+                              timestamp, self.last_timestamp)
 
     def check_order(self, timestamp: float) -> None:
         """Raise `LineRejected` for a timestamp not after the last one seen."""
@@ -149,7 +152,7 @@ class MetricAnalyzer:
 
     # -- processing -----------------------------------------------------------------------
     def process(self, timestamp: float, value: float, source: str | None = None,
-                offset: int = -1, line: int = 0) -> Analysis:
+                offset: int = -1, line: int = 0, origin: str | None = None) -> Analysis:
         """Learn one sample and return its analysis; rejects out-of-order samples."""
         timestamp, value = float(timestamp), float(value)
         if not math.isfinite(value) or not math.isfinite(timestamp):
@@ -170,20 +173,21 @@ class MetricAnalyzer:
 
         likelihood = 1.0 if anomaly.spatial_anomaly else anomaly.likelihood
         predicted_value, confidence = predicted_for_now
-        reported = (not anomaly.warming_up
-                    and anomaly.raw_score >= self.thresholds.anomaly_score
-                    and likelihood >= self.thresholds.anomaly_likelihood
-                    and confidence >= self.thresholds.minimum_confidence)
-        reference = predicted_value if predicted_value is not None else self.last_value
-        direction = 0
-        if reported and reference is not None:
-            direction = 1 if value > reference else -1 if value < reference else 0
+        decision = self.decision.step(Observation(
+            timestamp=timestamp, value=value, raw_score=anomaly.raw_score, log_likelihood=anomaly.log_likelihood,
+            final_score=anomaly.anomaly_score, spatial_anomaly=anomaly.spatial_anomaly,
+            warming_up=anomaly.warming_up, predicted_value=predicted_value, prediction_confidence=confidence,
+            previous_value=self.last_value))
 
         self.sample_count += 1
         self.last_timestamp = timestamp
         self.last_value = value
         if source is not None:
             self.positions[source] = (int(offset), int(line))
+            if origin is None:
+                self.origins.pop(source, None)
+            else:
+                self.origins[source] = origin
         return Analysis(
             metric=self.metric, timestamp=timestamp, value=value,
             anomaly_score=anomaly.raw_score, anomaly_likelihood=likelihood,
@@ -191,8 +195,8 @@ class MetricAnalyzer:
             spatial_anomaly=anomaly.spatial_anomaly, predicted_value=predicted_value,
             prediction_confidence=confidence, forecast=forecast.prediction,
             forecast_confidence=forecast.confidence, forecast_timestamp=forecast_ts,
-            direction=direction, reported=reported, model_age=self.sample_count,
-            warming_up=anomaly.warming_up,
+            direction=decision.direction, reported=decision.reported, model_age=self.sample_count,
+            warming_up=anomaly.warming_up, anomalous=decision.anomalous, event=decision.event,
         )
 
     def memory_bytes(self) -> int:
@@ -216,10 +220,12 @@ class MetricAnalyzer:
             "last_timestamp": self.last_timestamp,
             "last_value": self.last_value,
             "positions": {k: list(v) for k, v in self.positions.items()},
+            "origins": dict(self.origins),
             "deltas": list(self._deltas),
             "pending": [list(p) for p in self._pending],
             "anomaly_model": self.anomaly_model.get_state(),
             "prediction_model": None if self.shares_core else self.prediction_model.get_state(),
+            "decision": self.decision.get_state(),
         }
         return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "analyzer": state},
                              use_bin_type=True)
@@ -233,10 +239,12 @@ class MetricAnalyzer:
             raise CorruptData(f"MetricAnalyzer: undecodable bytes ({exc})") from exc
         if not isinstance(envelope, dict) or envelope.get("format") != FORMAT_TAG:
             raise CorruptData("MetricAnalyzer: not an analyzer payload")
-        if envelope.get("version") != FORMAT_VERSION:
+        if envelope.get("version") not in READABLE_VERSIONS:
             raise UnsupportedFormatVersion(
                 f"MetricAnalyzer: format version {envelope.get('version')!r} is not supported")
         state = require(envelope, "analyzer", "MetricAnalyzer")
+        if envelope["version"] >= 2:
+            require(state, "decision", "MetricAnalyzer")
         return cls._from_state(state, thresholds, expected_metric)
 
     @classmethod
@@ -249,6 +257,8 @@ class MetricAnalyzer:
             analyzer = cls.__new__(cls)
             analyzer.metric = metric
             analyzer.thresholds = thresholds
+            # Version 1 had no decision state: restore with no episode open.
+            analyzer.decision = EpisodeTracker.from_state(metric, thresholds, state.get("decision"))
             analyzer.prediction_steps = int(require(state, "prediction_steps", "MetricAnalyzer"))
             analyzer.sample_count = int(require(state, "sample_count", "MetricAnalyzer"))
             last_ts = require(state, "last_timestamp", "MetricAnalyzer")
@@ -257,6 +267,8 @@ class MetricAnalyzer:
             analyzer.last_value = None if last_value is None else float(last_value)
             analyzer.positions = {str(k): (int(v[0]), int(v[1]))
                                   for k, v in require(state, "positions", "MetricAnalyzer").items()}
+            # Checkpoints written before origins were recorded have none: their offsets prove nothing.
+            analyzer.origins = {str(k): str(v) for k, v in (state.get("origins") or {}).items()}
             analyzer._deltas = deque((float(d) for d in require(state, "deltas", "MetricAnalyzer")),
                                      maxlen=_INTERVAL_WINDOW)
             analyzer._pending = deque(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -22,22 +23,67 @@ class JsonLogFormatter(logging.Formatter):
                            "logger": record.name, "message": record.getMessage()})
 
 
+class LegacyLogFormatter(logging.Formatter):
+    """The original Pensu's positional format, e.g. `timestamp=%s;module=%s;...;message=%s`.
+
+    Each `%s` is filled by the key written before its `=`: timestamp, module, method, severity,
+    exception_msg, exception_type and message have values; any other key (state, metric, ...)
+    is left empty.
+    """
+
+    _KEY = re.compile(r"([A-Za-z_/-]+)=[^;=]*$")  # the key of the field a "%s" ends
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self._legacy = fmt
+        keys = []
+        for part in fmt.split("%s")[:-1]:
+            found = self._KEY.search(part)
+            keys.append(found.group(1).lower() if found else "")
+        self._keys = keys
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Fill the positional fields from the record."""
+        exc_type = exc_msg = ""
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc_msg = record.exc_info[0].__name__, str(record.exc_info[1])
+        values = {"timestamp": self.formatTime(record), "module": record.name, "method": record.funcName,
+                  "severity": record.levelname, "exception_msg": exc_msg, "exception_type": exc_type,
+                  "message": record.getMessage()}
+        filled = [values.get(key, "") for key in self._keys]
+        pieces = self._legacy.split("%s")
+        return "".join(piece + (filled[i] if i < len(filled) else "") for i, piece in enumerate(pieces))
+
+
+def make_formatter(fmt: str) -> logging.Formatter:
+    """The formatter of PENSU_LOGGING_FORMAT: 'json', a legacy 'key=%s;...' form, or a logging format."""
+    from pensu.settings import is_legacy_logging_format
+
+    if fmt == "json":
+        return JsonLogFormatter()
+    if is_legacy_logging_format(fmt):
+        return LegacyLogFormatter(fmt)
+    return logging.Formatter(fmt)
+
+
 def setup_logging(fmt: str, level: str) -> None:
     """Configure root logging from PENSU_LOGGING_FORMAT / PENSU_LOG_LEVEL."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter() if fmt == "json" else logging.Formatter(fmt))
+    handler.setFormatter(make_formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
 def _load_settings():  # noqa: ANN202 - returns pensu.settings.Settings
-    from pensu.settings import load_settings, unknown_variables
+    from pensu.settings import deprecation_warnings, load_settings, unknown_variables
 
     settings = load_settings()
     setup_logging(settings.logging_format, settings.log_level)
     for name in unknown_variables():
         logging.getLogger("pensu").warning("unknown variable %s ignored (typo?)", name)
+    for line in deprecation_warnings(settings=settings):
+        logging.getLogger("pensu").warning("%s", line)
     return settings
 
 
@@ -63,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generator = SyntheticMetrics(interval=args.interval, start_time=time.time() - args.backfill * args.interval,
                                  seed=args.seed)
     produce_synthetic(args.bootstrap_servers, args.topic, generator, backfill=args.backfill,
-                      rate=args.rate, limit=args.count, stop=threading.Event())
+                      rate=args.rate, limit=args.count, stop=threading.Event(), timeout=args.timeout)
     return 0
 
 
@@ -81,15 +127,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     return run_replay(Path(args.input), Path(args.output), preset=args.preset, min_value=args.min,
                       max_value=args.max, steps=args.steps,
-                      plot_path=Path(args.plot) if args.plot else None)
+                      plot_path=Path(args.plot) if args.plot else None, metric=args.metric)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the effective settings, secrets masked."""
-    from pensu.settings import effective_settings, load_settings
+    from pensu.settings import deprecation_warnings, effective_settings, load_settings, unknown_variables
 
-    for name, value in effective_settings(load_settings()).items():
+    settings = load_settings()
+    for name, value in effective_settings(settings).items():
         print(f"{name}={value}")
+    for name in unknown_variables():
+        print(f"pensu: warning: unknown variable {name} ignored (typo?)", file=sys.stderr)
+    for line in deprecation_warnings(settings=settings):
+        print(f"pensu: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -110,14 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rate", type=float, default=1.0, help="live samples per second per series after backfill")
     gen.add_argument("--count", type=int, default=0, help="stop after this many samples per series (0: never)")
     gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--timeout", type=float, default=30.0,
+                     help="give up when the cluster does not answer or acknowledge within this many seconds")
     gen.set_defaults(func=cmd_generate)
-    rep = sub.add_parser("replay", help="backtest a CSV series (timestamp,value) offline")
+    rep = sub.add_parser("replay", help="backtest a CSV series (timestamp,value) offline, with the "
+                                        "service's PENSU_* thresholds")
     rep.add_argument("input")
     rep.add_argument("-o", "--output", required=True)
-    rep.add_argument("--preset", default="nab", choices=["nab", "nupic", "small"])
+    rep.add_argument("--preset", default=None, choices=["nab", "nupic", "small"],
+                     help="both models' preset (default: PENSU_ANOMALY/PREDICTION_MODEL_PRESET)")
     rep.add_argument("--min", type=float, default=None, help="fixed minimum of the value range")
     rep.add_argument("--max", type=float, default=None, help="fixed maximum of the value range")
-    rep.add_argument("--steps", type=int, default=1, help="prediction steps ahead")
+    rep.add_argument("--steps", type=int, default=None, help="prediction steps ahead (default: PENSU_PREDICTION_STEPS)")
+    rep.add_argument("--metric", default="replay",
+                     help="metric name: PENSU_METRIC_RANGES patterns are matched against it, episode ids carry it")
     rep.add_argument("--plot", default=None, help="write a PNG plot (needs the 'plot' extra)")
     rep.set_defaults(func=cmd_replay)
     sub.add_parser("config", help="print the effective settings (secrets masked)").set_defaults(func=cmd_config)

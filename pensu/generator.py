@@ -113,6 +113,24 @@ class SyntheticMetrics:
                 value += rng.gauss(0.0, scale)
         return round(value, 3)
 
+    def index_at(self, timestamp: float) -> int:
+        """The sample index whose timestamp is nearest `timestamp`."""
+        return int(round((timestamp - self.start_time) / self.interval))
+
+    def series_position(self, metric: str) -> int | None:
+        """The position of series `metric`, None if it is not one of ours."""
+        return next((pos for pos, spec in enumerate(self.series) if spec.name == metric), None)
+
+    def injected(self, stop: int) -> list[Anomaly]:
+        """Every anomaly that starts before sample `stop`, in start order."""
+        found = []
+        for index in range(self.first_anomaly, max(self.first_anomaly, stop)):
+            for pos in range(len(self.series)):
+                anomaly = self.anomaly_at(index, pos)
+                if anomaly is not None and anomaly.start == index:
+                    found.append(anomaly)
+        return found
+
     def timestamp(self, index: int) -> float:
         """The timestamp of sample `index`."""
         return self.start_time + index * self.interval

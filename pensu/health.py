@@ -1,9 +1,18 @@
-"""Health endpoints: a line-based TCP ping server and an HTTP server for /healthz, /readyz, /metrics."""
+"""Health endpoints: the ping port and an HTTP server for /ping, /healthz, /readyz, /metrics.
+
+The ping port speaks two protocols, told apart by the first line: an HTTP request line
+(`GET /ping HTTP/1.1`, what the original Pensu answered and what its users probe with curl)
+gets an HTTP/1.1 answer — `200` with a JSON body whose `response` is `PONG` plus the service's
+counters — and anything else is the line protocol: `ping` (any case) → `pong`, other lines →
+a status line.
+"""
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import re
 import socket
 import socketserver
 import threading
@@ -29,6 +38,15 @@ IDLE_TIMEOUT_S = 30.0            # a chatty client that goes quiet is dropped af
 HTTP_TIMEOUT_S = 10.0            # a slow HTTP client cannot pin a handler thread for longer
 MAX_CONNECTIONS = 64             # per server; beyond this new connections are closed at once
 STOP_JOIN_TIMEOUT_S = 2.0        # stop() never waits longer than this per wait
+
+
+_HTTP_REQUEST_LINE = re.compile(rb"^(GET|HEAD) (\S+) HTTP/1\.[01]\r?\n$")
+MAX_HTTP_HEADER_LINES = 100
+
+
+def ping_body(info: dict[str, Any]) -> bytes:
+    """The JSON answer to GET /ping: `{"response": "PONG", ...info}`."""
+    return (json.dumps({"response": "PONG", **info}, sort_keys=False, default=str) + "\n").encode()
 
 
 @dataclass
@@ -130,9 +148,11 @@ class _PingServer(_TrackedServerMixin, socketserver.ThreadingTCPServer):
     """Threaded TCP server answering the line protocol; see `_PingHandler`."""
 
     def __init__(self, address: tuple[str, int], status: _StatusSource, *, max_line: int,
-                 first_timeout: float, idle_timeout: float, max_connections: int) -> None:
+                 first_timeout: float, idle_timeout: float, max_connections: int,
+                 info: Callable[[], dict[str, Any]] = dict) -> None:
         self.address_family = _family(address[0])
         self.status = status
+        self.info = info
         self.max_line = max_line
         self.first_timeout = first_timeout
         self.idle_timeout = idle_timeout
@@ -168,6 +188,10 @@ class _PingHandler(socketserver.BaseRequestHandler):
                 if first:
                     first = False
                     conn.settimeout(srv.idle_timeout)
+                    request = _HTTP_REQUEST_LINE.match(line)
+                    if request is not None:
+                        self._answer_http(reader, conn, request.group(1), request.group(2))
+                        return
                 conn.sendall(self._answer(line))
         except OSError as exc:
             log.debug("ping connection %s ended: %s", self.client_address, exc)
@@ -175,25 +199,50 @@ class _PingHandler(socketserver.BaseRequestHandler):
             reader.close()
 
     def _answer(self, line: bytes) -> bytes:
-        if line.strip() == b"ping":
+        if line.strip().lower() == b"ping":
             return b"pong\n"
         return status_line(self.server.status()).encode()
+
+    def _answer_http(self, reader: Any, conn: socket.socket, method: bytes, target: bytes) -> None:
+        """One HTTP/1.x request on the ping port: GET/HEAD /ping → 200 PONG, else 404; then close."""
+        for _ in range(MAX_HTTP_HEADER_LINES):  # skip the headers (bounded)
+            header = reader.readline(self.server.max_line + 1)
+            if not header or header in (b"\r\n", b"\n"):
+                break
+        path = target.split(b"?", 1)[0]
+        if path == b"/ping":
+            code, reason, body = 200, "OK", ping_body(_safe_info(self.server.info))
+        else:
+            code, reason, body = 404, "Not Found", b"not found\n"
+        head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {'application/json' if code == 200 else 'text/plain'}; "
+                f"charset=utf-8\r\nContent-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+                f"Connection: close\r\n\r\n").encode()
+        conn.sendall(head + (body if method == b"GET" else b""))
+
+
+def _safe_info(info: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return dict(info())
+    except Exception as exc:  # noqa: BLE001 - a broken counter source must not kill the ping answer
+        log.debug("ping info failed: %s", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 class _HttpServer(_TrackedServerMixin, ThreadingHTTPServer):
     """Threaded HTTP server carrying the registry and status source for `_HttpHandler`."""
 
     def __init__(self, address: tuple[str, int], status: _StatusSource, registry: CollectorRegistry,
-                 *, max_connections: int) -> None:
+                 *, max_connections: int, info: Callable[[], dict[str, Any]] = dict) -> None:
         self.address_family = _family(address[0])
         self.status = status
+        self.info = info
         self.registry = registry
         self._init_tracking(max_connections)
         super().__init__(address, _HttpHandler)
 
 
 class _HttpHandler(BaseHTTPRequestHandler):
-    """GET/HEAD of /healthz, /readyz and /metrics; 404 for anything else."""
+    """GET/HEAD of /ping, /healthz, /readyz and /metrics; 404 for anything else."""
 
     server: _HttpServer
     timeout = HTTP_TIMEOUT_S
@@ -211,6 +260,8 @@ class _HttpHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             code, ctype, body = 200, METRICS_CONTENT_TYPE, generate_latest(self.server.registry)
+        elif path == "/ping":
+            code, ctype, body = 200, "application/json; charset=utf-8", ping_body(_safe_info(self.server.info))
         elif path in ("/healthz", "/readyz"):
             status = self.server.status()
             ok = status.live if path == "/healthz" else status.ready
@@ -249,12 +300,14 @@ class HealthServer:
 
     def __init__(self, *, ping_host: str, ping_port: int, http_host: str, http_port: int | None,
                  registry: CollectorRegistry, status: Callable[[], HealthStatus],
+                 info: Callable[[], dict[str, Any]] = dict,
                  max_line_bytes: int = MAX_LINE_BYTES, first_line_timeout_s: float = FIRST_LINE_TIMEOUT_S,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
         self._ping_cfg = (ping_host, ping_port)
         self._http_cfg = None if http_port is None else (http_host, http_port)
         self._registry = registry
         self._status = _StatusSource(status)
+        self._info = info
         self._limits = dict(max_line=max_line_bytes, first_timeout=first_line_timeout_s,
                             idle_timeout=idle_timeout_s, max_connections=max_connections)
         self._ping: _PingServer | None = None
@@ -282,12 +335,14 @@ class HealthServer:
             if self._ping is not None:
                 return
             limits = self._limits
-            ping = _bind("ping", *self._ping_cfg, lambda addr: _PingServer(addr, self._status, **limits))
+            ping = _bind("ping", *self._ping_cfg,
+                         lambda addr: _PingServer(addr, self._status, info=self._info, **limits))
             http = None
             if self._http_cfg is not None:
                 try:
                     http = _bind("HTTP", *self._http_cfg, lambda addr: _HttpServer(
-                        addr, self._status, self._registry, max_connections=limits["max_connections"]))
+                        addr, self._status, self._registry, max_connections=limits["max_connections"],
+                        info=self._info))
                 except ConfigurationError:
                     ping.server_close()
                     raise

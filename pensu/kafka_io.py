@@ -12,11 +12,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pensu.errors import KafkaUnavailable
 from pensu.outputs import OutputRecord
+from pensu.provenance import TopicIncarnation
 
 if TYPE_CHECKING:
     from pensu.generator import SyntheticMetrics
@@ -44,6 +45,97 @@ class EmbeddedKafka:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def admin_config(client_config: dict) -> dict:
+    """An AdminClient configuration from a consumer's or producer's (connection and security keys)."""
+    drop = ("group.", "enable.auto", "auto.offset", "partition.assignment", "session.timeout", "enable.idempotence",
+            "max.in.flight", "linger.ms", "message.timeout", "queue.buffering", "topic.metadata")
+    # Callbacks belong to the client they were made for; the logger is safe to share.
+    return {k: v for k, v in client_config.items()
+            if not k.startswith(drop) and (k == "logger" or not callable(v))}
+
+
+def describe_incarnation(config: dict, topic: str, timeout: float = 5.0) -> TopicIncarnation:
+    """The cluster id and topic id of `topic` (either None where the cluster does not say)."""
+    admin = AdminClient(admin_config(config))
+    try:
+        cluster_id = admin.list_topics(topic=topic, timeout=timeout).cluster_id or None
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot read metadata of {topic}: {exc}") from exc
+    topic_id = None
+    try:
+        futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+        description = futures[topic].result(timeout=timeout + 1)
+        text = str(description.topic_id) if description.topic_id is not None else ""
+        # The all-zero id (base64 "AAAA...") means "no id" in the protocol.
+        topic_id = text if text.strip("A=") else None
+    except (KafkaException, KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.debug("no topic id for %s (%s); replay checks fall back to timestamps", topic, exc)
+    return TopicIncarnation(cluster_id, topic_id)
+
+
+class IncarnationCache:
+    """Topic incarnations looked up on a background thread; `get` never blocks the loop.
+
+    Until a topic's incarnation is known `get` returns None (an unknown origin), which makes the
+    replay check fall back to timestamps: slower to prove, never wrong.
+    """
+
+    def __init__(self, config: dict | None, timeout: float = 5.0) -> None:
+        self._config = dict(config or {})
+        self._timeout = timeout
+        self._known: dict[str, str] = {}
+        self._wanted: set[str] = set()
+        self._cond = threading.Condition()
+        self._closed = config is None
+        if config is not None:
+            threading.Thread(target=self._run, name="pensu-incarnations", daemon=True).start()
+
+    @classmethod
+    def disabled(cls) -> "IncarnationCache":
+        """A cache that knows nothing and looks nothing up (before the service starts)."""
+        return cls(None)
+
+    def get(self, topic: str) -> str | None:
+        """The incarnation key of `topic`, or None (looked up in the background) if not known yet."""
+        key = self._known.get(topic)
+        if key is None:
+            self.refresh(topic)
+        return key
+
+    def refresh(self, topic: str) -> None:
+        """Forget `topic`'s incarnation and look it up again (e.g. its offsets went backwards)."""
+        with self._cond:
+            self._known.pop(topic, None)
+            if not self._closed and topic not in self._wanted:
+                self._wanted.add(topic)
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the lookup thread (it ends after its current lookup)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._wanted or self._closed)
+                if self._closed:
+                    return
+                topic = next(iter(self._wanted))
+            try:
+                key = describe_incarnation(self._config, topic, self._timeout).key()
+            except KafkaUnavailable as exc:
+                log.debug("incarnation of %s not known yet: %s", topic, exc)
+                with self._cond:
+                    self._cond.wait(self._timeout)  # retry later; the broker may be down
+                continue
+            with self._cond:
+                self._wanted.discard(topic)
+                self._known[topic] = key
+            log.info("input topic %s: incarnation %s", topic, key)
 
 
 def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int = 4,
@@ -169,10 +261,27 @@ def wait_for_delivery(producer: OutputProducer, should_stop: Callable[[], bool],
 
 
 def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticMetrics", backfill: int,
-                      rate: float, limit: int, stop: threading.Event) -> int:
-    """Produce `backfill` samples per series at once, then `rate` samples/s per series until stopped."""
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": "20"})
+                      rate: float, limit: int, stop: threading.Event, timeout: float = 30.0) -> int:
+    """Produce `backfill` samples per series at once, then `rate` samples/s per series until stopped.
+
+    Gives up with `KafkaUnavailable` when the cluster does not answer within `timeout` seconds,
+    or a sample is not acknowledged within `timeout` seconds of being sent.
+    """
+    from pensu.telemetry import librdkafka_logger
+
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": "20",
+                         "message.timeout.ms": str(max(1, int(timeout * 1000))), "logger": librdkafka_logger()})
+    try:
+        producer.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap_servers} within {timeout:g} s "
+                               f"({exc.args[0].str() if exc.args and hasattr(exc.args[0], 'str') else exc})") from None
     sent = 0
+    failed: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err.str())
 
     def send(index: int) -> None:
         nonlocal sent
@@ -180,18 +289,27 @@ def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticM
             line = f"{metric} {value!r} {int(ts)}".encode()
             while True:
                 try:
-                    producer.produce(topic, key=metric.encode(), value=line)
+                    producer.produce(topic, key=metric.encode(), value=line, on_delivery=on_delivery)
                     break
                 except BufferError:
                     producer.poll(0.1)
             sent += 1
         producer.poll(0)
+        if failed:
+            raise KafkaUnavailable(f"{len(failed)} samples not delivered to {topic} at {bootstrap_servers}: "
+                                   f"{failed[0]}")
+
+    def flush() -> None:
+        remaining = producer.flush(timeout + 1)
+        if remaining or failed:
+            raise KafkaUnavailable(f"{remaining + len(failed)} samples not acknowledged by {bootstrap_servers} "
+                                   f"within {timeout:g} s" + (f": {failed[0]}" if failed else ""))
 
     index = 0
     while index < backfill and not stop.is_set() and (not limit or index < limit):
         send(index)
         index += 1
-    producer.flush(30)
+    flush()
     log.info("generator: %d backfill samples per series sent to %s", index, topic)
     period = 1.0 / rate if rate > 0 else 0.0
     next_at = time.monotonic()
@@ -200,5 +318,5 @@ def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticM
         index += 1
         next_at += period
         stop.wait(max(0.0, next_at - time.monotonic()))
-    producer.flush(30)
+    flush()
     return sent

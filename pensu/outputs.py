@@ -2,6 +2,8 @@
 
 Pure: returns `OutputRecord`s (topic, key, value); the Kafka edge only sends them.
 Every record is keyed by the input metric name so downstream consumers keep per-metric order.
+A JSON report goes out when an anomaly episode opens (`event: "opened"`) and when it resolves
+(`event: "resolved"`), on the same topic and key, so a consumer pairs them by `episode_id`.
 """
 
 from __future__ import annotations
@@ -72,13 +74,13 @@ class OutputFormatter:
                                     format_line(self.name("prediction", metric), analysis.forecast, ts_pred), h))
             out.append(OutputRecord(prediction, key, format_line(self.name("prediction_confidence", metric),
                                                                  analysis.forecast_confidence, ts_pred), h))
-        if analysis.reported:
+        if analysis.event is not None:
             out.append(OutputRecord(self.topics.anomaly_reports, key, format_report(self.report(analysis)), h))
         return out
 
     def report(self, analysis: Analysis) -> dict[str, object]:
-        """The JSON anomaly report for a reported analysis."""
-        return {
+        """The JSON report of an analysis with an episode event (opened or resolved)."""
+        report: dict[str, object] = {
             "metric": analysis.metric,
             "timestamp": analysis.timestamp,
             "value": analysis.value,
@@ -91,3 +93,16 @@ class OutputFormatter:
             "model_age": analysis.model_age,
             "pensu_instance": self.instance,
         }
+        event = analysis.event
+        if event is not None:
+            report.update({
+                "event": event.event,
+                "episode_id": event.episode_id,
+                "episode_opened_at": event.opened_at,
+                "severity": event.severity,
+                "reason": event.reason,
+                "expected_range": None if event.expected_range is None else list(event.expected_range),
+                "episode_samples": event.samples,
+                "anomalous_samples": event.anomalous_samples,
+            })
+        return report

@@ -19,6 +19,7 @@ from pensu.errors import LineRejected
 from pensu.htm.model import MIN_RESOLUTION
 from pensu.analyzer import MetricAnalyzer
 from pensu.outputs import OutputFormatter, OutputRecord
+from pensu.provenance import ReplayVerdict
 from pensu.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,13 @@ class Pipeline:
         self.events = events or PipelineEvents()
         self._clock = clock
         self._logged_reasons: set[str] = set()
+        self._logged_replays: set[tuple[str, str]] = set()
 
-    def process(self, payload: bytes | None, source: str = "", offset: int = -1) -> MessageResult:
-        """Process one message value; `source` ("topic:partition") and `offset` locate it."""
+    def process(self, payload: bytes | None, source: str = "", offset: int = -1,
+                origin: str | None = None) -> MessageResult:
+        """Process one message value; `source` ("topic:partition") and `offset` locate it, and
+        `origin` (a `TopicIncarnation` key, None if unknown) says which cluster and topic
+        incarnation those offsets belong to."""
         result = MessageResult()
         samples, rejections = parse_message(payload)
         for rejection in rejections:
@@ -79,9 +84,12 @@ class Pipeline:
                 self.events.skipped("not_allowed")
                 continue
             analyzer = self.registry.get(metric)
-            if source and analyzer.already_applied(source, offset, line_no):
-                self.events.skipped("replayed")
-                continue
+            if source:
+                verdict = analyzer.replay_verdict(source, offset, line_no, sample.timestamp, origin)
+                if verdict is not None:
+                    self._log_replay(source, offset, metric, verdict)
+                    self.events.skipped("replayed")
+                    continue
             if not value_encodable(analyzer, sample.value):
                 raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
                 self._reject(result, Rejection("value_out_of_range",
@@ -90,7 +98,8 @@ class Pipeline:
                 continue
             started = self._clock()
             try:
-                analysis = analyzer.process(sample.timestamp, sample.value, source or None, offset, line_no)
+                analysis = analyzer.process(sample.timestamp, sample.value, source or None, offset, line_no,
+                                            origin)
             except LineRejected as exc:
                 raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
                 self._reject(result, Rejection(exc.reason, exc.detail, raw), source, offset)
@@ -110,6 +119,14 @@ class Pipeline:
                 self.events.reported()
             result.records.extend(records)
         return result
+
+    def _log_replay(self, source: str, offset: int, metric: str, verdict: ReplayVerdict) -> None:
+        if (source, verdict.by) in self._logged_replays:
+            return
+        # Once per source and kind of proof; pensu_duplicate_samples_skipped_total counts them all.
+        self._logged_replays.add((source, verdict.by))
+        log.info("skipping samples already learned at %s (first: %s at offset %d): %s; further skips there "
+                 "are only counted", source, metric, offset, verdict.detail)
 
     def _reject(self, result: MessageResult, rejection: Rejection, source: str, offset: int) -> None:
         result.rejections.append(rejection)

@@ -5,26 +5,39 @@ Input: CSV with header ``timestamp,value``; timestamps as ``2014-07-01 00:00:00`
 ``timestamp,value,anomaly_score,raw_score,anomaly_likelihood,prediction,prediction_confidence``
 where ``anomaly_score`` is the final score the service thresholds (log-likelihood, or 1.0 on
 a spatial anomaly) and ``prediction`` is the value predicted *for this row* (made
-``steps`` rows earlier), so it lines up with ``value``. Unparseable rows are reported on
-stderr with their line numbers and get empty score cells.
+``steps`` rows earlier), so it lines up with ``value``; then ``reported`` (1 when the service
+would send a report for this row: an anomaly episode opens) and ``event`` (``opened``,
+``resolved`` or empty). Unparseable rows are reported on stderr with their line numbers and
+get empty cells after ``value``.
+
+The analyzer is configured from the same `PENSU_*` environment as the service (presets,
+thresholds, episode periods, warm-up, `PENSU_METRIC_RANGES` matched against ``--metric``),
+through the service's own recipe (`pensu.analyzer_settings`), and decides through the same
+`MetricAnalyzer`, so the ``reported`` column is what the service would alert on; the command
+line's ``--preset``, ``--steps`` and ``--min/--max`` override the environment. At the end it
+prints the alerts per day, to tune thresholds on one's own history.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Mapping
 
-from pensu.analyzer import AnalyzerConfig, MetricAnalyzer, Thresholds
+from pensu.analyzer import MetricAnalyzer
+from pensu.analyzer_settings import RangeAwareConfig, analyzer_config, with_range
 from pensu.errors import LineRejected, PensuError
-from pensu.htm.presets import prediction_params, preset_params
+from pensu.settings import ModelPreset, load_settings
 
 OUTPUT_COLUMNS = ("timestamp", "value", "anomaly_score", "raw_score", "anomaly_likelihood",
-                  "prediction", "prediction_confidence")
+                  "prediction", "prediction_confidence", "reported", "event")
+DAYS_LISTED = 62  # alerts-per-day lines printed before the list is cut short
 
 
 class ReplayInputError(PensuError):
@@ -44,13 +57,17 @@ class ReplayRow:
     prediction: float | None = None
     prediction_confidence: float | None = None
     reported: bool = False
+    event: str = ""  # "opened" | "resolved" | ""
+    unix_time: float | None = None
 
     def cells(self) -> list[str]:
         """The row as CSV cells."""
         def fmt(x: float | None) -> str:
             return "" if x is None else repr(float(x))
+        processed = self.anomaly_score is not None
         return [self.timestamp, self.value, fmt(self.anomaly_score), fmt(self.raw_score),
-                fmt(self.anomaly_likelihood), fmt(self.prediction), fmt(self.prediction_confidence)]
+                fmt(self.anomaly_likelihood), fmt(self.prediction), fmt(self.prediction_confidence),
+                str(int(self.reported)) if processed else "", self.event]
 
 
 def parse_timestamp(text: str) -> float:
@@ -71,12 +88,29 @@ def parse_timestamp(text: str) -> float:
     return value
 
 
-def build_analyzer(preset: str = "nab", min_value: float | None = None, max_value: float | None = None,
-                   steps: int = 1, thresholds: Thresholds | None = None, metric: str = "replay") -> MetricAnalyzer:
-    """An analyzer like the service's, optionally with a fixed value range."""
-    anomaly = preset_params(preset, min_value=min_value, max_value=max_value)
-    config = AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction_params(anomaly, steps),
-                            thresholds=thresholds or Thresholds(), prediction_steps=steps)
+def build_analyzer(env: Mapping[str, str] | None = None, preset: ModelPreset | None = None,
+                   min_value: float | None = None, max_value: float | None = None, steps: int | None = None,
+                   metric: str = "replay") -> MetricAnalyzer:
+    """The analyzer the service would build for `metric` from `env` (default: os.environ).
+
+    `preset` and `steps` override both models' preset and the prediction steps; `min_value` and
+    `max_value` fix the encoder range (else a matching PENSU_METRIC_RANGES entry does, else the
+    warm-up estimates it, as in the service).
+    """
+    overrides: dict[str, str] = {}
+    if preset is not None:
+        overrides.update(PENSU_ANOMALY_MODEL_PRESET=preset, PENSU_PREDICTION_MODEL_PRESET=preset)
+    if steps is not None:
+        overrides["PENSU_PREDICTION_STEPS"] = str(steps)
+    source = dict(os.environ if env is None else env)
+    # Overrides replace any spelling of the variable (settings names are case-insensitive).
+    source = {k: v for k, v in source.items() if k.upper() not in overrides}
+    settings = load_settings({**source, **overrides})
+    base = analyzer_config(settings)
+    if min_value is not None and max_value is not None:
+        config = with_range(base, min_value, max_value)
+    else:
+        config = RangeAwareConfig(base, settings.metric_ranges).for_metric(metric)
     return MetricAnalyzer(metric, config)
 
 
@@ -115,7 +149,7 @@ def replay(stream: IO[str], analyzer: MetricAnalyzer, warn: Callable[[str], None
             continue
         yield ReplayRow(line, ts_text, value_text, analysis.final_score, analysis.anomaly_score,
                         analysis.anomaly_likelihood, analysis.predicted_value, analysis.prediction_confidence,
-                        analysis.reported)
+                        analysis.reported, "" if analysis.event is None else analysis.event.event, ts)
 
 
 def write_rows(rows: Iterator[ReplayRow], out: IO[str]) -> list[ReplayRow]:
@@ -157,13 +191,34 @@ def plot(rows: list[ReplayRow], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_replay(input_path: Path, output_path: Path, preset: str = "nab", min_value: float | None = None,
-               max_value: float | None = None, steps: int = 1, plot_path: Path | None = None,
+def alerts_per_day(rows: list[ReplayRow]) -> list[str]:
+    """Lines summarising reported anomalies per UTC day (every day with data is counted)."""
+    days: Counter[str] = Counter()
+    for row in rows:
+        if row.unix_time is not None:
+            day = datetime.fromtimestamp(row.unix_time, timezone.utc).date().isoformat()
+            days[day] += int(row.reported)
+    if not days:
+        return []
+    total = sum(days.values())
+    busiest = max(days.items(), key=lambda kv: (kv[1], kv[0]))
+    lines = [f"alerts per day: {total} alerts over {len(days)} days, mean {total / len(days):.2f}, "
+             f"max {busiest[1]} on {busiest[0]}, {sum(1 for n in days.values() if n)} days with alerts"]
+    with_alerts = sorted(day for day, n in days.items() if n)
+    lines += [f"  {day} {days[day]}" for day in with_alerts[:DAYS_LISTED]]
+    if len(with_alerts) > DAYS_LISTED:
+        lines.append(f"  ... {len(with_alerts) - DAYS_LISTED} more days with alerts")
+    return lines
+
+
+def run_replay(input_path: Path, output_path: Path, preset: ModelPreset | None = None,
+               min_value: float | None = None, max_value: float | None = None, steps: int | None = None,
+               plot_path: Path | None = None, metric: str = "replay", env: Mapping[str, str] | None = None,
                err: IO[str] = sys.stderr) -> int:
     """The `pensu replay` command; returns the exit code."""
+    analyzer = build_analyzer(env, preset, min_value, max_value, steps, metric)
     try:
         total = sum(1 for _ in input_path.open(encoding="utf-8", errors="replace")) - 1
-        analyzer = build_analyzer(preset, min_value, max_value, steps)
         step = max(1000, total // 10)
 
         def progress(n: int) -> None:
@@ -177,6 +232,8 @@ def run_replay(input_path: Path, output_path: Path, preset: str = "nab", min_val
         return 2
     reported = sum(r.reported for r in rows)
     print(f"replay: {len(rows)} rows, {reported} reported anomalies -> {output_path}", file=err)
+    for text in alerts_per_day(rows):
+        print(f"replay: {text}", file=err)
     if plot_path is not None:
         plot(rows, plot_path, input_path.name)
         print(f"replay: plot written to {plot_path}", file=err)

@@ -22,18 +22,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pensu import __version__
-from pensu.analyzer import AnalyzerConfig, Thresholds
+from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
-from pensu.errors import CheckpointError
+from pensu.errors import CheckpointError, ConfigurationError
 from pensu.health import HealthServer, HealthStatus
-from pensu.htm.presets import prediction_params, preset_params
-from pensu.kafka_io import DeliveryTracker, EmbeddedKafka, OutputProducer, ensure_topics, wait_for_delivery
+from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, ensure_topics,
+                            wait_for_delivery)
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import Pipeline, PipelineEvents
 from pensu.registry import ModelRegistry, RegistryEvents
 from pensu.repartition import Repartitioner
 from pensu.settings import Settings
-from pensu.telemetry import RateLimitedLog, ServiceMetrics
+from pensu.telemetry import RateLimitedLog, ServiceMetrics, librdkafka_logger
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +42,6 @@ CONSUME_TIMEOUT_SECONDS = 0.05  # consume() waits this long for a full batch; ke
 MAX_INFLIGHT_BATCHES = 64  # consumed batches whose outputs await the broker's acknowledgement
 DELIVERY_WAIT_WARNING_SECONDS = 5.0  # not ready while the oldest batch waits longer than this
 LAG_REFRESH_SECONDS = 5.0
-
-
-def analyzer_config(settings: Settings) -> AnalyzerConfig:
-    """Build the analyzer configuration (presets, thresholds, steps) from settings."""
-    anomaly = preset_params(settings.anomaly_model_preset, warmup_samples=settings.warmup_samples)
-    prediction = prediction_params(preset_params(settings.prediction_model_preset,
-                                                 warmup_samples=settings.warmup_samples),
-                                   settings.prediction_steps)
-    thresholds = Thresholds(anomaly_score=settings.anomaly_score_threshold,
-                            anomaly_likelihood=settings.anomaly_likelihood_threshold,
-                            minimum_confidence=settings.minimum_confidence_for_reporting)
-    return AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction, thresholds=thresholds,
-                          prediction_steps=settings.prediction_steps)
-
-
-class RangeAwareConfig:
-    """Per-metric analyzer configs: settings' metric_ranges fix a metric's encoder range."""
-
-    def __init__(self, base: AnalyzerConfig, ranges: dict[str, tuple[float, float]]) -> None:
-        self.base = base
-        self._ranges = [(re.compile(pattern), bounds) for pattern, bounds in ranges.items()]
-
-    def for_metric(self, metric: str) -> AnalyzerConfig:
-        """The config for `metric`: the base one, with a fixed range when a pattern matches."""
-        for pattern, (lo, hi) in self._ranges:
-            if pattern.match(metric):
-                return AnalyzerConfig(
-                    anomaly_params=self.base.anomaly_params.replace(min_value=lo, max_value=hi),
-                    prediction_params=self.base.prediction_params.replace(min_value=lo, max_value=hi),
-                    thresholds=self.base.thresholds, prediction_steps=self.base.prediction_steps)
-        return self.base
 
 
 class PensuService:
@@ -130,11 +99,13 @@ class PensuService:
         self.health = HealthServer(
             ping_host=settings.ping_listen_host, ping_port=settings.ping_listen_port,
             http_host=settings.http_host, http_port=settings.http_port or None,
-            registry=self.prom, status=self.status)
+            registry=self.prom, status=self.status, info=self.ping_info)
         self.consumer: Consumer | None = None
         self.producer: OutputProducer | None = None
         self.repartitioner: Repartitioner | None = None
-        self.bootstrap_servers: str | None = settings.kafka_bootstrap_servers
+        self.bootstrap_servers: str | None = settings.consumer_servers()
+        self._incarnations = IncarnationCache.disabled()
+        self._last_offset: dict[tuple[str, int], int] = {}  # offset last consumed per partition, this run
 
     # -- events ---------------------------------------------------------------------------
     def _on_sample(self, seconds: float) -> None:
@@ -176,6 +147,31 @@ class PensuService:
                   f"broker={'down' if self._broker_down or self._waiting_for_broker else 'up'}")
         return HealthStatus(live=live, ready=ready, detail=detail)
 
+    def ping_info(self) -> dict[str, object]:
+        """What GET /ping reports besides PONG, like the original Pensu: identity and counters."""
+        def total(name: str) -> int:
+            return int(sum(sample.value for metric in self.prom.collect() for sample in metric.samples
+                           if sample.name == name))
+
+        status = self.status()
+        return {
+            "instance_id": self.settings.instance_id,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "ready": status.ready,
+            "live": status.live,
+            "service_specific_info": {
+                "samples_processed": total("pensu_samples_processed_total"),
+                "rejected_lines": total("pensu_rejected_lines_total"),
+                "duplicate_samples_skipped": total("pensu_duplicate_samples_skipped_total"),
+                "reports_emitted": total("pensu_reports_emitted_total"),
+                "outputs_produced": total("pensu_outputs_produced_total"),
+                "kafka_errors": total("pensu_kafka_errors_total"),
+                "resident_models": len(self.models),
+                "assigned_partitions": len(self._assigned),
+            },
+        }
+
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
         """Ask the loop to finish its batch, save state and exit."""
@@ -187,17 +183,27 @@ class PensuService:
         return self._stop.is_set()
 
     def start(self) -> None:
-        """Start health servers, the embedded broker if needed, and the Kafka clients."""
+        """Start health servers, the embedded broker if asked for, and the Kafka clients."""
+        problem = self.settings.missing_broker_problem()
+        if problem is not None:
+            raise ConfigurationError(problem)
         self.health.start()
-        if not self.bootstrap_servers:
-            self._embedded = EmbeddedKafka()
-            self.bootstrap_servers = self._embedded.bootstrap_servers
-            log.info("no PENSU_KAFKA_BOOTSTRAP_SERVERS: started an embedded Kafka mock cluster at %s "
-                     "(produce carbon lines to topic %r)", self.bootstrap_servers, self.settings.metrics_kafka_topic)
         instance, started = self.settings.instance_id, str(int(self.started_at))
         consumer_conf = self.settings.consumer_config(instance, started)
         producer_conf = self.settings.producer_config(instance, started)
-        consumer_conf["bootstrap.servers"] = producer_conf["bootstrap.servers"] = self.bootstrap_servers
+        if self.settings.embedded_broker:
+            self._embedded = EmbeddedKafka()
+            consumer_conf["bootstrap.servers"] = producer_conf["bootstrap.servers"] = self._embedded.bootstrap_servers
+            log.info("PENSU_KAFKA_BOOTSTRAP_SERVERS=embedded: started an in-process Kafka mock cluster at %s "
+                     "(produce carbon lines to topic %r; its data is lost on exit)",
+                     self._embedded.bootstrap_servers, self.settings.metrics_kafka_topic)
+        self.bootstrap_servers = consumer_conf["bootstrap.servers"]
+        if producer_conf["bootstrap.servers"] != consumer_conf["bootstrap.servers"]:
+            log.info("input from %s, outputs to %s", consumer_conf["bootstrap.servers"],
+                     producer_conf["bootstrap.servers"])
+        # librdkafka's own log lines go through Python logging (format, level, rate limit); they are
+        # served from poll()/consume()/flush(), which the loop calls continuously.
+        consumer_conf["logger"] = producer_conf["logger"] = librdkafka_logger()
         consumer_conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
         consumer_conf.setdefault("auto.offset.reset", "earliest")
         # An input topic created after start-up is noticed within this (librdkafka: 5 min).
@@ -206,10 +212,13 @@ class PensuService:
         consumer_conf["enable.auto.offset.store"] = "false"
         # Topic creation is best effort and must not delay start-up (some clusters, like the mock
         # one, never answer CreateTopics): it runs in the background.
-        threading.Thread(target=self._ensure_topics, args=(dict(producer_conf),), name="pensu-topics",
-                         daemon=True).start()
+        threading.Thread(target=self._ensure_topics, args=(dict(consumer_conf), dict(producer_conf)),
+                         name="pensu-topics", daemon=True).start()
+        self._incarnations = IncarnationCache(dict(consumer_conf))
         if self.settings.repartition:
-            self.repartitioner = Repartitioner(consumer_conf, producer_conf, self.settings.metrics_kafka_topic,
+            # The repartition topic is consumed back, so it lives on the input (consumer) cluster.
+            repartition_producer = dict(producer_conf, **{"bootstrap.servers": consumer_conf["bootstrap.servers"]})
+            self.repartitioner = Repartitioner(consumer_conf, repartition_producer, self.settings.metrics_kafka_topic,
                                                self.settings.repartition_kafka_topic, self._on_kafka_error)
             self.repartitioner.start()
             log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",
@@ -223,14 +232,18 @@ class PensuService:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.metrics.ready.set(0)
 
-    def _ensure_topics(self, config: dict) -> None:
-        try:
-            ensure_topics(config, [self.settings.metrics_kafka_topic, self._input_topic(),
-                                   self.settings.reported_anomalies_kafka_topic,
-                                   self.settings.prediction_metrics_kafka_topic,
-                                   self.settings.anomalies_metrics_kafka_topic], timeout=10.0)
-        except Exception as exc:  # noqa: BLE001 - best effort; the loop survives missing topics and outages
-            log.warning("could not check topics at start (%s); continuing", exc)
+    def _ensure_topics(self, consumer_conf: dict, producer_conf: dict) -> None:
+        outputs = [self.settings.reported_anomalies_kafka_topic, self.settings.prediction_metrics_kafka_topic,
+                   self.settings.anomalies_metrics_kafka_topic]
+        inputs = [self.settings.metrics_kafka_topic, self._input_topic()]
+        same = consumer_conf.get("bootstrap.servers") == producer_conf.get("bootstrap.servers")
+        for config, topics in ([(producer_conf, inputs + outputs)] if same
+                               else [(consumer_conf, inputs), (producer_conf, outputs)]):
+            try:
+                ensure_topics(config, topics, timeout=10.0)
+            except Exception as exc:  # noqa: BLE001 - best effort; the loop survives missing topics and outages
+                log.warning("could not check topics on %s at start (%s); continuing",
+                            config.get("bootstrap.servers"), exc)
 
     def _input_topic(self) -> str:
         if self.settings.repartition:
@@ -262,7 +275,15 @@ class PensuService:
             self._broker_down = False
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             source = f"{topic}:{partition}"
-            result = self.pipeline.process(message.value(), source, offset)
+            previous = self._last_offset.get((topic, partition))
+            if previous is not None and offset <= previous:
+                # Offsets went backwards: the topic may have been deleted and recreated. Until its
+                # incarnation is looked up again, replays are judged by timestamp.
+                log.warning("offsets of %s went back from %d to %d; checking the topic's incarnation again",
+                            source, previous, offset)
+                self._incarnations.refresh(topic)
+            self._last_offset[(topic, partition)] = offset
+            result = self.pipeline.process(message.value(), source, offset, self._incarnations.get(topic))
             for metric in result.metrics:
                 self._source_of[metric] = source
                 self._last_batch[metric] = batch
@@ -329,7 +350,8 @@ class PensuService:
 
     def _periodic(self) -> None:
         now = time.monotonic()
-        if now - self._last_autosave >= self.settings.models_autosave_interval:
+        interval = self.settings.models_autosave_interval
+        if interval and now - self._last_autosave >= interval:
             self._last_autosave = now
             self.autosave()
         interval = self.settings.topics_report_interval
@@ -404,6 +426,7 @@ class PensuService:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
+            self._last_offset.pop((tp.topic, tp.partition), None)
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -449,6 +472,7 @@ class PensuService:
             self.consumer = None
             self.producer = None  # drop the client so it stops reconnecting to a gone cluster
             self.health.stop()
+            self._incarnations.close()
             if self._embedded is not None:
                 self._embedded.close()
 

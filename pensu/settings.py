@@ -40,6 +40,8 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 from pydantic_settings.exceptions import SettingsError
 
 from pensu.carbon import DEFAULT_NAME_TEMPLATE, validate_name_template
+from pensu.decision import (DEFAULT_LIKELIHOOD_THRESHOLD, DEFAULT_QUIET_SAMPLES, DEFAULT_SCORE_THRESHOLD,
+                            DEFAULT_SUPPRESSION_SAMPLES)
 from pensu.errors import ConfigurationError
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "PENSU_"
+EMBEDDED = "embedded"  # PENSU_KAFKA_BOOTSTRAP_SERVERS value asking for the in-process test broker
 ModelPreset = Literal["nab", "nupic", "small"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -106,8 +109,17 @@ class Settings(BaseSettings):
     # --- Kafka connection -------------------------------------------------------------
     kafka_bootstrap_servers: str | None = Field(
         None, validation_alias=AliasChoices("PENSU_KAFKA_BOOTSTRAP_SERVERS", "PENSU_KAFKA_SERVERS"),
-        description="Kafka bootstrap servers (host:port,...); also read from PENSU_KAFKA_SERVERS. "
-                    "Unset: run an embedded in-process mock cluster.",
+        description="Kafka bootstrap servers (host:port,...) of both clients; also read from PENSU_KAFKA_SERVERS. "
+                    "'embedded' runs an in-process test broker (librdkafka's mock cluster, data lost on exit). "
+                    "Required unless PENSU_KAFKA_CONSUMER_SERVER and PENSU_KAFKA_PRODUCER_SERVER are both set.",
+        json_schema_extra={"expected": "host:port[,host:port...] or 'embedded'"})
+    kafka_consumer_server: str | None = Field(
+        None, description="Bootstrap servers of the cluster the input topic is consumed from (the original "
+                          "Pensu's variable); overrides PENSU_KAFKA_BOOTSTRAP_SERVERS for the consumer.",
+        json_schema_extra={"expected": "host:port[,host:port...]"})
+    kafka_producer_server: str | None = Field(
+        None, description="Bootstrap servers of the cluster outputs are produced to (the original Pensu's "
+                          "variable); overrides PENSU_KAFKA_BOOTSTRAP_SERVERS for the producer.",
         json_schema_extra={"expected": "host:port[,host:port...]"})
     kafka_consumer_group_id: str = Field("pensu", min_length=1,
                                          description="Consumer group shared by all Pensu instances.")
@@ -119,8 +131,10 @@ class Settings(BaseSettings):
         "pensu-producer-{{#instance_id}}-{{#time_started}}", min_length=1,
         description="Producer client.id; {{#instance_id}} and {{#time_started}} are replaced.",
         json_schema_extra={"expected": "a string with only {{#instance_id}}/{{#time_started}} placeholders"})
-    kafka_session_timeout_ms: int = Field(45000, ge=1, le=3_600_000,
-                                          description="Consumer session.timeout.ms.")
+    kafka_session_timeout_ms: int = Field(
+        45000, ge=1, le=3_600_000,
+        validation_alias=AliasChoices("PENSU_KAFKA_SESSION_TIMEOUT_MS", "PENSU_KAFKA_CONSUMER_SESSION_TIMEOUT_MS"),
+        description="Consumer session.timeout.ms; also read from PENSU_KAFKA_CONSUMER_SESSION_TIMEOUT_MS.")
     kafka_security_protocol: str | None = Field(
         None, description="security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.",
         json_schema_extra={"expected": "one of " + ", ".join(_SECURITY_PROTOCOLS)})
@@ -160,11 +174,25 @@ class Settings(BaseSettings):
     allowed_to_work_on_metrics: str = Field(
         ".*", description="Regex of metrics to model, matched at the start of the name (re.match).",
         json_schema_extra={"expected": "a Python regular expression"})
-    anomaly_score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum raw anomaly score to report.")
-    anomaly_likelihood_threshold: float = Field(0.99999, ge=0, le=1,
-                                                description="Minimum anomaly likelihood to report.")
-    minimum_confidence_for_reporting: float = Field(0.0, ge=0, le=1,
-                                                    description="Minimum prediction confidence to report.")
+    anomaly_score_threshold: float = Field(
+        DEFAULT_SCORE_THRESHOLD, ge=0, le=1,
+        description="Minimum raw anomaly score of a temporal-surprise sample (0: off); values outside "
+                    "the range seen pass regardless. README: Decision rule.")
+    anomaly_likelihood_threshold: float = Field(
+        DEFAULT_LIKELIHOOD_THRESHOLD, ge=0, le=1,
+        description="Minimum anomaly likelihood (raw units), applied to the final score as its log-scale "
+                    "equivalent (0.99999 = final score 0.5).")
+    minimum_confidence_for_reporting: float = Field(
+        0.0, ge=0, le=1, description="Minimum confidence of the prediction made for a sample to count it "
+                                     "anomalous.")
+    # --- anomaly episodes (pensu.decision) ---
+    episode_quiet_samples: int = Field(
+        DEFAULT_QUIET_SAMPLES, ge=0, le=1_000_000,
+        description="Consecutive normal samples that resolve an anomaly episode; 0: no episodes, every "
+                    "anomalous sample is reported.")
+    episode_suppression_samples: int = Field(
+        DEFAULT_SUPPRESSION_SAMPLES, ge=0, le=1_000_000,
+        description="Samples after an episode resolves during which no new episode opens.")
     prediction_steps: int = Field(1, ge=1, le=100, description="How many samples ahead to predict.")
     anomaly_model_preset: ModelPreset = Field("nab", description="HTM parameter preset of the anomaly model.")
     prediction_model_preset: ModelPreset = Field("nab",
@@ -181,8 +209,10 @@ class Settings(BaseSettings):
                                                  "beyond it (at least PENSU_MAX_ALLOWED_MODELS).")
     models_dir: Path = Field(Path("models"), description="Directory of model checkpoints.",
                              json_schema_extra={"expected": "a directory path"})
-    models_autosave_interval: float = Field(300.0, gt=0, allow_inf_nan=False,
-                                            description="Seconds between checkpoints of changed models.")
+    models_autosave_interval: float = Field(300.0, ge=0, allow_inf_nan=False,
+                                            description="Seconds between checkpoints of changed models; 0 disables "
+                                                        "the periodic save (eviction, hand-over and shutdown "
+                                                        "still save).")
     metric_ranges: Annotated[dict[str, tuple[float, float]], NoDecode] = Field(
         default_factory=dict,
         description='JSON {"regex": [min, max]}: fixed encoder range for matching metrics (first match wins).',
@@ -198,8 +228,10 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics; 0 disables.")
     logging_format: str = Field(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
-        description="Python logging format, or 'json' for one JSON object per line.",
-        json_schema_extra={"expected": "'json' or a logging format with %(...)s fields"})
+        description="Python logging format, or 'json' for one JSON object per line, or the original Pensu's "
+                    "'key=%s;key=%s' form (keys timestamp, module, method, severity, state, metric, "
+                    "exception_msg, exception_type, message; others stay empty).",
+        json_schema_extra={"expected": "'json', a logging format with %(...)s fields, or 'key=%s;...'"})
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1,
                              description="Name of this instance in client ids and reports.",
@@ -231,7 +263,7 @@ class Settings(BaseSettings):
             raise ValueError("not a legal topic name")
         return value
 
-    @field_validator("kafka_bootstrap_servers")
+    @field_validator("kafka_bootstrap_servers", "kafka_consumer_server", "kafka_producer_server")
     @classmethod
     def _check_servers(cls, value: str | None) -> str | None:
         if value is not None and any(not item.strip() or len(item.strip().split()) != 1
@@ -287,7 +319,7 @@ class Settings(BaseSettings):
     @field_validator("logging_format")
     @classmethod
     def _check_format(cls, value: str) -> str:
-        if value != "json":
+        if value != "json" and not is_legacy_logging_format(value):
             try:
                 logging.Formatter(value, validate=True)
             except ValueError as exc:
@@ -321,6 +353,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_together(self) -> Settings:
         self._kafka_options, self._kafka_option_vars, problems = _collect_options(_source_env())
+        problems += _librdkafka_problems(self._kafka_options, self._kafka_option_vars)
+        if self.kafka_bootstrap_servers == EMBEDDED and (self.kafka_consumer_server or self.kafka_producer_server):
+            problems.append("PENSU_KAFKA_BOOTSTRAP_SERVERS: expected host:port[,host:port...] when "
+                            "PENSU_KAFKA_CONSUMER_SERVER or PENSU_KAFKA_PRODUCER_SERVER is set, got 'embedded'")
         if self.max_tracked_metrics < self.max_allowed_models:
             # Fewer checkpoints than resident models would delete swapped-out models' state.
             problems.insert(0, f"PENSU_MAX_TRACKED_METRICS: expected an integer >= PENSU_MAX_ALLOWED_MODELS "
@@ -330,10 +366,40 @@ class Settings(BaseSettings):
         return self
 
     # --- librdkafka configurations -----------------------------------------------------------
-    def _common_config(self, client_id_template: str, instance_id: str, time_started: str) -> dict[str, Any]:
+    @property
+    def embedded_broker(self) -> bool:
+        """True when PENSU_KAFKA_BOOTSTRAP_SERVERS=embedded asks for the in-process test broker."""
+        return self.kafka_bootstrap_servers == EMBEDDED
+
+    def consumer_servers(self) -> str | None:
+        """Bootstrap servers of the consumer (None: not configured, or the embedded broker)."""
+        return self.kafka_consumer_server or (None if self.embedded_broker else self.kafka_bootstrap_servers)
+
+    def producer_servers(self) -> str | None:
+        """Bootstrap servers of the producer (None: not configured, or the embedded broker)."""
+        return self.kafka_producer_server or (None if self.embedded_broker else self.kafka_bootstrap_servers)
+
+    def missing_broker_problem(self) -> str | None:
+        """The one-line message `pensu run` stops with when no cluster is configured, else None."""
+        if self.embedded_broker:
+            return None
+        missing = [name for name, servers in (("PENSU_KAFKA_CONSUMER_SERVER", self.consumer_servers()),
+                                              ("PENSU_KAFKA_PRODUCER_SERVER", self.producer_servers()))
+                   if not servers]
+        if not missing:
+            return None
+        if len(missing) == 2:
+            return ("no Kafka cluster configured: set PENSU_KAFKA_BOOTSTRAP_SERVERS=host:port (or "
+                    "PENSU_KAFKA_CONSUMER_SERVER and PENSU_KAFKA_PRODUCER_SERVER), or "
+                    "PENSU_KAFKA_BOOTSTRAP_SERVERS=embedded for an in-process test broker")
+        return (f"{missing[0]}: expected host:port[,host:port...] (or set PENSU_KAFKA_BOOTSTRAP_SERVERS), "
+                f"got nothing")
+
+    def _common_config(self, client_id_template: str, instance_id: str, time_started: str,
+                       servers: str | None = None) -> dict[str, Any]:
         conf: dict[str, Any] = {"client.id": render_client_id(client_id_template, instance_id, time_started)}
-        if self.kafka_bootstrap_servers:
-            conf["bootstrap.servers"] = self.kafka_bootstrap_servers
+        if servers:
+            conf["bootstrap.servers"] = servers
         conf.update(self._security_config())
         conf.update(self._kafka_options.get("both", {}))
         return conf
@@ -354,7 +420,8 @@ class Settings(BaseSettings):
 
     def consumer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
         """librdkafka consumer configuration: typed settings, security, then pass-through options."""
-        conf = self._common_config(self.kafka_consumer_client_id, instance_id, time_started)
+        conf = self._common_config(self.kafka_consumer_client_id, instance_id, time_started,
+                                   self.consumer_servers())
         conf.update({
             "group.id": self.kafka_consumer_group_id,
             "session.timeout.ms": self.kafka_session_timeout_ms,
@@ -368,7 +435,8 @@ class Settings(BaseSettings):
 
     def producer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
         """librdkafka producer configuration: typed settings, security, then pass-through options."""
-        conf = self._common_config(self.kafka_producer_client_id, instance_id, time_started)
+        conf = self._common_config(self.kafka_producer_client_id, instance_id, time_started,
+                                   self.producer_servers())
         conf.update(self._kafka_options.get("producer", {}))
         return conf
 
@@ -379,11 +447,14 @@ class Settings(BaseSettings):
 
 # librdkafka options owned by a typed setting (or fixed by the service) -> who owns them.
 _RESERVED_OPTIONS: dict[str, str] = {
-    "bootstrap.servers": "use PENSU_KAFKA_BOOTSTRAP_SERVERS",
+    "bootstrap.servers": "use PENSU_KAFKA_BOOTSTRAP_SERVERS or PENSU_KAFKA_CONSUMER_SERVER / "
+                         "PENSU_KAFKA_PRODUCER_SERVER",
     "metadata.broker.list": "use PENSU_KAFKA_BOOTSTRAP_SERVERS",
+    "logger": "Pensu routes librdkafka's logs to its own logging",
     "group.id": "use PENSU_KAFKA_CONSUMER_GROUP_ID",
     "client.id": "use PENSU_KAFKA_CONSUMER_CLIENT_ID / PENSU_KAFKA_PRODUCER_CLIENT_ID",
     "session.timeout.ms": "use PENSU_KAFKA_SESSION_TIMEOUT_MS",
+    "log.queue": "Pensu routes librdkafka's logs to its own logging",
     "security.protocol": "use PENSU_KAFKA_SECURITY_PROTOCOL",
     "sasl.mechanism": "use PENSU_KAFKA_SASL_MECHANISM",
     "sasl.mechanisms": "use PENSU_KAFKA_SASL_MECHANISM",
@@ -395,6 +466,66 @@ _RESERVED_OPTIONS: dict[str, str] = {
     "ssl.key.password": "use PENSU_KAFKA_SSL_KEY_PASSWORD",
     "enable.auto.commit": "Pensu commits offsets itself, after outputs are delivered",
 }
+
+
+# Variables of the original Pensu that have no setting here: accepted (never "typos"), each
+# with a one-line deprecation warning saying what replaces it. Their values are not used.
+DEPRECATED_VARIABLES: dict[str, str] = {
+    "PENSU_ANOMALYCALC_FILENAME": "has no effect: each metric's anomaly-likelihood state is saved inside its "
+                                  "checkpoint under PENSU_MODELS_DIR",
+    "PENSU_LOG_MINIMUM_SEVERITY": "has no effect: use PENSU_LOG_LEVEL (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
+    "PENSU_LOG_TO_CONSOLE": "has no effect: logs always go to stderr (format: PENSU_LOGGING_FORMAT)",
+    "PENSU_LOG_TO_SYSLOG": "has no effect: Pensu logs to stderr only; forward it with your log collector",
+}
+# Kafka brokers refuse session timeouts below group.min.session.timeout.ms (6000 by default).
+BROKER_MIN_SESSION_TIMEOUT_MS = 6000
+
+
+def deprecation_warnings(env: Mapping[str, str] | None = None, settings: "Settings | None" = None) -> list[str]:
+    """One line per deprecated or doubtful variable that is set in `env` (default: os.environ)."""
+    source = os.environ if env is None else env
+    upper = {k.upper(): v for k, v in source.items()}
+    lines = [f"{name} is deprecated and {why}" for name, why in DEPRECATED_VARIABLES.items() if name in upper]
+    if settings is not None and settings.kafka_session_timeout_ms < BROKER_MIN_SESSION_TIMEOUT_MS:
+        lines.append(f"{_variable_used('kafka_session_timeout_ms', source)}={settings.kafka_session_timeout_ms} is "
+                     f"below Kafka's default group.min.session.timeout.ms ({BROKER_MIN_SESSION_TIMEOUT_MS}): the "
+                     f"broker may refuse to let the consumer join")
+    return lines
+
+
+def is_legacy_logging_format(fmt: str) -> bool:
+    """True for the original Pensu's positional 'key=%s;key=%s' logging format."""
+    return "%s" in fmt and "%(" not in fmt
+
+
+def _librdkafka_problems(options: dict[str, dict[str, str]], variables: dict[str, str]) -> list[str]:
+    """Ask librdkafka itself about each pass-through option (unknown names, bad values)."""
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    by_option: dict[tuple[str, str], str] = {}
+    for var in variables:
+        found = _option_scope(var)
+        if found is not None:
+            by_option[found] = var
+    problems = []
+    for scope, scoped in options.items():
+        for option, value in scoped.items():
+            var = by_option.get((scope, option), option)
+            # A client is only configured here, never connected or polled (its log lines are never served).
+            conf: dict[str, Any] = {"logger": _QUIET_LOGGER, option: value}
+            try:
+                if scope == "consumer":
+                    Consumer({"group.id": "pensu-settings-check", **conf}).close()
+                else:
+                    Producer(conf)
+            except (KafkaException, ValueError, TypeError) as exc:
+                err = exc.args[0] if exc.args else exc
+                reason = " ".join((err.str() if hasattr(err, "str") else str(err)).split())
+                problems.append(f"{var}: librdkafka refused {option}={value!r} ({reason})")
+    return problems
+
+
+_QUIET_LOGGER = logging.getLogger("pensu.settings.librdkafka_check")
 
 
 def _option_scope(name: str) -> tuple[str, str] | None:
@@ -593,7 +724,7 @@ def known_variables() -> set[str]:
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
     """PENSU_* variables that are neither settings nor pass-through options (likely typos)."""
     source = os.environ if env is None else env
-    known = known_variables() | TOOL_VARIABLES
+    known = known_variables() | TOOL_VARIABLES | set(DEPRECATED_VARIABLES)
     unknown = []
     for name in source:
         upper = name.upper()

@@ -111,3 +111,48 @@ class RateLimitedLog:
         else:
             self.logger.log(level, msg, *args)
         return True
+
+
+LIBRDKAFKA_LOG_INTERVAL_S = 30.0  # per facility (FAIL, REQTMOUT, ...): one line, then a count
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets one record per key through every `min_interval_s`; the next one says how many were dropped.
+
+    The key is the record's first argument when it has one (librdkafka's facility, e.g. FAIL),
+    else its message template, so one noisy kind of line cannot hide the others.
+    """
+
+    def __init__(self, min_interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for records inside their key's quiet interval."""
+        args = record.args if isinstance(record.args, tuple) else ()
+        key = str(args[0]) if args else str(record.msg)
+        with self._lock:
+            now = self.clock()
+            last = self._last.get(key)
+            if last is not None and now - last < self.min_interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            record.msg = f"{record.msg} (%d similar messages suppressed)"
+            record.args = (*args, suppressed)
+        return True
+
+
+def librdkafka_logger(name: str = "pensu.kafka.librdkafka",
+                      min_interval_s: float = LIBRDKAFKA_LOG_INTERVAL_S) -> logging.Logger:
+    """The logger handed to librdkafka clients (`logger` config key): rate-limited per facility."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
+        logger.addFilter(RateLimitFilter(min_interval_s))
+    return logger

@@ -13,6 +13,8 @@ from tests.support import INTERVAL, START_TS, fast_config, series
 
 NEVER = Thresholds(anomaly_score=1.01, anomaly_likelihood=1.01, minimum_confidence=0.0)
 ALWAYS = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.0)
+# Every modelled sample anomalous and, without episodes, every one reported.
+EVERY = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.0, quiet_samples=0)
 
 
 def run(analyzer: MetricAnalyzer, samples: list[tuple[float, float]]) -> list:
@@ -40,9 +42,13 @@ def test_thresholds_gate_reports() -> None:
     samples = series(150)
     never = run(MetricAnalyzer("m", fast_config(NEVER)), samples)
     always = run(MetricAnalyzer("m", fast_config(ALWAYS)), samples)
-    assert not any(a.reported for a in never)
-    # With zero thresholds every modelled sample is reported; warm-up samples never are.
-    assert all(a.reported == (not a.warming_up) for a in always)
+    assert not any(a.reported or a.anomalous for a in never)
+    # With zero thresholds every modelled sample is anomalous; warm-up samples never are. They
+    # form one episode that never resolves: one report.
+    assert all(a.anomalous == (not a.warming_up) for a in always)
+    assert [a.event.event for a in always if a.event] == ["opened"] and sum(a.reported for a in always) == 1
+    every = run(MetricAnalyzer("m", fast_config(EVERY)), samples)
+    assert all(a.reported == (not a.warming_up) for a in every)  # quiet_samples=0: every one reported
     # Thresholds do not change what the models compute.
     assert [a.anomaly_score for a in never] == [a.anomaly_score for a in always]
 
@@ -50,12 +56,12 @@ def test_thresholds_gate_reports() -> None:
 def test_minimum_confidence_blocks_unconfident_reports() -> None:
     strict = Thresholds(anomaly_score=0.0, anomaly_likelihood=0.0, minimum_confidence=0.999999)
     out = run(MetricAnalyzer("m", fast_config(strict)), series(150))
-    assert all(a.reported == (not a.warming_up and a.prediction_confidence >= 0.999999) for a in out)
-    assert not all(a.reported for a in out if not a.warming_up)
+    assert all(a.anomalous == (not a.warming_up and a.prediction_confidence >= 0.999999) for a in out)
+    assert not all(a.anomalous for a in out if not a.warming_up)
 
 
 def test_direction_follows_the_prediction_made_for_the_sample() -> None:
-    out = run(MetricAnalyzer("m", fast_config(ALWAYS)), series(200))
+    out = run(MetricAnalyzer("m", fast_config(EVERY)), series(200))
     checked = 0
     for prev, a in zip(out, out[1:]):
         if not a.reported:
@@ -66,20 +72,6 @@ def test_direction_follows_the_prediction_made_for_the_sample() -> None:
         assert a.direction == expected
         checked += a.predicted_value is not None
     assert checked > 50  # the prediction model produced predictions for most samples
-
-
-def test_spike_after_learning_is_reported_upwards() -> None:
-    # Service defaults except the raw-score threshold: a spike's raw score is the share of its
-    # active columns not predicted, and the date bits keep a seed-dependent part of them
-    # predicted (0.3-0.7 measured across seeds), so 0.5 would test the seed, not the rule.
-    thresholds = Thresholds(anomaly_score=0.25)
-    analyzer = MetricAnalyzer("m", fast_config(thresholds))
-    out = run(analyzer, series(400))
-    assert sum(a.reported for a in out[200:]) <= 2  # a learned periodic signal is quiet
-    spike = analyzer.process(START_TS + INTERVAL * 400, 1000.0)
-    assert spike.spatial_anomaly and spike.anomaly_likelihood == 1.0
-    assert spike.reported and spike.direction == 1
-    assert spike.anomaly_score >= 0.25
 
 
 def test_forecast_timestamp_uses_observed_interval_and_steps() -> None:
@@ -191,3 +183,70 @@ def test_different_presets_keep_two_models() -> None:
     assert [dataclasses.astuple(restored.process(ts, v)) for ts, v in series(20, start=40)] == \
         [dataclasses.astuple(analyzer.process(ts, v)) for ts, v in series(20, start=40)]
     assert out[-1].forecast is not None
+
+
+# --- Anomaly episodes with the service's default thresholds ---------------------------------------
+
+@pytest.mark.parametrize("outlier, direction", [(1000.0, 1), (-1000.0, -1)], ids=["spike", "dip"])
+def test_out_of_range_spike_or_dip_on_a_learned_series_is_one_episode(outlier: float, direction: int) -> None:
+    config = fast_config(Thresholds())  # the defaults: final-score gate 0.5, raw gate off
+    analyzer = MetricAnalyzer("m", config)
+    learned = run(analyzer, series(400))
+    assert not analyzer.decision.in_episode and not any(a.reported for a in learned[-100:])
+    after = series(60, start=401)
+    out = run(analyzer, [(START_TS + INTERVAL * 400, outlier)] + after)
+    hit = out[0]
+    assert hit.spatial_anomaly and hit.final_score == 1.0
+    assert hit.reported and hit.direction == direction and hit.event.event == "opened"
+    assert hit.event.reason in ("out_of_range", "both") and hit.event.severity == 1.0
+    low, high = hit.event.expected_range  # the prediction for the sample ± the recent error level
+    assert low < high and (low + high) / 2 == pytest.approx(hit.predicted_value) and not low <= outlier <= high
+    # One report for the episode, then one resolved record once the quiet period has passed.
+    quiet = config.thresholds.quiet_samples
+    events = [(i, a.event.event) for i, a in enumerate(out) if a.event is not None]
+    assert events[:2] == [(0, "opened"), (events[1][0], "resolved")]
+    assert events[1][0] >= quiet and sum(a.reported for a in out) == len([e for e in events if e[1] == "opened"])
+    resolved = out[events[1][0]].event
+    assert resolved.episode_id == hit.event.episode_id == f"m@{int(START_TS + INTERVAL * 400)}"
+    assert resolved.severity == 1.0
+
+
+def test_original_raw_score_gate_no_longer_hides_an_out_of_range_spike() -> None:
+    # 0.5 was the original default: a spike on a learned series has a raw score below it.
+    analyzer = MetricAnalyzer("m", fast_config(Thresholds(anomaly_score=0.5)))
+    run(analyzer, series(400))
+    spike = analyzer.process(START_TS + INTERVAL * 400, 1000.0)
+    assert spike.anomaly_score < 0.5 and spike.reported and spike.event.reason == "out_of_range"
+
+
+def test_round_trip_inside_an_episode_resolves_as_uninterrupted() -> None:
+    samples = series(300) + [(START_TS + INTERVAL * 300, 1000.0)] + series(30, start=301)
+    expected = run(MetricAnalyzer("m", fast_config()), samples)
+    first = MetricAnalyzer("m", fast_config())
+    run(first, samples[:303])
+    assert first.decision.in_episode
+    restored = MetricAnalyzer.from_bytes(first.to_bytes(), Thresholds(), expected_metric="m")
+    resumed = run(restored, samples[303:])
+    assert [dataclasses.astuple(a) for a in resumed] == [dataclasses.astuple(a) for a in expected[303:]]
+    assert any(a.event is not None and a.event.event == "resolved" for a in resumed)
+
+
+def test_version_1_checkpoints_restore_with_no_episode_open() -> None:
+    samples = series(300) + [(START_TS + INTERVAL * 300, 1000.0)] + series(30, start=301)
+    reference = MetricAnalyzer("m", fast_config())
+    expected = run(reference, samples)
+    first = MetricAnalyzer("m", fast_config())
+    run(first, samples[:303])
+    envelope = msgpack.unpackb(first.to_bytes(), raw=False, strict_map_key=False)
+    assert envelope["version"] == 2
+    del envelope["analyzer"]["decision"]
+    with pytest.raises(CorruptData):  # version 2 must carry the decision state
+        MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), Thresholds())
+    envelope["version"] = 1
+    restored = MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), Thresholds())
+    assert not restored.decision.in_episode
+    resumed = run(restored, samples[303:])
+    # The models continue exactly; only the episode (unknown to version 1) is gone.
+    assert [(a.anomaly_score, a.final_score, a.forecast) for a in resumed] == \
+        [(a.anomaly_score, a.final_score, a.forecast) for a in expected[303:]]
+    assert not any(a.event is not None and a.event.event == "resolved" for a in resumed)

@@ -375,3 +375,51 @@ def test_http_port_in_use_releases_ping_port(status: MutableStatus) -> None:
         with pytest.raises(ConfigurationError, match=f"HTTP on {HOST}:{http_port}"):
             srv.start()
         assert_refused((HOST, ping_port))   # the ping server that did bind was closed again
+
+
+# --- issue #11: what users of the original Pensu probe ------------------------------------------
+
+def _info() -> dict[str, object]:
+    return {"instance_id": "pensu-7", "service_specific_info": {"samples_processed": 42}}
+
+
+@pytest.mark.parametrize("line", [b"PING\n", b"Ping\r\n", b"ping\n"])
+def test_ping_is_case_insensitive(server: HealthServer, line: bytes) -> None:
+    host, port = server.ping_address
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(line)
+        assert sock.recv(64) == b"pong\n"
+
+
+def test_http_get_ping_on_the_ping_port_answers_pong_with_counters(status: MutableStatus) -> None:
+    import json
+
+    srv = make_server(status, info=_info)
+    srv.start()
+    try:
+        host, port = srv.ping_address
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", "/ping")
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 200 and resp.version == 11
+        assert body["response"] == "PONG"
+        assert body["instance_id"] == "pensu-7" and body["service_specific_info"]["samples_processed"] == 42
+        conn.close()
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", "/nothing")
+        assert conn.getresponse().status == 404
+        conn.close()
+        # ... and the same answer on the HTTP port
+        http_host, http_port = srv.http_address  # type: ignore[misc]
+        conn = http.client.HTTPConnection(http_host, http_port, timeout=5)
+        conn.request("GET", "/ping")
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["response"] == "PONG"
+        conn.close()
+        # the line protocol still works on the ping port
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"ping\n")
+            assert sock.recv(64) == b"pong\n"
+    finally:
+        srv.stop()

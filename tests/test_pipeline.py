@@ -54,7 +54,9 @@ def test_multi_line_message_produces_all_outputs_keyed_by_metric(tmp_path: Path)
     assert len(reports) == counts["reported"] > 0
     assert set(reports[0]) == {"metric", "timestamp", "value", "predicted_value", "prediction_confidence",
                                "anomaly_score", "anomaly_likelihood", "direction", "thresholds",
-                               "model_age", "pensu_instance"}
+                               "model_age", "pensu_instance", "event", "episode_id", "episode_opened_at",
+                               "severity", "reason", "expected_range", "episode_samples", "anomalous_samples"}
+    assert reports[0]["event"] == "opened" and reports[0]["episode_id"].startswith("a.b@")
     assert reports[0]["pensu_instance"] == "test-instance" and reports[0]["metric"] == "a.b"
 
 
@@ -118,3 +120,28 @@ def test_reports_follow_thresholds(tmp_path: Path) -> None:
     pipeline, counts = make_pipeline(tmp_path, thresholds=never)
     result = pipeline.process(lines("m", series(80)), "metrics:0", 0)
     assert not [r for r in result.records if r.topic == "reports"] and counts["reported"] == 0
+
+
+def test_an_episode_sends_one_report_then_a_resolved_record(tmp_path: Path) -> None:
+    pipeline, counts = make_pipeline(tmp_path, thresholds=Thresholds(quiet_samples=3))
+    samples = series(300)
+    spike_ts = samples[250][0]
+    samples[250] = (spike_ts, 1000.0)
+    result = pipeline.process(lines("web.latency", samples), "metrics:0", 0)
+    reports = [json.loads(r.value) for r in result.records if r.topic == "reports"]
+    assert all(r.key == b"web.latency" for r in result.records if r.topic == "reports")
+    at_spike = [r for r in reports if r["episode_id"] == f"web.latency@{int(spike_ts)}"]
+    assert [r["event"] for r in at_spike] == ["opened", "resolved"]
+    opened, resolved = at_spike
+    assert opened["timestamp"] == spike_ts and opened["value"] == 1000.0 and opened["direction"] == 1
+    assert opened["reason"] in ("out_of_range", "both") and opened["severity"] == 1.0
+    low, high = opened["expected_range"]
+    assert low < opened["predicted_value"] < high < 1000.0
+    assert resolved["timestamp"] > spike_ts and resolved["direction"] == 0 and resolved["severity"] == 1.0
+    assert resolved["episode_opened_at"] == spike_ts and resolved["episode_samples"] >= 4
+    assert counts["reported"] == sum(r["event"] == "opened" for r in reports)
+    # The carbon direction line is non-zero exactly on the samples that opened an episode.
+    direction = output_metric_name(DEFAULT_NAME_TEMPLATE, "anomaly_direction", "web.latency")
+    moved = [parse_line(r.value.rstrip(b"\n")) for r in result.records if r.topic == "anom"]
+    assert sorted(s.timestamp for s in moved if s.metric == direction and s.value != 0) == \
+        sorted(r["timestamp"] for r in reports if r["event"] == "opened")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import socket
@@ -179,3 +180,39 @@ def test_sigterm_saves_state_and_exits_zero(kafka: KafkaCluster, tmp_path: Path)
     assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
     loaded = LocalCheckpointStore(models).load("x.y")
     assert loaded is not None and loaded[0].sample_count == 40
+
+
+def test_replay_reports_exactly_what_the_service_sends(kafka: KafkaCluster, tmp_path: Path) -> None:
+    """`pensu replay` under the service's environment marks `reported` on exactly the samples the
+    service sent an `opened` report for, and `resolved` where the service resolved the episode."""
+    from pensu.replay import run_replay
+
+    env = service_env(kafka, tmp_path / "models", PENSU_EPISODE_QUIET_SAMPLES="5")
+    samples = series(500)
+    samples[300] = (samples[300][0], 1000.0)  # a spike on the learned series
+    samples[420] = (samples[420][0], -1000.0)  # a dip
+    with ServiceThread(env) as running:
+        settings = running.settings
+        expected = expected_records(settings, "web.latency", samples)
+        produce_lines(kafka, settings.metrics_kafka_topic, {"web.latency": samples}, batch=50)
+        msgs = kafka.consume_all(output_topics(settings), expected=len(expected))
+    reports = [json.loads(m.value()) for m in msgs if m.topic() == settings.anomalies_metrics_kafka_topic]
+    assert all(m.key() == b"web.latency" for m in msgs if m.topic() == settings.anomalies_metrics_kafka_topic)
+    sent = [(r["timestamp"], r["event"], r["episode_id"]) for r in reports]
+    assert (samples[300][0], "opened", f"web.latency@{int(samples[300][0])}") in sent
+    assert (samples[420][0], "opened", f"web.latency@{int(samples[420][0])}") in sent
+    opened = {r["episode_id"] for r in reports if r["event"] == "opened"}
+    assert opened <= {r["episode_id"] for r in reports if r["event"] == "resolved"} | {reports[-1]["episode_id"]}
+
+    csv_in, csv_out = tmp_path / "in.csv", tmp_path / "out.csv"
+    csv_in.write_text("timestamp,value\n" + "".join(f"{int(ts)},{v!r}\n" for ts, v in samples))
+    assert run_replay(csv_in, csv_out, metric="web.latency", env=env) == 0
+    with csv_out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    replayed = [(float(r["timestamp"]), r["event"], f"web.latency@{r['timestamp']}") for r in rows if r["event"]]
+    # Record for record: the same samples, the same events, in the same order (episode ids name
+    # the opening sample, so the resolved records' ids are compared through the service's).
+    assert [(ts, ev) for ts, ev, _ in sent] == [(ts, ev) for ts, ev, _ in replayed]
+    assert [s[2] for s in sent if s[1] == "opened"] == [r[2] for r in replayed if r[1] == "opened"]
+    assert [float(r["timestamp"]) for r in rows if r["reported"] == "1"] == \
+        [r["timestamp"] for r in reports if r["event"] == "opened"]

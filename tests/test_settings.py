@@ -25,6 +25,8 @@ from pensu.settings import (
 
 EXPECTED_DEFAULTS: dict[str, Any] = {
     "kafka_bootstrap_servers": None,
+    "kafka_consumer_server": None,
+    "kafka_producer_server": None,
     "kafka_consumer_group_id": "pensu",
     "kafka_consumer_client_id": "pensu-consumer-{{#instance_id}}-{{#time_started}}",
     "kafka_producer_client_id": "pensu-producer-{{#instance_id}}-{{#time_started}}",
@@ -48,9 +50,11 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "repartition_kafka_topic": "pensu.internal.repartition",
     "metric_names_template": DEFAULT_NAME_TEMPLATE,
     "allowed_to_work_on_metrics": ".*",
-    "anomaly_score_threshold": 0.5,
+    "anomaly_score_threshold": 0.0,
     "anomaly_likelihood_threshold": 0.99999,
     "minimum_confidence_for_reporting": 0.0,
+    "episode_quiet_samples": 10,
+    "episode_suppression_samples": 0,
     "prediction_steps": 1,
     "anomaly_model_preset": "nab",
     "prediction_model_preset": "nab",
@@ -73,6 +77,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
 # field -> (environment text, parsed value); every field must appear here.
 ENV_VALUES: dict[str, tuple[str, Any]] = {
     "kafka_bootstrap_servers": ("k1:9092,k2:9092", "k1:9092,k2:9092"),
+    "kafka_consumer_server": ("in1:9092,in2:9092", "in1:9092,in2:9092"),
+    "kafka_producer_server": ("out:9092", "out:9092"),
     "kafka_consumer_group_id": ("group-7", "group-7"),
     "kafka_consumer_client_id": ("c-{{#instance_id}}", "c-{{#instance_id}}"),
     "kafka_producer_client_id": ("p-{{#time_started}}", "p-{{#time_started}}"),
@@ -99,6 +105,8 @@ ENV_VALUES: dict[str, tuple[str, Any]] = {
     "anomaly_score_threshold": ("0.25", 0.25),
     "anomaly_likelihood_threshold": ("0.9", 0.9),
     "minimum_confidence_for_reporting": ("1", 1.0),
+    "episode_quiet_samples": ("0", 0),
+    "episode_suppression_samples": ("288", 288),
     "prediction_steps": ("100", 100),
     "anomaly_model_preset": ("small", "small"),
     "prediction_model_preset": ("nupic", "nupic"),
@@ -192,14 +200,14 @@ def test_original_kafka_servers_alias() -> None:
         ("PENSU_ANOMALY_MODEL_PRESET", "huge", "PENSU_ANOMALY_MODEL_PRESET: expected one of nab, nupic, small"),
         ("PENSU_PREDICTION_MODEL_PRESET", "NAB ", "PENSU_PREDICTION_MODEL_PRESET"),
         ("PENSU_MAX_ALLOWED_MODELS", "0", "PENSU_MAX_ALLOWED_MODELS: expected an integer >= 1"),
-        ("PENSU_MODELS_AUTOSAVE_INTERVAL", "0", "PENSU_MODELS_AUTOSAVE_INTERVAL: expected a number > 0"),
+        ("PENSU_MODELS_AUTOSAVE_INTERVAL", "-1", "PENSU_MODELS_AUTOSAVE_INTERVAL: expected a number >= 0"),
         ("PENSU_TOPICS_REPORT_INTERVAL", "-1", "PENSU_TOPICS_REPORT_INTERVAL: expected a number >= 0"),
         ("PENSU_MIN_SECONDS_BETWEEN_OVER_QUOTA_LOG_MSG", "soon", "PENSU_MIN_SECONDS_BETWEEN_OVER_QUOTA_LOG_MSG"),
         ("PENSU_WARMUP_SAMPLES", "0", "PENSU_WARMUP_SAMPLES: expected an integer >= 1"),
         ("PENSU_KAFKA_SESSION_TIMEOUT_MS", "1e3", "PENSU_KAFKA_SESSION_TIMEOUT_MS: expected an integer"),
         ("PENSU_REPARTITION", "maybe", "PENSU_REPARTITION: expected true or false, got 'maybe'"),
         ("PENSU_LOG_LEVEL", "loud", "PENSU_LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
-        ("PENSU_LOGGING_FORMAT", "plain text", "PENSU_LOGGING_FORMAT: expected 'json' or a logging format"),
+        ("PENSU_LOGGING_FORMAT", "plain text", "PENSU_LOGGING_FORMAT: expected 'json', a logging format"),
         ("PENSU_METRIC_NAMES_TEMPLATE", "pensu.static", "PENSU_METRIC_NAMES_TEMPLATE: expected"),
         ("PENSU_METRIC_NAMES_TEMPLATE", "bad name.{{#anomaly_metric}}", "PENSU_METRIC_NAMES_TEMPLATE"),
         ("PENSU_ALLOWED_TO_WORK_ON_METRICS", "web(", "PENSU_ALLOWED_TO_WORK_ON_METRICS: expected a Python regular"),
@@ -375,8 +383,8 @@ def test_allowed_metrics_pattern_compiles_as_given() -> None:
 
 
 def test_unknown_variables_are_reported_not_fatal() -> None:
-    env = {"PENSU_HTTP_PROT": "81", "PENSU_KAFKA_OPT_SOCKET_TIMEOUT_MS": "1", "PENSU_KAFKA_SERVERS": "k:1",
-           "PENSU_KAFKA_CONSUMER_OPT_X": "1", "PENSU_PING_LISTEN_PORT": "81", "HOME": "/root",
+    env = {"PENSU_HTTP_PROT": "81", "PENSU_KAFKA_OPT_SOCKET_TIMEOUT_MS": "1000", "PENSU_KAFKA_SERVERS": "k:1",
+           "PENSU_KAFKA_CONSUMER_OPT_CHECK_CRCS": "true", "PENSU_PING_LISTEN_PORT": "81", "HOME": "/root",
            "PENSU_MAX_ALLOWED_MODEL": "5", "pensu_models_dir": "/m", "PENSU_TEST_KAFKA_BOOTSTRAP": "k:1"}
     assert unknown_variables(env) == ["PENSU_HTTP_PROT", "PENSU_MAX_ALLOWED_MODEL"]
     s = load_settings(env)  # typos do not stop start-up

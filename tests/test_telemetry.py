@@ -140,3 +140,24 @@ def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
         (logging.WARNING, "over quota: d (2 similar messages suppressed)"),
         (logging.INFO, "over quota: e"),
     ]
+
+
+def test_rate_limit_filter_limits_per_facility_and_counts_the_dropped() -> None:
+    import logging as _logging
+
+    from pensu.telemetry import RateLimitFilter
+
+    now = [0.0]
+    filt = RateLimitFilter(30.0, clock=lambda: now[0])
+
+    def record(fac: str) -> _logging.LogRecord:
+        return _logging.LogRecord("pensu.kafka.librdkafka", _logging.ERROR, "x", 1, "%s [%s] %s",
+                                  (fac, "rdkafka#consumer-1", "Connect failed"), None)
+
+    assert filt.filter(record("FAIL"))
+    assert not any(filt.filter(record("FAIL")) for _ in range(21))
+    assert filt.filter(record("REQTMOUT"))  # another facility is not hidden by a noisy one
+    now[0] = 31.0
+    again = record("FAIL")
+    assert filt.filter(again)
+    assert again.getMessage().endswith("(21 similar messages suppressed)")

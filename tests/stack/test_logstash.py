@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pensu.analyzer import Analysis, Thresholds
+from pensu.decision import OPENED, TEMPORAL, EpisodeEvent
 from pensu.outputs import OutputFormatter, OutputTopics
 from pensu.settings import Settings
 from tests.stack.stack_files import (
@@ -75,7 +76,9 @@ def analysis(metric: str, ts: float, *, reported: bool, value: float = 42.5) -> 
                     log_likelihood=0.61, final_score=0.61, spatial_anomaly=False, predicted_value=12.25,
                     prediction_confidence=0.3, forecast=13.0, forecast_confidence=0.25,
                     forecast_timestamp=ts + 60, direction=1 if reported else 0, reported=reported,
-                    model_age=1200, warming_up=False)
+                    model_age=1200, warming_up=False, anomalous=reported,
+                    event=EpisodeEvent(OPENED, f"{metric}@{ts:.0f}", ts, 0.61, TEMPORAL, (10.0, 14.5), 1, 1)
+                    if reported else None)
 
 
 def test_pipeline_parses_into_the_three_sections(pipeline: dict[str, list[Any]]) -> None:
