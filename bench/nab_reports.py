@@ -2,6 +2,8 @@
 
     python bench/nab_reports.py RESULTS_DIR [--likelihood 0.99999] [--quiet 10] [--suppression 0]
     python bench/nab_reports.py RESULTS_DIR --grid     # a small grid of thresholds and periods
+    python bench/nab_reports.py RESULTS_DIR --grid --files even   # choose on half the files ...
+    python bench/nab_reports.py RESULTS_DIR --likelihood L --quiet Q --files odd  # ... check on the rest
 
 RESULTS_DIR is the output of `bench/nab_run.py` (columns timestamp, value, anomaly_score = the
 final score, raw_score). Each file's rows go through `pensu.decision.EpisodeTracker` — the code
@@ -78,6 +80,14 @@ def score(runs: dict, corpus: dict, config: DecisionConfig, warmup: int) -> tupl
     return 100 * (raw - null) / (perfect - null), tp, fp, fn
 
 
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main() -> None:
     """Score one decision configuration, or a grid."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,13 +98,23 @@ def main() -> None:
     parser.add_argument("--suppression", type=int, default=DEFAULT_SUPPRESSION_SAMPLES)
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--grid-likelihoods", default="0.9999,0.99999,0.999999",
+                        help="likelihood thresholds of the grid (comma-separated)")
+    parser.add_argument("--grid-quiet", default="0,5,10,30,100", help="quiet periods of the grid")
+    parser.add_argument("--grid-suppression", default="0,100,500", help="suppression periods of the grid")
+    parser.add_argument("--files", choices=["all", "even", "odd"], default="all",
+                        help="score only every other file (sorted names) to choose on one half, check on the other")
     args = parser.parse_args()
     corpus = load_corpus(NAB / "data", NAB / "combined_windows.json")
+    if args.files != "all":
+        names = sorted(corpus)[0 if args.files == "even" else 1::2]
+        corpus = {name: corpus[name] for name in names}
     runs = {name: load_run(Path(args.results) / name) for name in corpus}
     if args.grid:
         configs = [DecisionConfig(anomaly_score=args.score, anomaly_likelihood=lik, quiet_samples=q,
                                   suppression_samples=s)
-                   for lik in (0.9999, 0.99999, 0.999999) for q in (0, 5, 10, 30, 100) for s in (0, 100, 500)]
+                   for lik in _floats(args.grid_likelihoods) for q in _ints(args.grid_quiet)
+                   for s in _ints(args.grid_suppression)]
     else:
         configs = [DecisionConfig(anomaly_score=args.score, anomaly_likelihood=args.likelihood,
                                   quiet_samples=args.quiet, suppression_samples=args.suppression)]
