@@ -189,7 +189,7 @@ def test_different_presets_keep_two_models() -> None:
 
 @pytest.mark.parametrize("outlier, direction", [(1000.0, 1), (-1000.0, -1)], ids=["spike", "dip"])
 def test_out_of_range_spike_or_dip_on_a_learned_series_is_one_episode(outlier: float, direction: int) -> None:
-    config = fast_config(Thresholds())  # the defaults: final-score gate 0.5, raw gate off
+    config = fast_config(Thresholds())  # the defaults: final-score gate 0.452, raw gate off
     analyzer = MetricAnalyzer("m", config)
     learned = run(analyzer, series(400))
     assert not analyzer.decision.in_episode and not any(a.reported for a in learned[-100:])
@@ -220,7 +220,7 @@ def test_original_raw_score_gate_no_longer_hides_an_out_of_range_spike() -> None
 
 
 def test_round_trip_inside_an_episode_resolves_as_uninterrupted() -> None:
-    samples = series(300) + [(START_TS + INTERVAL * 300, 1000.0)] + series(30, start=301)
+    samples = series(300) + [(START_TS + INTERVAL * 300, 1000.0)] + series(60, start=301)  # > quiet period
     expected = run(MetricAnalyzer("m", fast_config()), samples)
     first = MetricAnalyzer("m", fast_config())
     run(first, samples[:303])
@@ -232,7 +232,7 @@ def test_round_trip_inside_an_episode_resolves_as_uninterrupted() -> None:
 
 
 def test_version_1_checkpoints_restore_with_no_episode_open() -> None:
-    samples = series(300) + [(START_TS + INTERVAL * 300, 1000.0)] + series(30, start=301)
+    samples = series(300) + [(START_TS + INTERVAL * 300, 1000.0)] + series(60, start=301)  # > quiet period
     reference = MetricAnalyzer("m", fast_config())
     expected = run(reference, samples)
     first = MetricAnalyzer("m", fast_config())

@@ -43,8 +43,9 @@ def events(decisions: list) -> list[tuple[int, str]]:
 
 
 def test_likelihood_threshold_keeps_raw_units_and_gates_the_final_score() -> None:
-    assert DecisionConfig().anomaly_likelihood == 0.99999
-    assert DecisionConfig().final_score_threshold == pytest.approx(0.5, abs=1e-5)
+    assert DecisionConfig().anomaly_likelihood == 0.99997
+    assert DecisionConfig().final_score_threshold == pytest.approx(0.4523, abs=1e-4)  # log10(3e-5) / -10
+    assert DecisionConfig(anomaly_likelihood=0.99999).final_score_threshold == pytest.approx(0.5, abs=1e-5)
     assert DecisionConfig(anomaly_likelihood=0.999999).final_score_threshold == pytest.approx(0.6, abs=1e-5)
     gate = DecisionConfig().final_score_threshold
     tracker = EpisodeTracker("m", DecisionConfig(quiet_samples=0))
@@ -184,4 +185,4 @@ def test_config_refuses_negative_periods() -> None:
     with pytest.raises(ValueError):
         DecisionConfig(quiet_samples=-1)
     assert dataclasses.replace(DecisionConfig(), suppression_samples=5).suppression_samples == 5
-    assert log_likelihood(0.99999) == DecisionConfig().final_score_threshold
+    assert log_likelihood(0.99997) == DecisionConfig().final_score_threshold
