@@ -17,7 +17,7 @@ from typing import Callable
 from pensu.carbon import OWN_OUTPUT_PREFIX, Rejection, parse_message
 from pensu.errors import LineRejected
 from pensu.htm.model import MIN_RESOLUTION
-from pensu.analyzer import MetricAnalyzer
+from pensu.analyzer import Analysis, MetricAnalyzer
 from pensu.outputs import OutputFormatter, OutputRecord
 from pensu.provenance import ReplayVerdict
 from pensu.registry import ModelRegistry
@@ -39,6 +39,7 @@ class PipelineEvents:
     rejected: Callable[[str], None] = lambda reason: None
     skipped: Callable[[str], None] = lambda reason: None  # not_allowed | own_output | replayed
     reported: Callable[[], None] = lambda: None
+    analysed: Callable[[Analysis], None] = lambda analysis: None  # before its outputs are rendered
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Pipeline:
             self.registry.mark_dirty(metric)
             result.samples += 1
             result.metrics.add(metric)
+            self.events.analysed(analysis)
             records = self.formatter.records(analysis)
             if analysis.reported:
                 self.events.reported()
