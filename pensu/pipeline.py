@@ -39,7 +39,10 @@ class PipelineEvents:
     rejected: Callable[[str], None] = lambda reason: None
     skipped: Callable[[str], None] = lambda reason: None  # not_allowed | own_output | replayed
     reported: Callable[[], None] = lambda: None
-    analysed: Callable[[Analysis], None] = lambda analysis: None  # before its outputs are rendered
+    # Feedback rules (pensu.feedback): may a sample be learned; the analysis to render (rules
+    # can turn an episode event into none). `analysed` also feeds namespaces and alerts.
+    learns: Callable[[str, float], bool] = lambda metric, timestamp: True
+    analysed: Callable[[Analysis], Analysis] = lambda analysis: analysis
 
 
 @dataclass
@@ -97,6 +100,9 @@ class Pipeline:
                                                "value too large for the metric's encoder resolution", raw),
                              source, offset)
                 continue
+            if not self.events.learns(metric, sample.timestamp):
+                self.events.skipped("maintenance")
+                continue
             started = self._clock()
             try:
                 analysis = analyzer.process(sample.timestamp, sample.value, source or None, offset, line_no,
@@ -115,7 +121,7 @@ class Pipeline:
             self.registry.mark_dirty(metric)
             result.samples += 1
             result.metrics.add(metric)
-            self.events.analysed(analysis)
+            analysis = self.events.analysed(analysis)
             records = self.formatter.records(analysis)
             if analysis.reported:
                 self.events.reported()

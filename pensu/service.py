@@ -27,6 +27,8 @@ from pensu.analyzer import Analysis
 from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
 from pensu.errors import CheckpointError, ConfigurationError
+from pensu.feedback import FeedbackFilter
+from pensu.feedback_io import FeedbackLog
 from pensu.health import HealthServer, HealthStatus
 from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, ensure_topics,
                             wait_for_delivery)
@@ -92,6 +94,8 @@ class PensuService:
                        AlertSender(settings.alertmanager_url, self.prom, settings.instance_id,
                                    settings.alertmanager_resend_interval))
         self._last_rates = time.monotonic()
+        self.feedback = FeedbackFilter()  # rules from PENSU_FEEDBACK_KAFKA_TOPIC and POST /feedback
+        self.feedback_log: FeedbackLog | None = None
         self.formatter = OutputFormatter(
             OutputTopics(settings.reported_anomalies_kafka_topic, settings.prediction_metrics_kafka_topic,
                          settings.anomalies_metrics_kafka_topic),
@@ -106,11 +110,12 @@ class PensuService:
                 skipped=self._on_skipped,
                 reported=self.metrics.reports_emitted.inc,
                 analysed=self._on_analysed,
+                learns=self.feedback.learns,
             ))
         self.health = HealthServer(
             ping_host=settings.ping_listen_host, ping_port=settings.ping_listen_port,
             http_host=settings.http_host, http_port=settings.http_port or None,
-            registry=self.prom, status=self.status, info=self.ping_info)
+            registry=self.prom, status=self.status, info=self.ping_info, route=self._http_route)
         self.consumer: Consumer | None = None
         self.producer: OutputProducer | None = None
         self.repartitioner: Repartitioner | None = None
@@ -123,10 +128,15 @@ class PensuService:
         self.metrics.samples_processed.inc()
         self.metrics.model_step_seconds.observe(seconds)
 
-    def _on_analysed(self, analysis: Analysis) -> None:
+    def _on_analysed(self, analysis: Analysis) -> Analysis:
+        analysis = self.feedback.review(analysis)
         incident = self.namespaces.observe(analysis)
         if self.alerts is not None and analysis.event is not None:
             self.alerts.episode_event(analysis, self.namespaces.namespace(analysis.metric), incident)
+        return analysis
+
+    def _http_route(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, str, bytes] | None:
+        return None if self.feedback_log is None else self.feedback_log.http(method, path, headers, body)
 
     def _on_skipped(self, reason: str) -> None:
         if reason == "replayed":
@@ -241,6 +251,11 @@ class PensuService:
             self.repartitioner.start()
             log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",
                      self.settings.metrics_kafka_topic, self.settings.repartition_kafka_topic)
+        token = self.settings.feedback_token
+        self.feedback_log = FeedbackLog(
+            self.feedback, self.settings.feedback_kafka_topic, dict(consumer_conf), dict(producer_conf), self.prom,
+            None if token is None else token.get_secret_value(), self.settings.feedback_false_positive_seconds)
+        self.feedback_log.start()
         consumer_conf["error_cb"] = self._on_kafka_error
         producer_conf["error_cb"] = self._on_kafka_error
         self.producer = OutputProducer(producer_conf, self._on_delivery_error,
@@ -507,6 +522,8 @@ class PensuService:
             self.health.stop()
             if self.alerts is not None:
                 self.alerts.stop()
+            if self.feedback_log is not None:
+                self.feedback_log.stop()
             self._incarnations.close()
             if self._embedded is not None:
                 self._embedded.close()

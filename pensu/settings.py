@@ -241,6 +241,18 @@ class Settings(BaseSettings):
         60.0, ge=0, allow_inf_nan=False,
         description="Seconds between pensu.anomaly_rate.<namespace> lines; 0 disables.")
 
+    feedback_kafka_topic: str | None = Field(
+        None, description="Topic of feedback rules (false positive, mute, maintenance, ignore_below), keyed by rule "
+                          "id; read from the start by every instance. Unset: no rules. README: Feedback.",
+        json_schema_extra={"expected": _TOPIC_FORM})
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token POST /feedback requires; unset: POST /feedback is refused (masked in "
+                          "output).")
+    feedback_false_positive_seconds: float = Field(
+        7 * 86400.0, ge=0, allow_inf_nan=False,
+        description="How long (sample time) a report marked false positive keeps similar deviations of its "
+                    "metric from being reported, unless the record gives 'until'.")
+
     # --- Health, logging, identity ----------------------------------------------------------
     ping_listen_host: str = Field("0.0.0.0", min_length=1, description="Address of the TCP ping server.")
     ping_listen_port: int = Field(9999, ge=1, le=65535, description="Port of the TCP ping server.")
@@ -276,7 +288,7 @@ class Settings(BaseSettings):
     # --- Field checks ---------------------------------------------------------------------------
     @field_validator("metrics_kafka_topic", "reported_anomalies_kafka_topic", "prediction_metrics_kafka_topic",
                      "anomalies_metrics_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
-                     "dead_letter_kafka_topic")
+                     "dead_letter_kafka_topic", "feedback_kafka_topic")
     @classmethod
     def _check_topic(cls, value: str | None) -> str | None:
         if value is not None and (_TOPIC.fullmatch(value) is None or value in (".", "..")):
