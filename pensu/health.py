@@ -1,4 +1,5 @@
-"""Health endpoints: the ping port and an HTTP server for /ping, /healthz, /readyz, /metrics.
+"""Health endpoints: the ping port and an HTTP server for /ping, /healthz, /readyz, /metrics
+(plus one optional extra route the service passes in: GET /rules and POST /feedback).
 
 The ping port speaks two protocols, told apart by the first line: an HTTP request line
 (`GET /ping HTTP/1.1`, what the original Pensu answered and what its users probe with curl)
