@@ -1,4 +1,5 @@
-"""Health endpoints: the ping port and an HTTP server for /ping, /healthz, /readyz, /metrics.
+"""Health endpoints: the ping port and an HTTP server for /ping, /healthz, /readyz, /metrics
+(plus one optional extra route the service passes in: GET /rules and POST /feedback).
 
 The ping port speaks two protocols, told apart by the first line: an HTTP request line
 (`GET /ping HTTP/1.1`, what the original Pensu answered and what its users probe with curl)
@@ -42,6 +43,11 @@ STOP_JOIN_TIMEOUT_S = 2.0        # stop() never waits longer than this per wait
 
 _HTTP_REQUEST_LINE = re.compile(rb"^(GET|HEAD) (\S+) HTTP/1\.[01]\r?\n$")
 MAX_HTTP_HEADER_LINES = 100
+MAX_POST_BYTES = 64 * 1024       # a feedback record is a few hundred bytes
+
+# An extra HTTP route (POST /feedback, GET /rules): (method, path, headers, body) -> (code,
+# content type, body), or None when it does not serve that request.
+HttpRoute = Callable[[str, str, Any, bytes], "tuple[int, str, bytes] | None"]
 
 
 def ping_body(info: dict[str, Any]) -> bytes:
@@ -232,8 +238,10 @@ class _HttpServer(_TrackedServerMixin, ThreadingHTTPServer):
     """Threaded HTTP server carrying the registry and status source for `_HttpHandler`."""
 
     def __init__(self, address: tuple[str, int], status: _StatusSource, registry: CollectorRegistry,
-                 *, max_connections: int, info: Callable[[], dict[str, Any]] = dict) -> None:
+                 *, max_connections: int, info: Callable[[], dict[str, Any]] = dict,
+                 route: HttpRoute | None = None) -> None:
         self.address_family = _family(address[0])
+        self.route = route
         self.status = status
         self.info = info
         self.registry = registry
@@ -256,9 +264,28 @@ class _HttpHandler(BaseHTTPRequestHandler):
         """Serve the resource's headers only."""
         self._serve(with_body=False)
 
-    def _serve(self, *, with_body: bool) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - name fixed by http.server
+        """POST goes to the extra route (POST /feedback) only; the body is bounded."""
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_POST_BYTES:
+            self._answer(413, TEXT_CONTENT_TYPE, f"body must be 0-{MAX_POST_BYTES} bytes\n".encode(), True)
+            return
+        self._serve(with_body=True, method="POST", body=self.rfile.read(length))
+
+    def _serve(self, *, with_body: bool, method: str | None = None, body: bytes = b"") -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        method = method or ("GET" if with_body else "HEAD")
+        extra = None if self.server.route is None else self.server.route(method, path, self.headers, body)
+        if extra is not None:
+            code, ctype, content = extra
+            self._answer(code, ctype, content, with_body)
+            return
+        if method == "POST":
+            code, ctype, body = 404, TEXT_CONTENT_TYPE, b"not found\n"
+        elif path == "/metrics":
             code, ctype, body = 200, METRICS_CONTENT_TYPE, generate_latest(self.server.registry)
         elif path == "/ping":
             code, ctype, body = 200, "application/json; charset=utf-8", ping_body(_safe_info(self.server.info))
@@ -268,6 +295,9 @@ class _HttpHandler(BaseHTTPRequestHandler):
             code, ctype, body = (200 if ok else 503), TEXT_CONTENT_TYPE, (_one_line(status.detail) + "\n").encode()
         else:
             code, ctype, body = 404, TEXT_CONTENT_TYPE, b"not found\n"
+        self._answer(code, ctype, body, with_body)
+
+    def _answer(self, code: int, ctype: str, body: bytes, with_body: bool) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -300,7 +330,7 @@ class HealthServer:
 
     def __init__(self, *, ping_host: str, ping_port: int, http_host: str, http_port: int | None,
                  registry: CollectorRegistry, status: Callable[[], HealthStatus],
-                 info: Callable[[], dict[str, Any]] = dict,
+                 info: Callable[[], dict[str, Any]] = dict, route: HttpRoute | None = None,
                  max_line_bytes: int = MAX_LINE_BYTES, first_line_timeout_s: float = FIRST_LINE_TIMEOUT_S,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
         self._ping_cfg = (ping_host, ping_port)
@@ -308,6 +338,7 @@ class HealthServer:
         self._registry = registry
         self._status = _StatusSource(status)
         self._info = info
+        self._route = route
         self._limits = dict(max_line=max_line_bytes, first_timeout=first_line_timeout_s,
                             idle_timeout=idle_timeout_s, max_connections=max_connections)
         self._ping: _PingServer | None = None
@@ -342,7 +373,7 @@ class HealthServer:
                 try:
                     http = _bind("HTTP", *self._http_cfg, lambda addr: _HttpServer(
                         addr, self._status, self._registry, max_connections=limits["max_connections"],
-                        info=self._info))
+                        info=self._info, route=self._route))
                 except ConfigurationError:
                     ping.server_close()
                     raise

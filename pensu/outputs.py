@@ -9,6 +9,7 @@ A JSON report goes out when an anomaly episode opens (`event: "opened"`) and whe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Mapping
 
 from pensu.analyzer import Analysis, Thresholds
 from pensu.carbon import format_line, format_report, output_metric_name
@@ -36,8 +37,10 @@ class OutputRecord:
 class OutputFormatter:
     """Renders analyses as carbon lines and JSON reports."""
 
-    def __init__(self, topics: OutputTopics, name_template: str, thresholds: Thresholds, instance: str) -> None:
+    def __init__(self, topics: OutputTopics, name_template: str, thresholds: Thresholds, instance: str,
+                 report_fields: Callable[[Analysis], Mapping[str, object]] | None = None) -> None:
         self.topics = topics
+        self.report_fields = report_fields  # extra report fields (namespace, incident: pensu.namespaces)
         self.template = name_template
         self.thresholds = thresholds
         self.instance = instance
@@ -105,4 +108,6 @@ class OutputFormatter:
                 "episode_samples": event.samples,
                 "anomalous_samples": event.anomalous_samples,
             })
+        if self.report_fields is not None:
+            report.update(self.report_fields(analysis))
         return report

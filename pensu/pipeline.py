@@ -17,7 +17,7 @@ from typing import Callable
 from pensu.carbon import OWN_OUTPUT_PREFIX, Rejection, parse_message
 from pensu.errors import LineRejected
 from pensu.htm.model import MIN_RESOLUTION
-from pensu.analyzer import MetricAnalyzer
+from pensu.analyzer import Analysis, MetricAnalyzer
 from pensu.outputs import OutputFormatter, OutputRecord
 from pensu.provenance import ReplayVerdict
 from pensu.registry import ModelRegistry
@@ -39,6 +39,10 @@ class PipelineEvents:
     rejected: Callable[[str], None] = lambda reason: None
     skipped: Callable[[str], None] = lambda reason: None  # not_allowed | own_output | replayed
     reported: Callable[[], None] = lambda: None
+    # Feedback rules (pensu.feedback): may a sample be learned; the analysis to render (rules
+    # can turn an episode event into none). `analysed` also feeds namespaces and alerts.
+    learns: Callable[[str, float], bool] = lambda metric, timestamp: True
+    analysed: Callable[[Analysis], Analysis] = lambda analysis: analysis
 
 
 @dataclass
@@ -96,6 +100,9 @@ class Pipeline:
                                                "value too large for the metric's encoder resolution", raw),
                              source, offset)
                 continue
+            if not self.events.learns(metric, sample.timestamp):
+                self.events.skipped("maintenance")
+                continue
             started = self._clock()
             try:
                 analysis = analyzer.process(sample.timestamp, sample.value, source or None, offset, line_no,
@@ -114,6 +121,7 @@ class Pipeline:
             self.registry.mark_dirty(metric)
             result.samples += 1
             result.metrics.add(metric)
+            analysis = self.events.analysed(analysis)
             records = self.formatter.records(analysis)
             if analysis.reported:
                 self.events.reported()

@@ -22,12 +22,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pensu import __version__
+from pensu.alerting import AlertSender
+from pensu.analyzer import Analysis
 from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
 from pensu.errors import CheckpointError, ConfigurationError
+from pensu.feedback import FeedbackFilter
+from pensu.feedback_io import FeedbackLog
 from pensu.health import HealthServer, HealthStatus
 from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, ensure_topics,
                             wait_for_delivery)
+from pensu.namespaces import NamespaceTracker
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import Pipeline, PipelineEvents
 from pensu.registry import ModelRegistry, RegistryEvents
@@ -83,10 +88,19 @@ class PensuService:
                 load_failed=lambda: self.metrics.checkpoint_failures.labels(operation="load").inc(),
                 quarantined=self.metrics.checkpoints_quarantined.inc,
             ))
+        # Namespace anomaly rates, incident ids and Alertmanager alerts (README "Alerting").
+        self.namespaces = NamespaceTracker(settings.namespace_depth, settings.incident_window_seconds)
+        self.alerts = (None if settings.alertmanager_url is None else
+                       AlertSender(settings.alertmanager_url, self.prom, settings.instance_id,
+                                   settings.alertmanager_resend_interval))
+        self._last_rates = time.monotonic()
+        self.feedback = FeedbackFilter()  # rules from PENSU_FEEDBACK_KAFKA_TOPIC and POST /feedback
+        self.feedback_log: FeedbackLog | None = None
         self.formatter = OutputFormatter(
             OutputTopics(settings.reported_anomalies_kafka_topic, settings.prediction_metrics_kafka_topic,
                          settings.anomalies_metrics_kafka_topic),
-            settings.metric_names_template, config.thresholds, settings.instance_id)
+            settings.metric_names_template, config.thresholds, settings.instance_id,
+            report_fields=self.namespaces.report_fields)
         self.pipeline = Pipeline(
             self.models, self.formatter, re.compile(settings.allowed_to_work_on_metrics),
             dead_letter_topic=settings.dead_letter_kafka_topic,
@@ -95,11 +109,13 @@ class PensuService:
                 rejected=lambda reason: self.metrics.rejected_lines.labels(reason=reason).inc(),
                 skipped=self._on_skipped,
                 reported=self.metrics.reports_emitted.inc,
+                analysed=self._on_analysed,
+                learns=self.feedback.learns,
             ))
         self.health = HealthServer(
             ping_host=settings.ping_listen_host, ping_port=settings.ping_listen_port,
             http_host=settings.http_host, http_port=settings.http_port or None,
-            registry=self.prom, status=self.status, info=self.ping_info)
+            registry=self.prom, status=self.status, info=self.ping_info, route=self._http_route)
         self.consumer: Consumer | None = None
         self.producer: OutputProducer | None = None
         self.repartitioner: Repartitioner | None = None
@@ -111,6 +127,16 @@ class PensuService:
     def _on_sample(self, seconds: float) -> None:
         self.metrics.samples_processed.inc()
         self.metrics.model_step_seconds.observe(seconds)
+
+    def _on_analysed(self, analysis: Analysis) -> Analysis:
+        analysis = self.feedback.review(analysis)
+        incident = self.namespaces.observe(analysis)
+        if self.alerts is not None and analysis.event is not None:
+            self.alerts.episode_event(analysis, self.namespaces.namespace(analysis.metric), incident)
+        return analysis
+
+    def _http_route(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, str, bytes] | None:
+        return None if self.feedback_log is None else self.feedback_log.http(method, path, headers, body)
 
     def _on_skipped(self, reason: str) -> None:
         if reason == "replayed":
@@ -188,6 +214,8 @@ class PensuService:
         if problem is not None:
             raise ConfigurationError(problem)
         self.health.start()
+        if self.alerts is not None:
+            self.alerts.start()
         instance, started = self.settings.instance_id, str(int(self.started_at))
         consumer_conf = self.settings.consumer_config(instance, started)
         producer_conf = self.settings.producer_config(instance, started)
@@ -223,6 +251,11 @@ class PensuService:
             self.repartitioner.start()
             log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",
                      self.settings.metrics_kafka_topic, self.settings.repartition_kafka_topic)
+        token = self.settings.feedback_token
+        self.feedback_log = FeedbackLog(
+            self.feedback, self.settings.feedback_kafka_topic, dict(consumer_conf), dict(producer_conf), self.prom,
+            None if token is None else token.get_secret_value(), self.settings.feedback_false_positive_seconds)
+        self.feedback_log.start()
         consumer_conf["error_cb"] = self._on_kafka_error
         producer_conf["error_cb"] = self._on_kafka_error
         self.producer = OutputProducer(producer_conf, self._on_delivery_error,
@@ -358,6 +391,10 @@ class PensuService:
         if interval and now - self._last_topics_report >= interval:
             self._last_topics_report = now
             self._report_topics()
+        interval = self.settings.anomaly_rate_interval
+        if interval and now - self._last_rates >= interval:
+            self._last_rates = now
+            self._report_rates()
         if now - self._last_lag >= LAG_REFRESH_SECONDS:
             self._last_lag = now
             self._refresh_lag()
@@ -393,6 +430,13 @@ class PensuService:
         self.producer.send(OutputRecord(self.settings.topics_kafka_topic, self.settings.instance_id.encode(),
                                         json.dumps(payload).encode()), self._stop.is_set)
         self.metrics.tracked_metrics.set(len(metrics))
+
+    def _report_rates(self) -> None:
+        assert self.producer is not None
+        topic = self.formatter.topics.anomaly_metrics
+        for namespace, line in self.namespaces.rate_lines(int(time.time())):
+            self.producer.send(OutputRecord(topic, namespace.encode(), line, self.formatter.headers),
+                               self._stop.is_set)
 
     def _refresh_lag(self) -> None:
         assert self.consumer is not None
@@ -453,6 +497,10 @@ class PensuService:
         metrics.update(metric for metric, analyzer in self.models.items() if sources & analyzer.positions.keys())
         # Lost (not revoked): a new owner may already have checkpointed past us; never overwrite that.
         released = self.models.release(metrics, unless_superseded=why == "lost")
+        for metric in metrics:  # another instance rates and alerts on them now
+            self.namespaces.forget(metric)
+            if self.alerts is not None:
+                self.alerts.forget(metric)
         log.info("partitions %s %s: %d models checkpointed and released",
                  sorted(f"{tp.topic}:{tp.partition}" for tp in partitions), why, released)
 
@@ -472,6 +520,10 @@ class PensuService:
             self.consumer = None
             self.producer = None  # drop the client so it stops reconnecting to a gone cluster
             self.health.stop()
+            if self.alerts is not None:
+                self.alerts.stop()
+            if self.feedback_log is not None:
+                self.feedback_log.stop()
             self._incarnations.close()
             if self._embedded is not None:
                 self._embedded.close()

@@ -34,6 +34,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -221,6 +222,37 @@ class Settings(BaseSettings):
     warmup_samples: int = Field(150, ge=1,
                                 description="Samples used to estimate a metric's range when none is configured.")
 
+    # --- Alerting and namespaces (pensu.alerting, pensu.namespaces) ---------------------------
+    alertmanager_url: str | None = Field(
+        None, description="Alertmanager base URL (alerts go to <url>/api/v2/alerts); unset: off. README: Alerting.",
+        json_schema_extra={"expected": "an http:// or https:// URL"})
+    alertmanager_resend_interval: float = Field(
+        60.0, ge=1, le=86400, allow_inf_nan=False,
+        description="Seconds between re-sends of the firing alerts of open episodes; a firing alert's endsAt is "
+                    "4 intervals ahead, so alerts of a stopped instance resolve on their own.")
+    namespace_depth: int = Field(
+        2, ge=1, le=20, description="Leading name segments that form a metric's namespace (at most all but the "
+                                    "last segment).")
+    incident_window_seconds: float = Field(
+        300.0, ge=0, allow_inf_nan=False,
+        description="Episodes opening in one namespace within this many seconds (sample time) of the "
+                    "previous opening share an incident id; 0: every episode is its own incident.")
+    anomaly_rate_interval: float = Field(
+        60.0, ge=0, allow_inf_nan=False,
+        description="Seconds between pensu.anomaly_rate.<namespace> lines; 0 disables.")
+
+    feedback_kafka_topic: str | None = Field(
+        None, description="Topic of feedback rules (false positive, mute, maintenance, ignore_below), keyed by rule "
+                          "id; read from the start by every instance. Unset: no rules. README: Feedback.",
+        json_schema_extra={"expected": _TOPIC_FORM})
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token POST /feedback requires; unset: POST /feedback is refused (masked in "
+                          "output).")
+    feedback_false_positive_seconds: float = Field(
+        7 * 86400.0, ge=0, allow_inf_nan=False,
+        description="How long (sample time) a report marked false positive keeps similar deviations of its "
+                    "metric from being reported, unless the record gives 'until'.")
+
     # --- Health, logging, identity ----------------------------------------------------------
     ping_listen_host: str = Field("0.0.0.0", min_length=1, description="Address of the TCP ping server.")
     ping_listen_port: int = Field(9999, ge=1, le=65535, description="Port of the TCP ping server.")
@@ -256,7 +288,7 @@ class Settings(BaseSettings):
     # --- Field checks ---------------------------------------------------------------------------
     @field_validator("metrics_kafka_topic", "reported_anomalies_kafka_topic", "prediction_metrics_kafka_topic",
                      "anomalies_metrics_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
-                     "dead_letter_kafka_topic")
+                     "dead_letter_kafka_topic", "feedback_kafka_topic")
     @classmethod
     def _check_topic(cls, value: str | None) -> str | None:
         if value is not None and (_TOPIC.fullmatch(value) is None or value in (".", "..")):
@@ -300,6 +332,15 @@ class Settings(BaseSettings):
             validate_name_template(value)
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("not an http(s) URL with a host")
         return value
 
     @field_validator("allowed_to_work_on_metrics")

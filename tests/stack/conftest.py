@@ -6,6 +6,7 @@ import pytest
 
 from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS, output_metric_name
 from pensu.generator import DEFAULT_SERIES
+from pensu.namespaces import namespace_of, rate_metric_name
 from pensu.settings import Settings, load_settings
 
 
@@ -28,4 +29,5 @@ def emitted_names(sample_metric: str) -> dict[str, str]:
     names = {"input": sample_metric}
     for kind in OUTPUT_KINDS:
         names[kind] = output_metric_name(DEFAULT_NAME_TEMPLATE, kind, sample_metric)
+    names["anomaly_rate"] = rate_metric_name(namespace_of(sample_metric, load_settings({}).namespace_depth))
     return names

@@ -174,3 +174,17 @@ def test_report_annotations_match_the_logstash_event_tags(dashboard: dict[str, A
 
 def test_stack_relies_on_the_default_name_template(defaults: Settings) -> None:
     assert defaults.metric_names_template == DEFAULT_NAME_TEMPLATE
+
+
+def test_a_panel_ranks_namespaces_by_anomaly_rate(dashboard: dict[str, Any], emitted_names: dict[str, str]) -> None:
+    for panel in all_panels(dashboard):
+        for target in panel.get("targets", []):
+            expr = target.get("target", "")
+            paths = graphite_series_paths(expr)
+            if any(graphite_glob_matches(p, emitted_names["anomaly_rate"]) for p in paths):
+                assert "highestCurrent(" in expr and not VARIABLE_REFS.search(expr)
+                assert panel["type"] == "bargauge"
+                assert panel["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
+                assert panel["fieldConfig"]["defaults"]["max"] == 1
+                return
+    pytest.fail("no panel shows pensu.anomaly_rate.<namespace>")
