@@ -32,7 +32,8 @@ from pensu.htm.model import HtmModel, ModelParams
 from pensu.htm.serialization import require
 
 FORMAT_TAG = "pensu-analyzer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pending predictions carry their band (lower, upper)
+READABLE_VERSIONS = (1, 2)  # a version-1 analyzer loads with no band on its pending predictions
 _INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
 
 
@@ -81,6 +82,26 @@ class Analysis:
     reported: bool
     model_age: int  # samples seen, this one included
     warming_up: bool
+    # prediction bands (the prediction model's lower / upper quantiles), None when unknown
+    predicted_lower: float | None = None  # band of the prediction made earlier for this sample
+    predicted_upper: float | None = None
+    forecast_lower: float | None = None  # band of the forecast for forecast_timestamp
+    forecast_upper: float | None = None
+
+
+_Pending = tuple[float | None, float, float | None, float | None]  # value, confidence, lower, upper
+
+
+def _optional_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _pending_from_state(p: Any) -> _Pending:
+    """A pending prediction from state: [value, confidence] (version 1) or with its band (2)."""
+    if len(p) not in (2, 4):
+        raise ValueError(f"pending prediction has {len(p)} fields")
+    lower, upper = (p[2], p[3]) if len(p) == 4 else (None, None)
+    return (_optional_float(p[0]), float(p[1]), _optional_float(lower), _optional_float(upper))
 
 
 def shared_core_params(config: AnalyzerConfig) -> ModelParams | None:
@@ -120,8 +141,8 @@ class MetricAnalyzer:
         self.last_value: float | None = None
         self.positions: dict[str, tuple[int, int]] = {}  # "topic:partition" -> (offset, line) applied
         self._deltas: deque[float] = deque(maxlen=_INTERVAL_WINDOW)
-        # predictions made for upcoming samples, oldest first: (value, confidence)
-        self._pending: deque[tuple[float | None, float]] = deque(maxlen=self.prediction_steps)
+        # predictions made for upcoming samples, oldest first: (value, confidence, lower, upper)
+        self._pending: deque[_Pending] = deque(maxlen=self.prediction_steps)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def already_applied(self, source: str, offset: int, line: int) -> bool:
@@ -158,10 +179,11 @@ class MetricAnalyzer:
         anomaly = self.anomaly_model.step(timestamp, value)
         forecast = anomaly if self.shares_core else self.prediction_model.step(timestamp, value)
 
-        predicted_for_now: tuple[float | None, float] = (None, 0.0)
+        predicted_for_now: _Pending = (None, 0.0, None, None)
         if len(self._pending) == self.prediction_steps:
             predicted_for_now = self._pending.popleft()
-        self._pending.append((forecast.prediction, forecast.confidence))
+        self._pending.append((forecast.prediction, forecast.confidence,
+                              forecast.prediction_lower, forecast.prediction_upper))
 
         if self.last_timestamp is not None:
             self._deltas.append(timestamp - self.last_timestamp)
@@ -169,7 +191,7 @@ class MetricAnalyzer:
         forecast_ts = None if interval is None else timestamp + self.prediction_steps * interval
 
         likelihood = 1.0 if anomaly.spatial_anomaly else anomaly.likelihood
-        predicted_value, confidence = predicted_for_now
+        predicted_value, confidence, predicted_lower, predicted_upper = predicted_for_now
         reported = (not anomaly.warming_up
                     and anomaly.raw_score >= self.thresholds.anomaly_score
                     and likelihood >= self.thresholds.anomaly_likelihood
@@ -193,6 +215,8 @@ class MetricAnalyzer:
             forecast_confidence=forecast.confidence, forecast_timestamp=forecast_ts,
             direction=direction, reported=reported, model_age=self.sample_count,
             warming_up=anomaly.warming_up,
+            predicted_lower=predicted_lower, predicted_upper=predicted_upper,
+            forecast_lower=forecast.prediction_lower, forecast_upper=forecast.prediction_upper,
         )
 
     def memory_bytes(self) -> int:
@@ -233,7 +257,7 @@ class MetricAnalyzer:
             raise CorruptData(f"MetricAnalyzer: undecodable bytes ({exc})") from exc
         if not isinstance(envelope, dict) or envelope.get("format") != FORMAT_TAG:
             raise CorruptData("MetricAnalyzer: not an analyzer payload")
-        if envelope.get("version") != FORMAT_VERSION:
+        if envelope.get("version") not in READABLE_VERSIONS:
             raise UnsupportedFormatVersion(
                 f"MetricAnalyzer: format version {envelope.get('version')!r} is not supported")
         state = require(envelope, "analyzer", "MetricAnalyzer")
@@ -259,10 +283,8 @@ class MetricAnalyzer:
                                   for k, v in require(state, "positions", "MetricAnalyzer").items()}
             analyzer._deltas = deque((float(d) for d in require(state, "deltas", "MetricAnalyzer")),
                                      maxlen=_INTERVAL_WINDOW)
-            analyzer._pending = deque(
-                ((None if p[0] is None else float(p[0]), float(p[1]))
-                 for p in require(state, "pending", "MetricAnalyzer")),
-                maxlen=analyzer.prediction_steps)
+            analyzer._pending = deque((_pending_from_state(p) for p in require(state, "pending", "MetricAnalyzer")),
+                                      maxlen=analyzer.prediction_steps)
         except (TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CorruptData(f"MetricAnalyzer: malformed state ({exc})") from exc
         try:
