@@ -16,7 +16,7 @@ earlier.
    earlier and one week earlier (periods from the series' sampling interval).
 3. **Bands**: share of actual values inside the forecast's [lower, upper] band (nominal 80 %).
 
-    python bench/forecast.py [--only taxi|table] [--series nyc_taxi ...] [--steps 5]
+    python bench/forecast.py [--only taxi|table] [--series nyc_taxi ...] [--all-nab] [--steps 5]
 """
 
 from __future__ import annotations
@@ -151,13 +151,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["taxi", "table"], default=None)
     parser.add_argument("--series", nargs="*", default=list(TABLE_SERIES))
+    parser.add_argument("--all-nab", action="store_true", help="1-step table over every NAB series")
     parser.add_argument("--steps", type=int, default=5, help="steps ahead of the taxi task")
     parser.add_argument("--preset", default="nab")
     args = parser.parse_args()
     if args.only != "table":
         taxi_task(args.steps, args.preset)
     if args.only != "taxi":
-        one_step_table(args.series, args.preset)
+        names = args.series
+        if args.all_nab:
+            names = sorted(str(p.relative_to(NAB_DATA)) for p in NAB_DATA.glob("*/*.csv"))
+        one_step_table(names, args.preset)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,10 @@ def test_replay_a_nab_file_end_to_end(tmp_path: Path) -> None:
     # The labelled jump (2014-04-11 09:00) is the most anomalous stretch after the first day.
     jump = next(i for i, r in enumerate(inputs) if r["timestamp"].startswith("2014-04-11 09"))
     assert max(scores[jump - 20:jump + 60]) >= max(scores[1000:jump - 100])
+    # the band columns: filled wherever a prediction is, bracketing it
+    banded = [r for r in rows if r[5] != ""]
+    assert len(banded) > len(rows) // 2
+    assert all(float(r[7]) <= float(r[5]) <= float(r[8]) for r in banded)
     assert plot.stat().st_size > 1000
     assert "rows" in result.stderr
 
@@ -126,7 +130,7 @@ def test_replay_reports_bad_rows_and_keeps_going(tmp_path: Path) -> None:
     assert "line 3" in result.stderr and "line 4" in result.stderr
     rows = list(csv.reader(out.open()))[1:]
     assert len(rows) == 4
-    assert rows[1][2:] == [""] * 5 and rows[2][2:] == [""] * 5
+    assert rows[1][2:] == [""] * 7 and rows[2][2:] == [""] * 7
     assert rows[0][2] != "" and rows[3][2] != ""
 
 
