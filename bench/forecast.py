@@ -16,7 +16,7 @@ earlier.
    earlier and one week earlier (periods from the series' sampling interval).
 3. **Bands**: share of actual values inside the forecast's [lower, upper] band (nominal 80 %).
 
-    python bench/forecast.py [--only taxi|table] [--series nyc_taxi ...] [--all-nab] [--steps 5]
+    python bench/forecast.py [--only taxi|table] [--series nyc_taxi ...] [--all-nab] [--steps 5] [--seed N]
 """
 
 from __future__ import annotations
@@ -154,7 +154,13 @@ def main() -> None:
     parser.add_argument("--all-nab", action="store_true", help="1-step table over every NAB series")
     parser.add_argument("--steps", type=int, default=5, help="steps ahead of the taxi task")
     parser.add_argument("--preset", default="nab")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="model seed instead of the service's fixed one (a spread check only)")
     args = parser.parse_args()
+    if args.seed is not None:
+        import pensu.analyzer
+
+        pensu.analyzer.MODEL_SEED = args.seed
     if args.only != "table":
         taxi_task(args.steps, args.preset)
     if args.only != "taxi":
