@@ -324,6 +324,7 @@ class _Calibration:
       tracked by stochastic approximation with a step proportional to the typical error. The
       classifier's own distribution is far too confident for a band (an 80 % band from it
       covered 18-51 % of actual values on the NAB series), so the band is calibrated on errors.
+      It always brackets the forecast, and has zero width until the first errors are known.
     """
 
     def __init__(self, step: int) -> None:
@@ -338,9 +339,9 @@ class _Calibration:
         """The factor applied to the classifier's estimated change."""
         return 1.0 if self.sxx <= 0.0 else min(1.0, max(0.0, self.sxy / self.sxx))
 
-    def remember(self, estimate: float) -> None:
-        """Keep the raw estimate made now and the change forecast from it."""
-        self.pending.append((estimate, self.gain() * estimate))
+    def remember(self, estimate: float, forecast: float) -> None:
+        """Keep the raw estimate made now and the change forecast made from it."""
+        self.pending.append((estimate, forecast))
 
     def observe(self, actual: float, band: tuple[float, float]) -> None:
         """Update from the actual change of the oldest remembered estimate, if it is due."""
@@ -434,7 +435,7 @@ class Predictor:
             calibration = self._calibration[step]
             value = level + calibration.gain() * estimate
             return Prediction(step=step, value=value, confidence=confidence, bucket=int(self._buckets[best]),
-                              lower=value + calibration.low, upper=value + calibration.high)
+                              lower=value + min(0.0, calibration.low), upper=value + max(0.0, calibration.high))
         # band: quantiles of the distribution over the classes' values (ties by class id)
         order = np.argsort(self._means, kind="stable")
         cumulative = np.cumsum(probs[order])
@@ -464,14 +465,16 @@ class Predictor:
         if change and not (resolution is not None and math.isfinite(resolution) and resolution > 0):
             raise ValueError("a change-target predictor needs a positive resolution to learn")
         level = self._level_with(value)
-        estimates: dict[int, float] = {}
+        estimates: dict[int, tuple[float, float]] = {}
         if change and self.n_classes:
-            # the raw estimates made now (before learning: exactly what `infer` returned), kept
-            # so that their errors calibrate the gain and the band once the actual value is known
+            # the raw estimate and forecast change made now (before learning: exactly what
+            # `infer` returned), kept so that their errors calibrate the gain and the band once
+            # the actual value is known
             for step, table in self._tables.items():
                 probs = _distribution(cells, table.cell_row, table.row_class, table.row_weight,
                                       self.n_classes)
-                estimates[step] = self._estimate(probs, int(np.argmax(probs)))
+                estimate = self._estimate(probs, int(np.argmax(probs)))
+                estimates[step] = (estimate, self._calibration[step].gain() * estimate)
         target = -1 if change else self._class_of(int(bucket), value)
         alpha, context_alpha = float(self.params.alpha), float(self.params.context_alpha)
         for step, table in self._tables.items():
@@ -486,8 +489,8 @@ class Predictor:
             table.rows_used = _learn(past, table.cell_row, table.row_class, table.row_weight,
                                      table.rows_used, self.n_classes, target, alpha,
                                      int(context_start), context_alpha)
-        for step, estimate in estimates.items():
-            self._calibration[step].remember(estimate)
+        for step, (estimate, forecast) in estimates.items():
+            self._calibration[step].remember(estimate, forecast)
         self._history.append(cells.copy())
         self._history_values.append(level)
         self._level = level
