@@ -113,9 +113,11 @@ def test_replay_a_nab_file_end_to_end(tmp_path: Path) -> None:
     jump = next(i for i, r in enumerate(inputs) if r["timestamp"].startswith("2014-04-11 09"))
     assert max(scores[jump - 20:jump + 60]) >= max(scores[1000:jump - 100])
     # the band columns: filled wherever a prediction is, bracketing it
-    banded = [r for r in rows if r[5] != ""]
+    col = {name: i for i, name in enumerate(header)}
+    pred, low, high = col["prediction"], col["prediction_lower"], col["prediction_upper"]
+    banded = [r for r in rows if r[pred] != ""]
     assert len(banded) > len(rows) // 2
-    assert all(float(r[7]) <= float(r[5]) <= float(r[8]) for r in banded)
+    assert all(float(r[low]) <= float(r[pred]) <= float(r[high]) for r in banded)
     assert plot.stat().st_size > 1000
     assert "rows" in result.stderr
 
@@ -130,7 +132,8 @@ def test_replay_reports_bad_rows_and_keeps_going(tmp_path: Path) -> None:
     assert "line 3" in result.stderr and "line 4" in result.stderr
     rows = list(csv.reader(out.open()))[1:]
     assert len(rows) == 4
-    assert rows[1][2:] == [""] * 7 and rows[2][2:] == [""] * 7
+    empty = [""] * (len(OUTPUT_COLUMNS) - 2)
+    assert rows[1][2:] == empty and rows[2][2:] == empty
     assert rows[0][2] != "" and rows[3][2] != ""
 
 
