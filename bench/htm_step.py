@@ -1,7 +1,9 @@
 """Per-sample cost and size of HTM models on a real NAB series.
 
 Prints median and p99 µs per step for the `nab` anomaly model and the prediction model (after
-2,000 warm-up samples), serialized bytes and in-array memory per model after 5,000 samples.
+2,000 warm-up samples), serialized bytes and in-array memory per model after 5,000 samples, and
+the same for a metric's pair as the service runs it (`MetricAnalyzer`: one shared core with
+both heads when the two models differ only in their heads).
 
     python bench/htm_step.py [--file realKnownCause/machine_temperature_system_failure.csv]
                              [--preset nab] [--samples 7000]
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--file", default="realKnownCause/machine_temperature_system_failure.csv")
     parser.add_argument("--preset", default="nab")
     parser.add_argument("--samples", type=int, default=7000)
+    parser.add_argument("--steps", type=int, default=1, help="prediction steps of the metric pair")
     args = parser.parse_args()
     rows = load_series(NAB_DATA / args.file)[: args.samples]
     print(f"series {args.file}: {len(rows)} samples; preset {args.preset}; cpu count {os.cpu_count()}")
@@ -79,6 +82,27 @@ def main() -> None:
         warm.step(ts, value)
     measure("anomaly model", HtmModel(preset_params(args.preset), seed=1), rows)
     measure("prediction model", HtmModel(prediction_params(preset_params(args.preset), 1), seed=2), rows)
+    measure_pair(args.preset, args.steps, rows)
+
+
+def measure_pair(preset: str, steps: int, rows: list[tuple[float, float]]) -> None:
+    """Time and size of one metric's analyzer (anomaly + prediction model) as the service builds it."""
+    from pensu.replay import build_analyzer
+
+    analyzer = build_analyzer(env={}, preset=preset, steps=steps)  # default settings
+    times = []
+    for i, (ts, value) in enumerate(rows):
+        started = time.perf_counter_ns()
+        analyzer.process(ts, value)
+        if i >= WARMUP:
+            times.append((time.perf_counter_ns() - started) / 1000.0)
+        if i + 1 == SIZE_AT:
+            size, memory = len(analyzer.to_bytes()), analyzer.memory_bytes()
+    arr = np.array(times)
+    name = f"metric pair ({'shared core' if analyzer.shares_core else 'two cores'}, {steps} step)"
+    print(f"{name:<18} steps={len(arr):>6}  median={np.median(arr):8.1f} µs  p99={np.percentile(arr, 99):8.1f} µs  "
+          f"mean={arr.mean():8.1f} µs")
+    print(f"{'':<18} after {SIZE_AT} samples: serialized={size / 1e6:.2f} MB  in-array memory={memory / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ was made earlier *for this sample* (used for the direction and the report), and 
 of `pensu.decision` (the rule, the episode state machine and their documentation live there):
 whether the sample is anomalous, whether an episode opened on it (`reported`: a report is
 emitted) and the episode event (opened/resolved) if any. The episode state is per metric and
-is saved with the models (format version 2; version-1 checkpoints restore with no episode open).
+is saved with the models (format version 2 added it, version-1 checkpoints restore with no episode open; version 3 adds the prediction band to pending predictions).
 
 Direction is +1 when the value of a reported sample is above the prediction made for it, −1
 when below (when no prediction exists, the previous value stands in), 0 otherwise.
@@ -33,8 +33,8 @@ from pensu.htm.serialization import require
 from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
-FORMAT_VERSION = 2  # 2: adds the decision's episode state
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: adds the decision's episode state; 3: pending predictions carry their band
+READABLE_VERSIONS = (1, 2, 3)  # before 3, pending predictions load with no band
 _INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
 
 
@@ -76,6 +76,26 @@ class Analysis:
     # --- decision (pensu.decision) ---
     anomalous: bool  # the sample passed the thresholds (reported only when it opens an episode)
     event: EpisodeEvent | None  # the episode opened or resolved on this sample
+    # prediction bands (the prediction model's lower / upper quantiles), None when unknown
+    predicted_lower: float | None = None  # band of the prediction made earlier for this sample
+    predicted_upper: float | None = None
+    forecast_lower: float | None = None  # band of the forecast for forecast_timestamp
+    forecast_upper: float | None = None
+
+
+_Pending = tuple[float | None, float, float | None, float | None]  # value, confidence, lower, upper
+
+
+def _optional_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _pending_from_state(p: Any) -> _Pending:
+    """A pending prediction from state: [value, confidence] (versions 1-2) or with its band (3)."""
+    if len(p) not in (2, 4):
+        raise ValueError(f"pending prediction has {len(p)} fields")
+    lower, upper = (p[2], p[3]) if len(p) == 4 else (None, None)
+    return (_optional_float(p[0]), float(p[1]), _optional_float(lower), _optional_float(upper))
 
 
 def shared_core_params(config: AnalyzerConfig) -> ModelParams | None:
@@ -117,8 +137,8 @@ class MetricAnalyzer:
         self.origins: dict[str, str] = {}  # "topic:partition" -> incarnation key of that position (pensu.provenance)
         self.decision = EpisodeTracker(metric, config.thresholds)
         self._deltas: deque[float] = deque(maxlen=_INTERVAL_WINDOW)
-        # predictions made for upcoming samples, oldest first: (value, confidence)
-        self._pending: deque[tuple[float | None, float]] = deque(maxlen=self.prediction_steps)
+        # predictions made for upcoming samples, oldest first: (value, confidence, lower, upper)
+        self._pending: deque[_Pending] = deque(maxlen=self.prediction_steps)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def already_applied(self, source: str, offset: int, line: int) -> bool:
@@ -161,10 +181,11 @@ class MetricAnalyzer:
         anomaly = self.anomaly_model.step(timestamp, value)
         forecast = anomaly if self.shares_core else self.prediction_model.step(timestamp, value)
 
-        predicted_for_now: tuple[float | None, float] = (None, 0.0)
+        predicted_for_now: _Pending = (None, 0.0, None, None)
         if len(self._pending) == self.prediction_steps:
             predicted_for_now = self._pending.popleft()
-        self._pending.append((forecast.prediction, forecast.confidence))
+        self._pending.append((forecast.prediction, forecast.confidence,
+                              forecast.prediction_lower, forecast.prediction_upper))
 
         if self.last_timestamp is not None:
             self._deltas.append(timestamp - self.last_timestamp)
@@ -172,7 +193,7 @@ class MetricAnalyzer:
         forecast_ts = None if interval is None else timestamp + self.prediction_steps * interval
 
         likelihood = 1.0 if anomaly.spatial_anomaly else anomaly.likelihood
-        predicted_value, confidence = predicted_for_now
+        predicted_value, confidence, predicted_lower, predicted_upper = predicted_for_now
         decision = self.decision.step(Observation(
             timestamp=timestamp, value=value, raw_score=anomaly.raw_score, log_likelihood=anomaly.log_likelihood,
             final_score=anomaly.anomaly_score, spatial_anomaly=anomaly.spatial_anomaly,
@@ -197,6 +218,8 @@ class MetricAnalyzer:
             forecast_confidence=forecast.confidence, forecast_timestamp=forecast_ts,
             direction=decision.direction, reported=decision.reported, model_age=self.sample_count,
             warming_up=anomaly.warming_up, anomalous=decision.anomalous, event=decision.event,
+            predicted_lower=predicted_lower, predicted_upper=predicted_upper,
+            forecast_lower=forecast.prediction_lower, forecast_upper=forecast.prediction_upper,
         )
 
     def memory_bytes(self) -> int:
@@ -271,10 +294,8 @@ class MetricAnalyzer:
             analyzer.origins = {str(k): str(v) for k, v in (state.get("origins") or {}).items()}
             analyzer._deltas = deque((float(d) for d in require(state, "deltas", "MetricAnalyzer")),
                                      maxlen=_INTERVAL_WINDOW)
-            analyzer._pending = deque(
-                ((None if p[0] is None else float(p[0]), float(p[1]))
-                 for p in require(state, "pending", "MetricAnalyzer")),
-                maxlen=analyzer.prediction_steps)
+            analyzer._pending = deque((_pending_from_state(p) for p in require(state, "pending", "MetricAnalyzer")),
+                                      maxlen=analyzer.prediction_steps)
         except (TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CorruptData(f"MetricAnalyzer: malformed state ({exc})") from exc
         try:

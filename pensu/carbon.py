@@ -66,6 +66,8 @@ OUTPUT_KINDS: tuple[str, ...] = (
     "anomaly_direction",
     "prediction",
     "prediction_confidence",
+    "prediction_lower",  # the forecast's 80 % band (10th / 90th percentile)
+    "prediction_upper",
 )
 TEMPLATE_PLACEHOLDER = "{{#anomaly_metric}}"
 DEFAULT_NAME_TEMPLATE = "pensu.{{#anomaly_metric}}.metrics_analyzer"

@@ -59,7 +59,7 @@ class OutputFormatter:
         return name
 
     def records(self, analysis: Analysis) -> list[OutputRecord]:
-        """All records for one analysis: 3 anomaly lines, 2 prediction lines, maybe a report."""
+        """All records for one analysis: 3 anomaly lines, 2 prediction lines (4 with the band), maybe a report."""
         metric = analysis.metric
         key = metric.encode("utf-8")
         ts = analysis.timestamp
@@ -77,6 +77,11 @@ class OutputFormatter:
                                     format_line(self.name("prediction", metric), analysis.forecast, ts_pred), h))
             out.append(OutputRecord(prediction, key, format_line(self.name("prediction_confidence", metric),
                                                                  analysis.forecast_confidence, ts_pred), h))
+            if analysis.forecast_lower is not None and analysis.forecast_upper is not None:
+                out.append(OutputRecord(prediction, key, format_line(self.name("prediction_lower", metric),
+                                                                     analysis.forecast_lower, ts_pred), h))
+                out.append(OutputRecord(prediction, key, format_line(self.name("prediction_upper", metric),
+                                                                     analysis.forecast_upper, ts_pred), h))
         if analysis.event is not None:
             out.append(OutputRecord(self.topics.anomaly_reports, key, format_report(self.report(analysis)), h))
         return out
@@ -89,6 +94,8 @@ class OutputFormatter:
             "value": analysis.value,
             "predicted_value": analysis.predicted_value,
             "prediction_confidence": analysis.prediction_confidence,
+            "predicted_lower": analysis.predicted_lower,
+            "predicted_upper": analysis.predicted_upper,
             "anomaly_score": analysis.anomaly_score,
             "anomaly_likelihood": analysis.anomaly_likelihood,
             "direction": analysis.direction,

@@ -2,10 +2,11 @@
 
 Input: CSV with header ``timestamp,value``; timestamps as ``2014-07-01 00:00:00`` (UTC, ISO
 8601 also accepted) or unix seconds. Output: one row per input row, same order, columns
-``timestamp,value,anomaly_score,raw_score,anomaly_likelihood,prediction,prediction_confidence``
-where ``anomaly_score`` is the final score the service thresholds (log-likelihood, or 1.0 on
+``timestamp,value,anomaly_score,raw_score,anomaly_likelihood,prediction,prediction_confidence,
+prediction_lower,prediction_upper`` where ``anomaly_score`` is the final score the service thresholds (log-likelihood, or 1.0 on
 a spatial anomaly) and ``prediction`` is the value predicted *for this row* (made
-``steps`` rows earlier), so it lines up with ``value``; then ``reported`` (1 when the service
+``steps`` rows earlier), so it lines up with ``value``; ``prediction_lower`` / ``prediction_upper``
+are that prediction's 80 % band (empty when unknown); then ``reported`` (1 when the service
 would send a report for this row: an anomaly episode opens) and ``event`` (``opened``,
 ``resolved`` or empty). Unparseable rows are reported on stderr with their line numbers and
 get empty cells after ``value``.
@@ -36,7 +37,8 @@ from pensu.errors import LineRejected, PensuError
 from pensu.settings import ModelPreset, load_settings
 
 OUTPUT_COLUMNS = ("timestamp", "value", "anomaly_score", "raw_score", "anomaly_likelihood",
-                  "prediction", "prediction_confidence", "reported", "event")
+                  "prediction", "prediction_confidence", "prediction_lower", "prediction_upper",
+                  "reported", "event")
 DAYS_LISTED = 62  # alerts-per-day lines printed before the list is cut short
 
 
@@ -59,6 +61,8 @@ class ReplayRow:
     reported: bool = False
     event: str = ""  # "opened" | "resolved" | ""
     unix_time: float | None = None
+    prediction_lower: float | None = None
+    prediction_upper: float | None = None
 
     def cells(self) -> list[str]:
         """The row as CSV cells."""
@@ -67,6 +71,7 @@ class ReplayRow:
         processed = self.anomaly_score is not None
         return [self.timestamp, self.value, fmt(self.anomaly_score), fmt(self.raw_score),
                 fmt(self.anomaly_likelihood), fmt(self.prediction), fmt(self.prediction_confidence),
+                fmt(self.prediction_lower), fmt(self.prediction_upper),
                 str(int(self.reported)) if processed else "", self.event]
 
 
@@ -149,7 +154,8 @@ def replay(stream: IO[str], analyzer: MetricAnalyzer, warn: Callable[[str], None
             continue
         yield ReplayRow(line, ts_text, value_text, analysis.final_score, analysis.anomaly_score,
                         analysis.anomaly_likelihood, analysis.predicted_value, analysis.prediction_confidence,
-                        analysis.reported, "" if analysis.event is None else analysis.event.event, ts)
+                        analysis.reported, "" if analysis.event is None else analysis.event.event, ts,
+                        prediction_lower=analysis.predicted_lower, prediction_upper=analysis.predicted_upper)
 
 
 def write_rows(rows: Iterator[ReplayRow], out: IO[str]) -> list[ReplayRow]:
@@ -164,7 +170,7 @@ def write_rows(rows: Iterator[ReplayRow], out: IO[str]) -> list[ReplayRow]:
 
 
 def plot(rows: list[ReplayRow], path: Path, title: str) -> None:
-    """Draw value, prediction and anomaly score with reported anomalies marked (needs matplotlib)."""
+    """Draw value, prediction with its band and anomaly score, reported anomalies marked (needs matplotlib)."""
     try:
         import matplotlib
 
@@ -176,6 +182,9 @@ def plot(rows: list[ReplayRow], path: Path, title: str) -> None:
     x = list(range(len(good)))
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(14, 7), height_ratios=(2, 1))
     top.plot(x, [float(r.value) for r in good], lw=0.8, label="value")
+    top.fill_between(x, [r.prediction_lower if r.prediction_lower is not None else math.nan for r in good],
+                     [r.prediction_upper if r.prediction_upper is not None else math.nan for r in good],
+                     color="tab:orange", alpha=0.2, lw=0, label="80 % band")
     top.plot(x, [r.prediction if r.prediction is not None else math.nan for r in good], lw=0.8,
              alpha=0.7, label="prediction")
     marks = [i for i, r in enumerate(good) if r.reported]

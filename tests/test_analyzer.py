@@ -86,6 +86,9 @@ def test_prediction_for_a_sample_is_the_forecast_made_steps_earlier() -> None:
     for earlier, later in zip(out, out[2:]):
         assert later.predicted_value == earlier.forecast
         assert later.prediction_confidence == earlier.forecast_confidence
+        assert (later.predicted_lower, later.predicted_upper) == (earlier.forecast_lower, earlier.forecast_upper)
+    banded = [a for a in out if a.forecast is not None]
+    assert banded and all(a.forecast_lower <= a.forecast <= a.forecast_upper for a in banded)
 
 
 def test_out_of_order_and_duplicate_timestamps_are_rejected_without_learning() -> None:
@@ -238,7 +241,7 @@ def test_version_1_checkpoints_restore_with_no_episode_open() -> None:
     first = MetricAnalyzer("m", fast_config())
     run(first, samples[:303])
     envelope = msgpack.unpackb(first.to_bytes(), raw=False, strict_map_key=False)
-    assert envelope["version"] == 2
+    assert envelope["version"] == 3
     del envelope["analyzer"]["decision"]
     with pytest.raises(CorruptData):  # version 2 must carry the decision state
         MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), Thresholds())
@@ -250,3 +253,48 @@ def test_version_1_checkpoints_restore_with_no_episode_open() -> None:
     assert [(a.anomaly_score, a.final_score, a.forecast) for a in resumed] == \
         [(a.anomaly_score, a.final_score, a.forecast) for a in expected[303:]]
     assert not any(a.event is not None and a.event.event == "resolved" for a in resumed)
+
+
+def test_format_1_analyzer_loads_with_unbanded_pending_predictions() -> None:
+    """Version 1 kept pending predictions as [value, confidence]; they load with no band."""
+    analyzer = MetricAnalyzer("m", fast_config(steps=2))
+    run(analyzer, series(60))
+    envelope = msgpack.unpackb(analyzer.to_bytes(), raw=False, strict_map_key=False)
+    envelope["version"] = 1
+    envelope["analyzer"]["pending"] = [p[:2] for p in envelope["analyzer"]["pending"]]
+    restored = MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), ALWAYS)
+    first = restored.process(START_TS + INTERVAL * 60, 50.0)
+    assert first.predicted_value is not None and first.predicted_lower is None
+    later = run(restored, series(3, start=61))
+    assert later[-1].predicted_lower is not None
+
+
+@pytest.mark.slow
+def test_default_prediction_model_learns_a_weekly_series_and_beats_persistence() -> None:
+    """The service's default prediction model (as `pensu run` / `pensu replay` build it) learns a
+    noisy weekly demand pattern (30-minute samples, quieter weekends) better than persistence,
+    and its 80 % band covers about 80 % of the values."""
+    import math
+
+    import numpy as np
+
+    from pensu.replay import build_analyzer
+
+    rng = np.random.default_rng(9)
+    start = 1_404_172_800.0  # a Tuesday 00:00 UTC
+    samples = []
+    for i in range(48 * 7 * 6):
+        ts = start + 1800.0 * i
+        day = int((ts // 86400 + 3) % 7)  # Monday = 0
+        hour = (ts % 86400) / 3600.0
+        level = 600.0 if day >= 5 else 1000.0
+        samples.append((ts, level + 0.6 * level * math.sin(2 * math.pi * (hour - 9) / 24) + rng.normal(0, 30)))
+    analyzer = build_analyzer(env={}, preset="nab", steps=1)  # default settings
+    out = run(analyzer, samples)
+    late = range(48 * 7 * 5, len(samples))
+    values = np.array([v for _, v in samples])
+    mae = np.mean([abs(out[t].predicted_value - values[t]) for t in late])
+    persistence = np.mean([abs(values[t - 1] - values[t]) for t in late])
+    assert mae < 0.8 * persistence
+    inside = np.mean([out[t].predicted_lower <= values[t] <= out[t].predicted_upper for t in late])
+    assert 0.7 <= inside <= 0.9

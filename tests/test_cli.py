@@ -155,6 +155,12 @@ def test_replay_a_nab_file_end_to_end(tmp_path: Path) -> None:
     # The labelled jump (2014-04-11 09:00) is the most anomalous stretch after the first day.
     jump = next(i for i, r in enumerate(inputs) if r["timestamp"].startswith("2014-04-11 09"))
     assert max(scores[jump - 20:jump + 60]) >= max(scores[1000:jump - 100])
+    # the band columns: filled wherever a prediction is, bracketing it
+    col = {name: i for i, name in enumerate(header)}
+    pred, low, high = col["prediction"], col["prediction_lower"], col["prediction_upper"]
+    banded = [r for r in rows if r[pred] != ""]
+    assert len(banded) > len(rows) // 2
+    assert all(float(r[low]) <= float(r[pred]) <= float(r[high]) for r in banded)
     assert plot.stat().st_size > 1000
     assert "rows" in result.stderr
     # With the default thresholds the labelled jump is reported, once, where it starts.

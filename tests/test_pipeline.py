@@ -45,14 +45,15 @@ def test_multi_line_message_produces_all_outputs_keyed_by_metric(tmp_path: Path)
     assert result.samples == 60 and result.metrics == {"a.b"} and counts["sample"] == 60
     assert all(r.key == b"a.b" for r in result.records)
     by_topic = Counter(r.topic for r in result.records)
-    # 3 anomaly lines per sample; 2 prediction lines per sample from the end of the 30-sample
-    # warm-up on (no forecast exists before the model is built).
-    assert by_topic["anom"] == 180 and by_topic["pred"] == 2 * (60 - 30 + 1)
+    # 3 anomaly lines per sample; 4 prediction lines (value, confidence, band) per sample from
+    # the end of the 30-sample warm-up on (no forecast exists before the model is built).
+    assert by_topic["anom"] == 180 and by_topic["pred"] == 4 * (60 - 30 + 1)
     names = {parse_line(r.value.rstrip(b"\n")).metric for r in result.records if r.topic != "reports"}
     assert names == {output_metric_name(DEFAULT_NAME_TEMPLATE, kind, "a.b") for kind in OUTPUT_KINDS}
     reports = [json.loads(r.value) for r in result.records if r.topic == "reports"]
     assert len(reports) == counts["reported"] > 0
     assert set(reports[0]) == {"metric", "timestamp", "value", "predicted_value", "prediction_confidence",
+                               "predicted_lower", "predicted_upper",
                                "anomaly_score", "anomaly_likelihood", "direction", "thresholds",
                                "model_age", "pensu_instance", "event", "episode_id", "episode_opened_at",
                                "severity", "reason", "expected_range", "episode_samples", "anomalous_samples"}

@@ -42,7 +42,7 @@ def produce_lines(kafka: KafkaCluster, topic: str, per_metric: dict[str, list[tu
     return sum(len(s) for s in per_metric.values())
 
 
-def test_spike_produces_all_five_outputs_and_a_report(kafka: KafkaCluster, tmp_path: Path) -> None:
+def test_spike_produces_all_seven_outputs_and_a_report(kafka: KafkaCluster, tmp_path: Path) -> None:
     env = service_env(kafka, tmp_path / "models")
     samples = series(200) + [(START_TS + 200 * INTERVAL, 500.0)]
     with ServiceThread(env) as running:
@@ -53,8 +53,9 @@ def test_spike_produces_all_five_outputs_and_a_report(kafka: KafkaCluster, tmp_p
         msgs = kafka.consume_all(output_topics(settings), expected=len(expected))
     anomaly_topic, prediction_topic, report_topic = output_topics(settings)
     counts = Counter(m.topic() for m in msgs)
-    # 3 anomaly lines per sample; 2 prediction lines per sample once the 30-sample warm-up ends.
-    assert counts[anomaly_topic] == 3 * 201 and counts[prediction_topic] == 2 * (201 - 29)
+    # 3 anomaly lines per sample; 4 prediction lines (value, confidence, lower, upper) per sample
+    # once the 30-sample warm-up ends.
+    assert counts[anomaly_topic] == 3 * 201 and counts[prediction_topic] == 4 * (201 - 29)
     assert counts == Counter(r.topic for r in expected)
     assert all(m.key() == b"web.latency" for m in msgs)
     names = {line[0] for topic in (anomaly_topic, prediction_topic)

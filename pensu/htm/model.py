@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import msgpack
+import numpy as np
 
 from pensu.errors import CorruptData, UnsupportedFormatVersion
 from pensu.htm.encoders import RDSE, DateEncoder, DateEncoderParams, RDSEParams, concat_sdrs
@@ -48,7 +49,10 @@ from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
 from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
 FORMAT_TAG = "pensu-htm-model"
-FORMAT_VERSION = 1
+# 2: predictor forecasting options (change target, context bits, bands) and history values.
+# Format-1 payloads still load: their parameters take the defaults, which behave as version 1.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RESOLUTION_DIVISOR = 130.0
 MIN_RESOLUTION = 0.001
 FLAT_WARMUP_FACTOR = 10
@@ -91,6 +95,21 @@ class ModelOutput:
     confidence: float
     prediction_step: int
     warming_up: bool
+    prediction_lower: float | None = None  # band around the prediction (predictor's quantiles)
+    prediction_upper: float | None = None
+
+
+_NO_CONTEXT = int(np.iinfo(np.int32).max)
+
+
+def _time_of_week_encoder(params: ModelParams) -> DateEncoder | None:
+    """The predictor's time-of-week context encoder (a day-of-week field over 7 days), if any."""
+    predictor = params.predictor
+    if predictor is None or predictor.time_of_week_width <= 0:
+        return None
+    return DateEncoder(DateEncoderParams(time_of_day_width=0, day_of_week_width=predictor.time_of_week_width,
+                                         day_of_week_radius=predictor.time_of_week_radius,
+                                         utc_offset_hours=params.date.utc_offset_hours))
 
 
 def resolution_for_range(min_value: float, max_value: float) -> float:
@@ -111,6 +130,7 @@ class HtmModel:
         self.likelihood = AnomalyLikelihood(params.likelihood) if params.likelihood else None
         self.spatial = SpatialAnomaly(params.spatial_anomaly) if params.spatial_anomaly else None
         self.predictor = Predictor(params.predictor) if params.predictor else None
+        self.week_encoder = _time_of_week_encoder(params)
         self.iteration = 0
         self._warmup: list[tuple[float, float]] = []
         if params.min_value is not None and params.max_value is not None:
@@ -193,20 +213,29 @@ class HtmModel:
         log_score = float(log_likelihood(likelihood))
         spatial = bool(self.spatial.update(value)) if self.spatial is not None else False
         prediction: float | None = None
+        lower: float | None = None
+        upper: float | None = None
         confidence = 0.0
         step = 0
         if self.predictor is not None:
-            cells = self.tm.active_cells
+            features = self.tm.active_cells
+            context_start = self.tm.num_cells if self.week_encoder is not None else _NO_CONTEXT
+            if self.week_encoder is not None:
+                # time-of-week bits after the cells: the predictor learns them at its context rate
+                features = np.concatenate([np.asarray(features, dtype=np.int32),
+                                           self.week_encoder.encode(timestamp) + np.int32(context_start)])
             step = self.params.predictor.steps[0]  # type: ignore[union-attr]
-            inferred = self.predictor.infer(cells).get(step)
+            inferred = self.predictor.infer(features, value).get(step)
             if inferred is not None and inferred.value is not None:
                 prediction, confidence = float(inferred.value), float(inferred.confidence)
+                lower, upper = inferred.lower, inferred.upper
             if learn:
-                self.predictor.learn(cells, self.rdse.bucket(value), value)
+                self.predictor.learn(features, self.rdse.bucket(value), value,
+                                     resolution=self.rdse.params.resolution, context_start=context_start)
         return ModelOutput(raw_score=raw, likelihood=likelihood, log_likelihood=log_score,
                            anomaly_score=1.0 if spatial else log_score, spatial_anomaly=spatial,
                            prediction=prediction, confidence=confidence, prediction_step=step,
-                           warming_up=False)
+                           warming_up=False, prediction_lower=lower, prediction_upper=upper)
 
     # -- introspection ------------------------------------------------------------------
     def memory_bytes(self) -> int:
@@ -277,7 +306,7 @@ def unpack_envelope(data: bytes, tag: str, owner: str) -> Mapping[str, Any]:
     if not isinstance(envelope, dict) or envelope.get("format") != tag:
         raise CorruptData(f"{owner}: not a {tag} payload")
     version = envelope.get("version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UnsupportedFormatVersion(f"{owner}: format version {version!r} is not supported (this build reads {FORMAT_VERSION})")
     payload = [v for k, v in envelope.items() if k not in ("format", "version")]
     if len(payload) != 1 or not isinstance(payload[0], dict):

@@ -20,10 +20,28 @@ are never dense over cells x classes:
   slots costs 18 bytes and even all 65,536 cells with rows fit in ~1.4 MB.
 
 The value of a class is the running mean of the actual values that fell into it.
+
+Forecasting options (all off by default, so a plain predictor behaves as before):
+
+* ``target="change"``: the classes are buckets of the change ``value[t+n] - level[t]`` (at the
+  encoder's resolution) instead of buckets of ``value[t+n]``; the forecast is the current level
+  plus the predicted change. The level is an exponential moving average of the values
+  (``level_alpha``; 1.0 makes it the last value). A context the classifier cannot tell apart then predicts "about
+  the same as now" (persistence) rather than some remembered level. On the NYC-taxi 5-step
+  task this alone is what takes the error below persistence (docs/forecast.md).
+* ``estimate="mean"``: the forecast is the expectation of the predicted distribution instead of
+  the value of its most likely class (fewer large misses when the distribution is spread).
+* context bits: callers may append extra feature bits (e.g. a time-of-week encoding) after the
+  active cells, from index ``context_start`` on; those learn at ``context_alpha`` instead of
+  ``alpha``. Different rates matter: a time-of-week bit is seen once a week and must learn
+  fast, while the cells, seen constantly, must average slowly.
+* bands: every prediction carries the ``band`` quantiles (default 10th / 90th percentile) of
+  the predicted distribution over the classes' values, as ``lower`` and ``upper``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -41,6 +59,7 @@ _WEIGHT_SCALE = 4096.0  # weights are int16 fixed point: w = q / 4096, |w| <= 8
 _INV_SCALE = 1.0 / _WEIGHT_SCALE
 _WEIGHT_MAX = 32767
 _ROW_CHUNK = 1024  # weight rows grow by this many at a time
+_NO_CONTEXT = int(np.iinfo(np.int32).max)  # context_start when no context bits are appended
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,17 @@ class PredictorParams:
     alpha: float = 0.1
     max_classes: int = 255
     slots_per_cell: int = 6
+    target: str = "value"  # "value": buckets of the value; "change": buckets of value[t+n] - value[t]
+    estimate: str = "mode"  # "mode": the most likely class's value; "mean": the expectation
+    context_alpha: float = 0.1  # learning rate of context bits (features from context_start on)
+    band: tuple[float, float] = (0.1, 0.9)  # quantiles of the predicted distribution: lower, upper
+    # The change target's anchor: an exponential moving average of the values with this
+    # smoothing factor (1.0: the last value itself).
+    level_alpha: float = 1.0
+    # Context encoding the model appends to the cells (0 bits: none): time of week, a periodic
+    # encoder over 7 days of `time_of_week_width` bits and radius `time_of_week_radius` days.
+    time_of_week_width: int = 0
+    time_of_week_radius: float = 0.06
 
     def __post_init__(self) -> None:
         steps = tuple(int(s) for s in self.steps)
@@ -63,16 +93,33 @@ class PredictorParams:
             raise ConfigurationError("PredictorParams.max_classes must be in [1, 255]")
         if not 1 <= int(self.slots_per_cell) <= 64:
             raise ConfigurationError("PredictorParams.slots_per_cell must be in [1, 64]")
+        if self.target not in ("value", "change"):
+            raise ConfigurationError("PredictorParams.target must be 'value' or 'change'")
+        if self.estimate not in ("mode", "mean"):
+            raise ConfigurationError("PredictorParams.estimate must be 'mode' or 'mean'")
+        if not 0.0 < float(self.level_alpha) <= 1.0:
+            raise ConfigurationError("PredictorParams.level_alpha must be in (0, 1]")
+        if not 0.0 < float(self.context_alpha) <= 1.0:
+            raise ConfigurationError("PredictorParams.context_alpha must be in (0, 1]")
+        band = tuple(float(q) for q in self.band)
+        if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
+            raise ConfigurationError("PredictorParams.band must be two quantiles 0 <= lower <= upper <= 1")
+        object.__setattr__(self, "band", band)
+        if int(self.time_of_week_width) < 0 or not float(self.time_of_week_radius) > 0.0:
+            raise ConfigurationError("PredictorParams.time_of_week_width must be >= 0 and its radius > 0")
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The most likely bucket `step` samples ahead, its value and its probability."""
+    """The forecast `step` samples ahead: its value, the most likely bucket and its probability,
+    and the band (quantiles of the predicted distribution) around the value."""
 
     step: int
     value: float | None
     confidence: float
     bucket: int | None
+    lower: float | None = None
+    upper: float | None = None
 
 
 # -- numba kernels ----------------------------------------------------------------------------
@@ -119,16 +166,18 @@ def _saturate(weight: int) -> np.int16:
 @njit(cache=True)
 def _learn(cells: np.ndarray, cell_row: np.ndarray, row_class: np.ndarray,
            row_weight: np.ndarray, rows_used: int, n_classes: int, target: int,
-           alpha: float) -> int:
+           cell_alpha: float, context_start: int, context_alpha: float) -> int:
     """One softmax gradient step for `cells` towards class `target`; returns the new row count.
 
+    Features from index `context_start` on learn at `context_alpha`, the others at `cell_alpha`.
     The caller guarantees room for one new row per cell and a map covering every cell.
     """
     probs = _distribution(cells, cell_row, row_class, row_weight, n_classes)
     slots = row_class.shape[1]
-    gain = _quantize(alpha * (1.0 - probs[target]))
     for i in range(cells.shape[0]):
         cell = cells[i]
+        alpha = context_alpha if cell >= context_start else cell_alpha
+        gain = _quantize(alpha * (1.0 - probs[target]))
         row = cell_row[cell]
         if row < 0:
             row = rows_used
@@ -260,13 +309,85 @@ def _as_cells(active_cells: np.ndarray) -> np.ndarray:
     return cells
 
 
+_CALIBRATION_DECAY = 0.005  # per-sample decay of the gain's sums (a memory of ~200 samples)
+_QUANTILE_RATE = 0.05  # band quantiles move by this fraction of the typical error per sample
+
+
+class _Calibration:
+    """Online calibration of one step's change forecasts (change target only).
+
+    * gain: the least-squares factor between the classifier's estimated change and the actual
+      change, from exponentially decayed sums, clipped to [0, 1]. Where the classifier has
+      learnt nothing useful (a context seen once, noise) the gain falls towards 0 and the
+      forecast towards the level; on a periodic series it stays near 1.
+    * band: running 10th / 90th percentiles (the `band` quantiles) of the forecast's error,
+      tracked by stochastic approximation with a step proportional to the typical error. The
+      classifier's own distribution is far too confident for a band (an 80 % band from it
+      covered 18-51 % of actual values on the NAB series), so the band is calibrated on errors.
+      It always brackets the forecast, and has zero width until the first errors are known.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.pending: deque[tuple[float, float]] = deque(maxlen=step)  # (estimate, forecast change)
+        self.sxy = 0.0
+        self.sxx = 0.0
+        self.scale = 0.0  # running mean absolute error
+        self.low = 0.0
+        self.high = 0.0
+
+    def gain(self) -> float:
+        """The factor applied to the classifier's estimated change."""
+        return 1.0 if self.sxx <= 0.0 else min(1.0, max(0.0, self.sxy / self.sxx))
+
+    def remember(self, estimate: float, forecast: float) -> None:
+        """Keep the raw estimate made now and the change forecast made from it."""
+        self.pending.append((estimate, forecast))
+
+    def observe(self, actual: float, band: tuple[float, float]) -> None:
+        """Update from the actual change of the oldest remembered estimate, if it is due."""
+        if len(self.pending) < (self.pending.maxlen or 1):
+            return
+        estimate, forecast = self.pending.popleft()
+        keep = 1.0 - _CALIBRATION_DECAY
+        self.sxy = keep * self.sxy + estimate * actual
+        self.sxx = keep * self.sxx + estimate * estimate
+        error = actual - forecast
+        self.scale = keep * self.scale + _CALIBRATION_DECAY * abs(error) if self.scale else abs(error)
+        rate = _QUANTILE_RATE * self.scale
+        self.low += rate * (band[0] - (1.0 if error < self.low else 0.0))
+        self.high += rate * (band[1] - (1.0 if error < self.high else 0.0))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pending": [list(p) for p in self.pending], "sxy": self.sxy, "sxx": self.sxx,
+                "scale": self.scale, "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_state(cls, step: int, state: Mapping[str, Any]) -> "_Calibration":
+        calibration = cls(step)
+        try:
+            pending = [(float(e), float(f)) for e, f in state["pending"]]
+            calibration.sxy, calibration.sxx = float(state["sxy"]), float(state["sxx"])
+            calibration.scale, calibration.low = float(state["scale"]), float(state["low"])
+            calibration.high = float(state["high"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptData(f"Predictor.calibration: malformed state ({exc})") from exc
+        if len(pending) > step:
+            raise CorruptData("Predictor.calibration: more pending estimates than steps")
+        calibration.pending.extend(pending)
+        return calibration
+
+
 class Predictor:
     """Multi-step sparse softmax predictor of value buckets from active TM cells."""
 
     def __init__(self, params: PredictorParams) -> None:
         self.params = params
         self._tables = {step: _StepTable(params.slots_per_cell) for step in params.steps}
+        # features and level of the last max(steps) samples (the level anchors the change target)
         self._history: deque[np.ndarray] = deque(maxlen=max(params.steps))
+        self._history_values: deque[float] = deque(maxlen=max(params.steps))
+        self._level = math.nan  # moving average of the values learned so far (NaN before any)
+        self._calibration = {step: _Calibration(step) for step in params.steps}
         self._bucket_class: dict[int, int] = {}
         self._buckets = np.zeros(0, dtype=np.int64)   # class id -> its bucket
         self._means = np.zeros(0, dtype=np.float64)   # class id -> running mean value
@@ -277,13 +398,22 @@ class Predictor:
         """Number of classes (distinct buckets, capped by `max_classes`)."""
         return int(self._buckets.size)
 
-    def infer(self, active_cells: np.ndarray) -> dict[int, Prediction]:
-        """Predict, for each step, the most likely bucket given the current active cells."""
+    def infer(self, active_cells: np.ndarray, value: float | None = None) -> dict[int, Prediction]:
+        """Predict each step from the current features; the change target needs the current `value`."""
         cells = _as_cells(active_cells)
+        if self.params.target == "change" and value is None:
+            raise ValueError("a change-target predictor needs the current value to infer")
         out: dict[int, Prediction] = {}
+        level = 0.0 if value is None else self._level_with(float(value))
         for step, table in self._tables.items():
-            out[step] = self._predict(step, table, cells)
+            out[step] = self._predict(step, table, cells, level)
         return out
+
+    def _level_with(self, value: float) -> float:
+        """The level after `value` (the change target's anchor), without storing it."""
+        if math.isnan(self._level):
+            return value
+        return self._level + float(self.params.level_alpha) * (value - self._level)
 
     def distribution(self, active_cells: np.ndarray, step: int) -> dict[int, float]:
         """Return bucket -> probability for `step` (empty before the first learned sample)."""
@@ -294,28 +424,76 @@ class Predictor:
         probs = _distribution(cells, table.cell_row, table.row_class, table.row_weight, self.n_classes)
         return {int(b): float(p) for b, p in zip(self._buckets, probs)}
 
-    def _predict(self, step: int, table: _StepTable, cells: np.ndarray) -> Prediction:
+    def _predict(self, step: int, table: _StepTable, cells: np.ndarray, level: float) -> Prediction:
         if not self.n_classes:
             return Prediction(step=step, value=None, confidence=0.0, bucket=None)
         probs = _distribution(cells, table.cell_row, table.row_class, table.row_weight, self.n_classes)
         best = int(np.argmax(probs))  # ties go to the lowest class id: deterministic
-        return Prediction(step=step, value=float(self._means[best]),
-                          confidence=min(1.0, max(0.0, float(probs[best]))),
-                          bucket=int(self._buckets[best]))
+        confidence = min(1.0, max(0.0, float(probs[best])))
+        estimate = self._estimate(probs, best)
+        if self.params.target == "change":
+            calibration = self._calibration[step]
+            value = level + calibration.gain() * estimate
+            return Prediction(step=step, value=value, confidence=confidence, bucket=int(self._buckets[best]),
+                              lower=value + min(0.0, calibration.low), upper=value + max(0.0, calibration.high))
+        # band: quantiles of the distribution over the classes' values (ties by class id)
+        order = np.argsort(self._means, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        last = order.size - 1
+        low_q, high_q = self.params.band
+        lower = float(self._means[order[min(last, int(np.searchsorted(cumulative, low_q)))]])
+        upper = float(self._means[order[min(last, int(np.searchsorted(cumulative, high_q)))]])
+        return Prediction(step=step, value=estimate, confidence=confidence, bucket=int(self._buckets[best]),
+                          lower=min(lower, estimate), upper=max(upper, estimate))
 
-    def learn(self, active_cells: np.ndarray, bucket: int, value: float) -> None:
-        """Record this sample's bucket/value and train each step n on the cells of n samples ago."""
+    def _estimate(self, probs: np.ndarray, best: int) -> float:
+        """The distribution turned into one value: its expectation or its most likely class's value."""
+        if self.params.estimate == "mean":
+            return float(np.dot(probs, self._means))
+        return float(self._means[best])
+
+    def learn(self, active_cells: np.ndarray, bucket: int, value: float, resolution: float | None = None,
+              context_start: int = _NO_CONTEXT) -> None:
+        """Record this sample and train each step n on the features of n samples ago.
+
+        `bucket` is the value's bucket (value target); the change target buckets the change at
+        `resolution` instead. Features from index `context_start` on learn at `context_alpha`.
+        """
         cells = _as_cells(active_cells)
-        target = self._class_of(int(bucket), float(value))
-        alpha = float(self.params.alpha)
+        value = float(value)
+        change = self.params.target == "change"
+        if change and not (resolution is not None and math.isfinite(resolution) and resolution > 0):
+            raise ValueError("a change-target predictor needs a positive resolution to learn")
+        level = self._level_with(value)
+        estimates: dict[int, tuple[float, float]] = {}
+        if change and self.n_classes:
+            # the raw estimate and forecast change made now (before learning: exactly what
+            # `infer` returned), kept so that their errors calibrate the gain and the band once
+            # the actual value is known
+            for step, table in self._tables.items():
+                probs = _distribution(cells, table.cell_row, table.row_class, table.row_weight,
+                                      self.n_classes)
+                estimate = self._estimate(probs, int(np.argmax(probs)))
+                estimates[step] = (estimate, self._calibration[step].gain() * estimate)
+        target = -1 if change else self._class_of(int(bucket), value)
+        alpha, context_alpha = float(self.params.alpha), float(self.params.context_alpha)
         for step, table in self._tables.items():
             if len(self._history) < step:
                 continue
+            if change:
+                delta = value - self._history_values[-step]
+                self._calibration[step].observe(delta, self.params.band)
+                target = self._class_of(math.floor(delta / resolution), delta)  # type: ignore[operator]
             past = self._history[-step]
             table.reserve(past)
             table.rows_used = _learn(past, table.cell_row, table.row_class, table.row_weight,
-                                     table.rows_used, self.n_classes, target, alpha)
+                                     table.rows_used, self.n_classes, target, alpha,
+                                     int(context_start), context_alpha)
+        for step, (estimate, forecast) in estimates.items():
+            self._calibration[step].remember(estimate, forecast)
         self._history.append(cells.copy())
+        self._history_values.append(level)
+        self._level = level
 
     def _class_of(self, bucket: int, value: float) -> int:
         """Class id of `bucket` (created, or merged into the nearest when full); updates its mean."""
@@ -350,6 +528,9 @@ class Predictor:
             "means": pack_array(self._means),
             "counts": pack_array(self._counts),
             "history": [pack_array(cells) for cells in self._history],
+            "history_values": list(self._history_values),
+            "level": self._level,
+            "calibration": [[step, c.get_state()] for step, c in self._calibration.items()],
             "tables": [[step, table.get_state()] for step, table in self._tables.items()],
         }
 
@@ -360,8 +541,12 @@ class Predictor:
         try:
             raw = dict(require(state, "params", owner))
             raw["steps"] = tuple(raw.get("steps", ()))
+            if "band" in raw:
+                raw["band"] = tuple(raw["band"])
             params = PredictorParams(**raw)
             history_raw = list(require(state, "history", owner))
+            # absent from format-1 states (value target only, which never reads them)
+            history_values = [float(v) for v in state.get("history_values", [math.nan] * len(history_raw))]
             tables_raw = {int(step): table for step, table in require(state, "tables", owner)}
         except (TypeError, ValueError, ConfigurationError) as exc:
             raise CorruptData(f"{owner}: malformed state ({exc})") from exc
@@ -373,7 +558,8 @@ class Predictor:
                 or means.shape != (n,) or counts.shape != (n,) or n > params.max_classes
                 or np.unique(buckets).size != n or (n and counts.min() < 1)):
             raise CorruptData(f"{owner}: class arrays are inconsistent")
-        if set(tables_raw) != set(params.steps) or len(history_raw) > max(params.steps):
+        if set(tables_raw) != set(params.steps) or len(history_raw) > max(params.steps) \
+                or len(history_values) != len(history_raw):
             raise CorruptData(f"{owner}: tables or history do not match the steps")
         model = cls(params)
         model._buckets, model._means, model._counts = buckets, means, counts
@@ -383,6 +569,12 @@ class Predictor:
             if cells.dtype != np.int32 or cells.ndim != 1 or (cells.size and cells.min() < 0):
                 raise CorruptData(f"{owner}: history[{i}] is not a cell index array")
             model._history.append(cells)
+        model._history_values.extend(history_values)
+        model._level = float(state.get("level", math.nan))
+        for step, packed in state.get("calibration", []):  # absent from format-1 states
+            if int(step) not in model._calibration:
+                raise CorruptData(f"{owner}: calibration for unknown step {step!r}")
+            model._calibration[int(step)] = _Calibration.from_state(int(step), packed)
         for step in params.steps:
             model._tables[step] = _StepTable.from_state(tables_raw[step], params.slots_per_cell, n)
         return model

@@ -34,3 +34,47 @@ def test_padding_survives_a_round_trip_and_outputs_continue_identically():
     b = feed(restored, values[40:], start=1.4e9 + 40 * 300.0)
     assert a == b
     assert not any(math.isnan(o.anomaly_score) for o in a)
+
+
+def test_forecast_model_round_trips_exactly_with_its_band():
+    """The prediction model's head (change target, time-of-week context, calibration) survives
+    to_bytes/from_bytes: the restored model's forecasts and bands are identical."""
+    from pensu.htm.presets import prediction_params
+
+    params = prediction_params(preset_params("small", warmup_samples=10), 3)
+    rng = np.random.default_rng(5)
+    values = list(np.sin(np.arange(140) / 4.0) * 10 + rng.normal(0, 0.5, 140))
+    model = HtmModel(params, seed=8)
+    feed(model, values[:90])
+    restored = HtmModel.from_bytes(model.to_bytes())
+    assert restored.to_bytes() == model.to_bytes()
+    a = feed(model, values[90:], start=1.4e9 + 90 * 300.0)
+    b = feed(restored, values[90:], start=1.4e9 + 90 * 300.0)
+    assert a == b
+    assert all(o.prediction_lower <= o.prediction <= o.prediction_upper for o in a)
+
+
+def test_format_1_model_still_loads_and_behaves_as_before():
+    """A version-1 payload (no forecast fields) loads; its value-target head keeps predicting."""
+    import msgpack
+
+    from pensu.htm.predictor import PredictorParams
+
+    params = preset_params("small", warmup_samples=10).replace(predictor=PredictorParams(steps=(1,)))
+    model = HtmModel(params, seed=8)
+    values = list(np.sin(np.arange(80) / 4.0) * 10)
+    feed(model, values[:60])
+    envelope = msgpack.unpackb(model.to_bytes(), raw=False, strict_map_key=False)
+    state = envelope["model"]
+    # what version 1 wrote: no forecast parameters, no history values, level or calibration
+    for key in ("target", "estimate", "context_alpha", "band", "level_alpha", "time_of_week_width",
+                "time_of_week_radius"):
+        del state["params"]["predictor"][key]
+        del state["predictor"]["params"][key]
+    for key in ("history_values", "level", "calibration"):
+        del state["predictor"][key]
+    old = msgpack.packb({"format": envelope["format"], "version": 1, "model": state}, use_bin_type=True)
+    restored = HtmModel.from_bytes(old)
+    a = feed(model, values[60:], start=1.4e9 + 60 * 300.0)
+    b = feed(restored, values[60:], start=1.4e9 + 60 * 300.0)
+    assert a == b

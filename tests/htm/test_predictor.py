@@ -216,3 +216,101 @@ def test_bad_active_cells_are_rejected():
     with pytest.raises(ValueError):
         predictor.infer(np.array([[1, 2]]))
     assert predictor.infer(np.array([], dtype=np.int32))[1].value is None
+
+
+# -- forecasting options: change target, context bits, calibrated band ----------------------
+FORECAST = dict(alpha=0.03, context_alpha=0.3, target="change", estimate="mean", level_alpha=0.7,
+                slots_per_cell=16)
+
+
+def weekly_samples(n, rng, noise=2.0):
+    """A 'demand' series with a period of 48, random cells and a periodic context (time of week)."""
+    out = []
+    for t in range(n):
+        phase = t % 48
+        value = 100.0 + 60.0 * math.sin(2 * math.pi * phase / 48) + rng.normal(0, noise)
+        # 21 context bits sliding with the phase, wrapping (as the time-of-week field does)
+        context = (N_CELLS + (2 * phase + np.arange(21)) % 96).astype(np.int32)
+        cells = np.concatenate([rng.choice(N_CELLS, 20, replace=False).astype(np.int32), context])
+        out.append((np.sort(cells), value))
+    return out
+
+
+def run_change(predictor, samples, step):
+    forecasts = [None] * len(samples)
+    for t, (cells, value) in enumerate(samples):
+        pred = predictor.infer(cells, value)[step]
+        if t + step < len(samples):
+            forecasts[t + step] = pred
+        predictor.learn(cells, 0, value, resolution=1.0, context_start=N_CELLS)
+    return forecasts
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_change_target_learns_a_periodic_series_and_beats_persistence(step):
+    rng = np.random.default_rng(2)
+    samples = weekly_samples(48 * 40, rng)
+    forecasts = run_change(Predictor(PredictorParams(steps=(step,), **FORECAST)), samples, step)
+    values = np.array([v for _, v in samples])
+    late = range(48 * 30, len(samples))
+    mae = np.mean([abs(forecasts[t].value - values[t]) for t in late])
+    persistence = np.mean([abs(values[t - step] - values[t]) for t in late])
+    assert mae < 0.5 * persistence
+    inside = np.mean([forecasts[t].lower <= values[t] <= forecasts[t].upper for t in late])
+    assert 0.7 <= inside <= 0.9  # an 80 % band
+
+
+def test_change_target_on_noise_falls_back_to_the_level():
+    """Where the context carries nothing, the calibrated gain shrinks the learnt change away."""
+    rng = np.random.default_rng(3)
+    samples = [(np.sort(rng.choice(N_CELLS, 20, replace=False)).astype(np.int32), rng.normal(50.0, 5.0))
+               for _ in range(3000)]
+    forecasts = run_change(Predictor(PredictorParams(steps=(1,), **FORECAST)), samples, 1)
+    values = np.array([v for _, v in samples])
+    late = range(2000, 3000)
+    mae = np.mean([abs(forecasts[t].value - values[t]) for t in late])
+    persistence = np.mean([abs(values[t - 1] - values[t]) for t in late])
+    assert mae < persistence  # white noise: a smoothed level beats the last value
+
+
+def test_change_target_needs_the_current_value_and_a_resolution():
+    predictor = Predictor(PredictorParams(**FORECAST))
+    cells = np.array([1, 2, 3], dtype=np.int32)
+    with pytest.raises(ValueError, match="resolution"):
+        predictor.learn(cells, 0, 1.0)
+    with pytest.raises(ValueError, match="current value"):
+        predictor.infer(cells)
+
+
+def test_value_target_band_brackets_the_prediction():
+    rng = np.random.default_rng(4)
+    predictor = Predictor(PredictorParams(steps=(1,), estimate="mean"))
+    cells = np.array([5, 6, 7], dtype=np.int32)
+    for _ in range(300):
+        predictor.learn(cells, int(rng.integers(0, 10)), float(rng.integers(0, 10)))
+    pred = predictor.infer(cells)[1]
+    assert pred.lower < pred.value < pred.upper
+    assert 0.0 <= pred.lower and pred.upper <= 9.0
+
+
+@pytest.mark.parametrize("bad", [dict(target="delta"), dict(estimate="median"), dict(context_alpha=0.0),
+                                 dict(band=(0.9, 0.1)), dict(level_alpha=1.5), dict(time_of_week_width=-1),
+                                 dict(time_of_week_radius=0.0)])
+def test_bad_forecast_params_are_refused(bad):
+    with pytest.raises(ConfigurationError):
+        PredictorParams(**bad)
+
+
+@pytest.mark.parametrize("split", [1, 2, 200])
+def test_change_target_round_trip_continues_bit_identically(split):
+    rng = np.random.default_rng(6)
+    samples = weekly_samples(400, rng)
+    params = PredictorParams(steps=(1, 3), **FORECAST)
+    original = Predictor(params)
+    run_change(original, samples[:split], 1)
+    restored = round_trip(original)
+    for cells, value in samples[split:]:
+        assert original.infer(cells, value) == restored.infer(cells, value)
+        original.learn(cells, 0, value, resolution=1.0, context_start=N_CELLS)
+        restored.learn(cells, 0, value, resolution=1.0, context_start=N_CELLS)
+    assert msgpack.packb(original.get_state()) == msgpack.packb(restored.get_state())

@@ -262,6 +262,8 @@ def test_pensu_output_lines_are_stored_exactly(carbon: Carbon, sample_metric: st
                 "anomaly_direction": (-1, 0, 1)[j],
                 "prediction": 41.7 + j / 3,
                 "prediction_confidence": 1 / 3 + j / 10,
+                "prediction_lower": 38.2 - j / 7,
+                "prediction_upper": 45.1 + j / 7,
             }
             assert set(values) == set(OUTPUT_KINDS)
             for kind, value in values.items():
