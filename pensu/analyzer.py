@@ -33,8 +33,8 @@ from pensu.htm.serialization import require
 from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
-FORMAT_VERSION = 2  # 2: adds the decision's episode state
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: adds the decision's episode state; 3: the models' contextual detector
+READABLE_VERSIONS = (1, 2, 3)
 _INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
 
 
@@ -81,7 +81,7 @@ class Analysis:
 def shared_core_params(config: AnalyzerConfig) -> ModelParams | None:
     """One model with both heads, when the two models differ only in their heads; else None."""
     anomaly, prediction = config.anomaly_params, config.prediction_params
-    without_heads = {"likelihood": None, "spatial_anomaly": None, "predictor": None}
+    without_heads = {"likelihood": None, "spatial_anomaly": None, "contextual": None, "predictor": None}
     if anomaly.replace(**without_heads) != prediction.replace(**without_heads):
         return None
     return anomaly.replace(predictor=prediction.predictor)
@@ -176,7 +176,7 @@ class MetricAnalyzer:
         decision = self.decision.step(Observation(
             timestamp=timestamp, value=value, raw_score=anomaly.raw_score, log_likelihood=anomaly.log_likelihood,
             final_score=anomaly.anomaly_score, spatial_anomaly=anomaly.spatial_anomaly,
-            warming_up=anomaly.warming_up, predicted_value=predicted_value, prediction_confidence=confidence,
+            contextual_anomaly=anomaly.contextual_anomaly, warming_up=anomaly.warming_up, predicted_value=predicted_value, prediction_confidence=confidence,
             previous_value=self.last_value))
 
         self.sample_count += 1
