@@ -20,6 +20,9 @@ Detectors (written for Pensu from published descriptions, no code copied):
   set of pairs (level of an earlier row among the last `span` distinct level events, current
   level); the score is the share of those pairs never seen before on this stream. All pairs
   are then remembered.
+* ``engine`` — `pensu.htm.contextual` with its defaults, fed as `HtmModel` feeds it (grid
+  from the warm-up, warm-up values primed, probation, rest); ``engine-p0`` / ``engine-p600``
+  with another probation. Only its firings count (0 or 1), so use it with ``--rules max:0.6``.
 * ``mad`` — robust z-score of the first difference against an exponentially weighted median
   and MAD (sign-step updates), squashed to [0, 1) by 1 - exp(-z / scale).
 
@@ -215,6 +218,8 @@ for _levels in (8, 16):
                 VARIANTS[f"ctx-L{_levels}-S{_span}-b{_base:g}-r{_rest}"] = (
                     contextual_novelty, {"levels": _levels, "span": _span, "base": _base, "rest": _rest})
 VARIANTS["engine"] = (engine_contextual, {"params": ContextualAnomalyParams()})
+VARIANTS["engine-p0"] = (engine_contextual, {"params": ContextualAnomalyParams(probation_samples=0)})
+VARIANTS["engine-p600"] = (engine_contextual, {"params": ContextualAnomalyParams(probation_samples=600)})
 for _rate in (0.01, 0.05):
     for _scale in (3.0, 10.0):
         VARIANTS[f"mad-r{_rate}-s{_scale}"] = (robust_difference_z, {"rate": _rate, "scale": _scale})

@@ -14,7 +14,18 @@ from pensu.htm.presets import preset_params
 
 
 def detector(**params) -> ContextualAnomaly:
+    params.setdefault("probation_samples", 0)
     return ContextualAnomaly(ContextualAnomalyParams(**params), origin=0.0, width=8.0)  # bins of width 1
+
+
+def test_no_firing_during_probation_primed_samples_count() -> None:
+    d = detector(rest_samples=0, probation_samples=6)
+    for v in [0.5, 1.5, 2.5]:
+        d.prime(v)
+    assert not d.step(5.5)  # 4th sample: new, but in probation
+    assert not d.step(6.5)  # 5th
+    d.step(6.5)  # 6th (no event)
+    assert d.step(9.5)  # 7th: probation over
 
 
 def test_a_repeated_pattern_stops_firing_and_a_new_level_fires() -> None:
@@ -69,7 +80,7 @@ def test_state_round_trip_is_exact_and_continues_identically() -> None:
     rng = np.random.default_rng(3)
     values = list(np.sin(np.arange(400) / 7.0) * 4 + rng.normal(0, 0.7, 400))
     values[250] = 30.0
-    a = ContextualAnomaly(ContextualAnomalyParams(rest_samples=20), origin=-4.0, width=7.3)
+    a = ContextualAnomaly(ContextualAnomalyParams(rest_samples=20, probation_samples=50), origin=-4.0, width=7.3)
     first = [a.step(v) for v in values[:200]]
     state = msgpack.unpackb(msgpack.packb(a.get_state(), use_bin_type=True), raw=False, strict_map_key=False)
     b = ContextualAnomaly.from_state(state)
@@ -104,8 +115,11 @@ def series(n: int, seed: int = 5) -> list[float]:
     return list(np.sin(np.arange(n) * 2 * math.pi / 24) * 10 + 50 + rng.normal(0, 0.3, n))
 
 
+EARLY = ContextualAnomalyParams(probation_samples=0)  # fires on short test series
+
+
 def test_model_grid_comes_from_the_warm_up_and_a_firing_raises_the_final_score() -> None:
-    params = preset_params("small", warmup_samples=30)
+    params = preset_params("small", warmup_samples=30, contextual=EARLY)
     model = HtmModel(params, seed=2)
     values = series(300)
     outs = feed(model, values)
@@ -121,7 +135,7 @@ def test_model_grid_comes_from_the_warm_up_and_a_firing_raises_the_final_score()
 
 def test_model_without_contextual_params_scores_as_before() -> None:
     values = series(200)
-    on = feed(HtmModel(preset_params("small", warmup_samples=30), seed=2), values)
+    on = feed(HtmModel(preset_params("small", warmup_samples=30, contextual=EARLY), seed=2), values)
     off = feed(HtmModel(preset_params("small", warmup_samples=30, contextual=None), seed=2), values)
     assert [o.raw_score for o in on] == [o.raw_score for o in off]
     assert all(not o.contextual_anomaly for o in off)
@@ -130,7 +144,7 @@ def test_model_without_contextual_params_scores_as_before() -> None:
 
 
 def test_model_round_trip_with_contextual_state_and_version_1_restore() -> None:
-    params = preset_params("small", warmup_samples=30)
+    params = preset_params("small", warmup_samples=30, contextual=EARLY)
     values = series(260)
     model = HtmModel(params, seed=2)
     feed(model, values[:200])
