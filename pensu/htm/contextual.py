@@ -6,7 +6,7 @@ copied):
 
 * Values are binned on a fixed grid of `levels` bins per warm-up range (origin and step are set
   once, when the model fixes its encoder resolution; values beyond the warm-up range get new bin
-  indices, so the grid never moves).
+  indices, so the grid never moves; at most `max_pairs` pairs are remembered).
 * A change of bin is an *event*. The context of an event is the set of pairs (bin of each of the
   last `span` events, current bin). Its novelty is the share of those pairs never seen before;
   all of them are then remembered (at most (bins seen)² pairs).
@@ -36,6 +36,9 @@ class ContextualAnomalyParams:
     """Grid, context length, firing threshold, rest period and the final score of a firing."""
 
     levels: int = 8  # bins per warm-up range
+    # at most this many pairs are remembered (then new ones stay new; the rest period still
+    # limits firings): bounds memory on an ever-growing metric (NAB's largest file: 4,422)
+    max_pairs: int = 10_000
     span: int = 7  # earlier events in a context
     threshold: float = 1.0  # share of new pairs that fires
     rest_samples: int = 600  # no firing for this many samples after one
@@ -48,6 +51,8 @@ class ContextualAnomalyParams:
     def __post_init__(self) -> None:
         if int(self.levels) < 1:
             raise ConfigurationError("ContextualAnomalyParams.levels must be >= 1")
+        if int(self.max_pairs) < 0:
+            raise ConfigurationError("ContextualAnomalyParams.max_pairs must be >= 0")
         if int(self.span) < 1:
             raise ConfigurationError("ContextualAnomalyParams.span must be >= 1")
         if not 0.0 < self.threshold <= 1.0:
@@ -84,7 +89,7 @@ class ContextualAnomaly:
         self._count += 1
         if self._recent and self._recent[-1] == level:
             return
-        self._seen.update((earlier, level) for earlier in self._recent)
+        self._remember({(earlier, level) for earlier in self._recent})
         self._recent.append(level)
         if len(self._recent) > self.params.span:
             del self._recent[0]
@@ -108,11 +113,18 @@ class ContextualAnomaly:
             fired = novelty >= self.params.threshold
         if learn:
             self._resting = int(self.params.rest_samples) if fired else resting
-            self._seen.update(pairs)
+            self._remember(pairs)
             recent.append(level)
             if len(recent) > self.params.span:
                 del recent[0]
         return fired
+
+    def _remember(self, pairs: set[tuple[int, int]]) -> None:
+        room = int(self.params.max_pairs) - len(self._seen)
+        if room >= len(pairs):
+            self._seen.update(pairs)
+        elif room > 0:
+            self._seen.update(sorted(pairs - self._seen)[:room])
 
     # -- serialization ------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -136,6 +148,7 @@ class ContextualAnomaly:
             model._count = int(require(state, "count", owner))
         except (TypeError, ValueError, ConfigurationError) as exc:
             raise CorruptData(f"{owner}: malformed state ({exc})") from exc
-        if len(model._recent) > params.span or model._resting < 0 or model._count < 0:
+        if (len(model._recent) > params.span or model._resting < 0 or model._count < 0
+                or len(model._seen) > params.max_pairs):
             raise CorruptData(f"{owner}: malformed state (recent events or rest period out of range)")
         return model

@@ -170,3 +170,12 @@ def test_model_round_trip_with_contextual_state_and_version_1_restore() -> None:
     with pytest.raises(CorruptData, match="contextual"):
         HtmModel.from_bytes(msgpack.packb(envelope, use_bin_type=True))
     assert log_likelihood(0.5) < params.contextual.score
+
+
+def test_memory_is_bounded_on_an_ever_growing_counter() -> None:
+    d = detector(rest_samples=50, max_pairs=300)
+    fired = [d.step(float(i) * 0.37) for i in range(5000)]
+    assert len(d._seen) == 300
+    assert 0 < sum(fired) <= 5000 // 51 + 1  # still firing on new levels, at most once per rest period
+    with pytest.raises(CorruptData):
+        ContextualAnomaly.from_state({**d.get_state(), "params": {**d.get_state()["params"], "max_pairs": 10}})
