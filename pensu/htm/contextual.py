@@ -9,7 +9,7 @@ copied):
   indices, so the grid never moves; at most `max_pairs` pairs are remembered).
 * A change of bin is an *event*. The context of an event is the set of pairs (bin of each of the
   last `span` events, current bin). Its novelty is the share of those pairs never seen before;
-  all of them are then remembered (at most (bins seen)² pairs).
+  all of them are then remembered (up to `max_pairs`).
 * The detector *fires* when the novelty reaches `threshold` (1.0: every pair is new), and then
   rests for `rest_samples` samples (no firing), so one change of regime is one detection. It
   never fires in its first `probation_samples` samples, while nearly every context is new.
@@ -29,6 +29,9 @@ from typing import Any, Mapping
 
 from pensu.errors import ConfigurationError, CorruptData
 from pensu.htm.serialization import require
+
+
+_BIN_LIMIT = 1e15
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,11 @@ class ContextualAnomaly:
         self._count = 0  # samples seen (primed or stepped with learning)
 
     def bin(self, value: float) -> int:
-        """The grid bin of a value."""
-        return math.floor((float(value) - self.origin) / self.step_size)
+        """The grid bin of a value (kept within ±1e15 so that extreme values still pack as msgpack ints)."""
+        position = (float(value) - self.origin) / self.step_size
+        if not math.isfinite(position):  # a difference near the float limit overflows
+            position = math.copysign(_BIN_LIMIT, position)
+        return math.floor(min(max(position, -_BIN_LIMIT), _BIN_LIMIT))
 
     def prime(self, value: float) -> None:
         """Remember a value's context without scoring it (the model's buffered warm-up values)."""

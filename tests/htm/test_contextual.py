@@ -179,3 +179,12 @@ def test_memory_is_bounded_on_an_ever_growing_counter() -> None:
     assert 0 < sum(fired) <= 5000 // 51 + 1  # still firing on new levels, at most once per rest period
     with pytest.raises(CorruptData):
         ContextualAnomaly.from_state({**d.get_state(), "params": {**d.get_state()["params"], "max_pairs": 10}})
+
+
+def test_extreme_values_bin_and_serialize() -> None:
+    d = detector(rest_samples=0)
+    for v in (0.5, 1e308, -1e308, 2.5):
+        d.step(v)
+    assert d.bin(1e308) == 10**15 and d.bin(-1e308) == -(10**15)
+    packed = msgpack.packb(d.get_state(), use_bin_type=True)
+    assert ContextualAnomaly.from_state(msgpack.unpackb(packed, raw=False)).get_state() == d.get_state()
