@@ -101,7 +101,7 @@ def _pending_from_state(p: Any) -> _Pending:
 def shared_core_params(config: AnalyzerConfig) -> ModelParams | None:
     """One model with both heads, when the two models differ only in their heads; else None."""
     anomaly, prediction = config.anomaly_params, config.prediction_params
-    without_heads = {"likelihood": None, "spatial_anomaly": None, "predictor": None}
+    without_heads = {"likelihood": None, "spatial_anomaly": None, "contextual": None, "predictor": None}
     if anomaly.replace(**without_heads) != prediction.replace(**without_heads):
         return None
     return anomaly.replace(predictor=prediction.predictor)
@@ -197,7 +197,7 @@ class MetricAnalyzer:
         decision = self.decision.step(Observation(
             timestamp=timestamp, value=value, raw_score=anomaly.raw_score, log_likelihood=anomaly.log_likelihood,
             final_score=anomaly.anomaly_score, spatial_anomaly=anomaly.spatial_anomaly,
-            warming_up=anomaly.warming_up, predicted_value=predicted_value, prediction_confidence=confidence,
+            contextual_anomaly=anomaly.contextual_anomaly, warming_up=anomaly.warming_up, predicted_value=predicted_value, prediction_confidence=confidence,
             previous_value=self.last_value))
 
         self.sample_count += 1

@@ -108,6 +108,8 @@ class Observation:
     predicted_value: float | None  # the prediction made earlier for this sample
     prediction_confidence: float
     previous_value: float | None
+    # the contextual detector fired (final score raised to its score): a temporal reason too
+    contextual_anomaly: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +186,7 @@ class EpisodeTracker:
         cfg = self.config
         if obs.warming_up or obs.final_score < self._gate or obs.prediction_confidence < cfg.minimum_confidence:
             return 0
-        temporal = obs.log_likelihood >= self._gate and obs.raw_score >= cfg.anomaly_score
+        temporal = (obs.log_likelihood >= self._gate or obs.contextual_anomaly) and obs.raw_score >= cfg.anomaly_score
         return (_TEMPORAL_BIT if temporal else 0) | (_RANGE_BIT if obs.spatial_anomaly else 0)
 
     def step(self, obs: Observation) -> Decision:

@@ -186,3 +186,14 @@ def test_config_refuses_negative_periods() -> None:
         DecisionConfig(quiet_samples=-1)
     assert dataclasses.replace(DecisionConfig(), suppression_samples=5).suppression_samples == 5
     assert log_likelihood(0.99997) == DecisionConfig().final_score_threshold
+
+
+def test_a_contextual_anomaly_opens_an_episode_though_the_likelihood_is_low() -> None:
+    tracker = EpisodeTracker("m", DecisionConfig())
+    low = log_likelihood(0.9)
+    plain = Observation(timestamp=0.0, value=1.0, raw_score=0.2, log_likelihood=low, final_score=0.6,
+                        spatial_anomaly=False, warming_up=False, predicted_value=None, prediction_confidence=0.0,
+                        previous_value=None)
+    assert tracker.classify(plain) == 0  # a final score the likelihood does not explain is not enough
+    decision = tracker.step(dataclasses.replace(plain, contextual_anomaly=True))
+    assert decision.reported and decision.event is not None and decision.event.reason == TEMPORAL

@@ -20,6 +20,12 @@ The value encoder is an RDSE whose resolution follows htm.core's NAB detector:
 * After the resolution is fixed, values outside the warm-up range still encode (the RDSE is
   unbounded); a value far outside it is what the optional spatial-anomaly rule flags.
 
+Contextual anomaly (optional, on in the service presets): ``pensu.htm.contextual`` runs beside
+the TM on the same values, on a grid fixed with the resolution (origin = the range's minimum,
+width = ``resolution × 130``). When it fires the final score is ``max(log-likelihood, score)``
+(``ModelOutput.contextual_anomaly``); the spatial rule's 1.0 still wins. Buffered warm-up
+values are fed to it too, so it knows them before the first scored sample.
+
 Serialization: ``to_bytes()`` gives msgpack with a format tag and version; ``from_bytes``
 restores a model whose subsequent outputs are bit-identical to the original's.
 """
@@ -35,6 +41,7 @@ import msgpack
 import numpy as np
 
 from pensu.errors import CorruptData, UnsupportedFormatVersion
+from pensu.htm.contextual import ContextualAnomaly, ContextualAnomalyParams
 from pensu.htm.encoders import RDSE, DateEncoder, DateEncoderParams, RDSEParams, concat_sdrs
 from pensu.htm.likelihood import (
     AnomalyLikelihood,
@@ -50,9 +57,10 @@ from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
 FORMAT_TAG = "pensu-htm-model"
 # 2: predictor forecasting options (change target, context bits, bands) and history values.
-# Format-1 payloads still load: their parameters take the defaults, which behave as version 1.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: the contextual detector's state. Older payloads still load: their parameters take the
+# defaults, which behave as the version that wrote them (no contextual detector before 3).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 RESOLUTION_DIVISOR = 130.0
 MIN_RESOLUTION = 0.001
 FLAT_WARMUP_FACTOR = 10
@@ -70,6 +78,7 @@ class ModelParams:
     likelihood: AnomalyLikelihoodParams | None = field(default_factory=AnomalyLikelihoodParams)
     spatial_anomaly: SpatialAnomalyParams | None = field(default_factory=SpatialAnomalyParams)
     predictor: PredictorParams | None = None
+    contextual: ContextualAnomalyParams | None = None
     min_value: float | None = None
     max_value: float | None = None
     warmup_samples: int = 150
@@ -97,6 +106,7 @@ class ModelOutput:
     warming_up: bool
     prediction_lower: float | None = None  # band around the prediction (predictor's quantiles)
     prediction_upper: float | None = None
+    contextual_anomaly: bool = False  # the contextual detector fired (see pensu.htm.contextual)
 
 
 _NO_CONTEXT = int(np.iinfo(np.int32).max)
@@ -131,10 +141,11 @@ class HtmModel:
         self.spatial = SpatialAnomaly(params.spatial_anomaly) if params.spatial_anomaly else None
         self.predictor = Predictor(params.predictor) if params.predictor else None
         self.week_encoder = _time_of_week_encoder(params)
+        self.contextual: ContextualAnomaly | None = None  # built with the encoder (it needs the grid)
         self.iteration = 0
         self._warmup: list[tuple[float, float]] = []
         if params.min_value is not None and params.max_value is not None:
-            self._build(resolution_for_range(params.min_value, params.max_value))
+            self._build(resolution_for_range(params.min_value, params.max_value), float(params.min_value))
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 42, **overrides: Any) -> "HtmModel":
@@ -144,13 +155,15 @@ class HtmModel:
         return cls(preset_params(name, **overrides), seed=seed)
 
     # -- construction -------------------------------------------------------------------
-    def _build(self, resolution: float) -> None:
+    def _build(self, resolution: float, origin: float) -> None:
         rdse = RDSE(RDSEParams(size=self.params.rdse_size, active_bits=self.params.rdse_active_bits,
                                resolution=resolution, seed=self.seed))
         input_size = rdse.size + self.date_encoder.size
         self.rdse = rdse
         self.sp = SpatialPooler(input_size, self.params.sp, seed=self.seed)
         self.tm = TemporalMemory(self.params.sp.column_count, self.params.tm, seed=self.seed)
+        if self.params.contextual is not None:
+            self.contextual = ContextualAnomaly(self.params.contextual, origin, resolution * RESOLUTION_DIVISOR)
 
     @property
     def resolution(self) -> float | None:
@@ -174,10 +187,12 @@ class HtmModel:
             if resolution is None:
                 self.iteration += 1
                 return self._neutral_output()
-            self._build(resolution)
+            lo = min(v for _, v in self._warmup)
+            hi = max(v for _, v in self._warmup)
+            self._build(resolution, lo - (hi - lo) * self.params.warmup_range_padding)
             buffered, self._warmup = self._warmup[:-1], []
             for ts, val in buffered:
-                self._compute(ts, val, learn)
+                self._compute(ts, val, learn, warm=True)
         self.iteration += 1
         return self._compute(float(timestamp), value, learn)
 
@@ -200,7 +215,7 @@ class HtmModel:
                            anomaly_score=log_likelihood(0.5), spatial_anomaly=False,
                            prediction=None, confidence=0.0, prediction_step=step, warming_up=True)
 
-    def _compute(self, timestamp: float, value: float, learn: bool) -> ModelOutput:
+    def _compute(self, timestamp: float, value: float, learn: bool, warm: bool = False) -> ModelOutput:
         assert self.rdse is not None and self.sp is not None and self.tm is not None
         value_bits = self.rdse.encode(value)
         date_bits = self.date_encoder.encode(timestamp)
@@ -212,6 +227,16 @@ class HtmModel:
             likelihood = float(self.likelihood.update(raw, value))
         log_score = float(log_likelihood(likelihood))
         spatial = bool(self.spatial.update(value)) if self.spatial is not None else False
+        contextual = False
+        if self.contextual is not None:
+            if warm:  # a buffered warm-up value: its output is never seen, so only remember it
+                if learn:
+                    self.contextual.prime(value)
+            else:
+                contextual = self.contextual.step(value, learn)
+        final = 1.0 if spatial else log_score
+        if contextual:
+            final = max(final, self.params.contextual.score)  # type: ignore[union-attr]
         prediction: float | None = None
         lower: float | None = None
         upper: float | None = None
@@ -233,9 +258,10 @@ class HtmModel:
                 self.predictor.learn(features, self.rdse.bucket(value), value,
                                      resolution=self.rdse.params.resolution, context_start=context_start)
         return ModelOutput(raw_score=raw, likelihood=likelihood, log_likelihood=log_score,
-                           anomaly_score=1.0 if spatial else log_score, spatial_anomaly=spatial,
+                           anomaly_score=final, spatial_anomaly=spatial,
                            prediction=prediction, confidence=confidence, prediction_step=step,
-                           warming_up=False, prediction_lower=lower, prediction_upper=upper)
+                           warming_up=False, prediction_lower=lower, prediction_upper=upper,
+                           contextual_anomaly=contextual)
 
     # -- introspection ------------------------------------------------------------------
     def memory_bytes(self) -> int:
@@ -260,6 +286,7 @@ class HtmModel:
             "likelihood": None if self.likelihood is None else self.likelihood.get_state(),
             "spatial": None if self.spatial is None else self.spatial.get_state(),
             "predictor": None if self.predictor is None else self.predictor.get_state(),
+            "contextual": None if self.contextual is None else self.contextual.get_state(),
         }
 
     @classmethod
@@ -283,6 +310,13 @@ class HtmModel:
                 raise CorruptData(f"HtmModel: {attr} state does not match the parameters")
             if part is not None:
                 setattr(model, attr, klass.from_state(part))
+        contextual = state.get("contextual")  # absent before version 3
+        if contextual is not None:
+            if params.contextual is None or resolution is None:
+                raise CorruptData("HtmModel: contextual state does not match the parameters")
+            model.contextual = ContextualAnomaly.from_state(contextual)
+        elif params.contextual is not None and resolution is not None:
+            raise CorruptData("HtmModel: contextual state missing")
         return model
 
     def to_bytes(self) -> bytes:
@@ -331,6 +365,7 @@ _NESTED = {
     "likelihood": AnomalyLikelihoodParams,
     "spatial_anomaly": SpatialAnomalyParams,
     "predictor": PredictorParams,
+    "contextual": ContextualAnomalyParams,
 }
 
 

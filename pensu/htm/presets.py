@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from pensu.htm.contextual import ContextualAnomalyParams
 from pensu.htm.encoders import DateEncoderParams
 from pensu.htm.likelihood import AnomalyLikelihoodParams, SpatialAnomalyParams
 from pensu.htm.model import ModelParams
@@ -42,6 +43,7 @@ def _nab() -> ModelParams:
         tm=TemporalMemoryParams(),
         likelihood=SERVICE_LIKELIHOOD,
         spatial_anomaly=SpatialAnomalyParams(),
+        contextual=ContextualAnomalyParams(),
     )
 
 
@@ -60,6 +62,7 @@ def _nupic() -> ModelParams:
                                 max_synapses_per_segment=32),
         likelihood=SERVICE_LIKELIHOOD,
         spatial_anomaly=SpatialAnomalyParams(),
+        contextual=ContextualAnomalyParams(),
     )
 
 
@@ -74,6 +77,7 @@ def _small() -> ModelParams:
                                 max_synapses_per_segment=64),
         likelihood=SERVICE_LIKELIHOOD,
         spatial_anomaly=SpatialAnomalyParams(),
+        contextual=ContextualAnomalyParams(),
     )
 
 
@@ -127,4 +131,4 @@ def forecast_predictor(steps: int) -> PredictorParams:
 
 def prediction_params(params: ModelParams, steps: int) -> ModelParams:
     """Turn anomaly-model parameters into a prediction model predicting `steps` ahead."""
-    return params.replace(likelihood=None, spatial_anomaly=None, predictor=forecast_predictor(steps))
+    return params.replace(likelihood=None, spatial_anomaly=None, contextual=None, predictor=forecast_predictor(steps))
