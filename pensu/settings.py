@@ -66,7 +66,8 @@ OPTION_PREFIXES: dict[str, str] = {
     "PENSU_KAFKA_PRODUCER_OPT_": "producer",
 }
 # PENSU_* variables read by tests and benchmarks, not by the service: never typos.
-TOOL_VARIABLES = frozenset({"PENSU_TEST_KAFKA_BOOTSTRAP", "PENSU_NAB_DATA", "PENSU_NAB_PRESET"})
+TOOL_VARIABLES = frozenset({"PENSU_TEST_KAFKA_BOOTSTRAP", "PENSU_TEST_KAFKA_TIER", "PENSU_TEST_TANSU_LOG",
+                            "PENSU_NAB_DATA", "PENSU_NAB_PRESET"})
 
 MASK = "********"
 _SENSITIVE_OPTION_WORDS = ("password", "secret", "token", "key.pem", "oauthbearer.config", "jaas")
