@@ -1,0 +1,126 @@
+"""`KafkaCheckpointStore` against the session's broker: round trips through the topic, restore
+by partition into an empty cache, latest record wins, chunked checkpoints, corrupt records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from pensu.checkpoint import CheckpointHeader
+from pensu.kafka_checkpoint import KafkaCheckpointStore, _part_key
+from tests.conftest import KafkaCluster
+
+pytestmark = [pytest.mark.kafka]
+
+def header(topic: str, metric: str, partition: int, count: int) -> CheckpointHeader:
+    return CheckpointHeader(metric=metric, sample_count=count, last_timestamp=1000.0 + count,
+                            last_offsets={f"{topic}:{partition}": count}, saved_at=1.0)
+
+
+class Stores:
+    """Stores of one test sharing a checkpoint topic, each with its own cache directory."""
+
+    def __init__(self, kafka: KafkaCluster, tmp_path: Path) -> None:
+        self.kafka, self.tmp_path = kafka, tmp_path
+        self.input = kafka.unique("in")
+        self.topic = kafka.unique("ckpt")
+        self.quarantine_topic = kafka.unique("ckpt.quarantine")
+        kafka.create_topics(self.input, partitions=4)
+        self.quarantined = 0
+        self.made: list[KafkaCheckpointStore] = []
+
+    def new(self, name: str, part_bytes: int = 512 * 1024) -> KafkaCheckpointStore:
+        def count() -> None:
+            self.quarantined += 1
+        store = KafkaCheckpointStore(self.tmp_path / name, self.topic, self.input, self.quarantine_topic,
+                                     part_bytes=part_bytes, on_quarantined=count)
+        store.connect({"bootstrap.servers": self.kafka.bootstrap_servers})
+        self.made.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self.made:
+            store.close()
+
+
+@pytest.fixture
+def stores(kafka: KafkaCluster, tmp_path: Path):  # type: ignore[no-untyped-def]
+    made = Stores(kafka, tmp_path)
+    yield made
+    made.close()
+
+
+def test_checkpoints_move_between_instances_by_partition(stores: Stores) -> None:
+    first = stores.new("a")
+    first.partitions_assigned(stores.input, [0, 1, 2, 3])
+    for i, metric in enumerate(["m0", "m1", "m2", "m3"]):
+        first.save(header(stores.input, metric, i, 10), f"payload-{metric}".encode())
+    first.save(header(stores.input, "m1", 1, 11), b"payload-m1-newer")  # the latest record of a key wins
+    second = stores.new("b")  # another machine: an empty directory
+    assert second.load("m1") is None
+    second.partitions_assigned(stores.input.replace("in", "other"), [1])  # another topic: ignored
+    assert second.load("m1") is None
+    second.partitions_assigned(stores.input, [1, 3])
+    loaded = second.load("m1")
+    assert loaded is not None and loaded[1] == b"payload-m1-newer" and loaded[0].sample_count == 11
+    assert second.load("m3") is not None and second.load("m3")[1] == b"payload-m3"  # type: ignore[index]
+    assert second.load("m0") is None and second.load("m2") is None  # partitions it does not own
+    assert {e.key for e in second.entries()} and len(list(second.entries())) == 2
+    # Giving partition 1 up drops its cache; the next owner sees what this one saved last.
+    second.save(header(stores.input, "m1", 1, 12), b"payload-m1-from-b")
+    second.partitions_revoked(stores.input, [1])
+    assert second.load("m1") is None and second.load("m3") is not None
+    first.partitions_revoked(stores.input, [0, 1, 2, 3])
+    first.partitions_assigned(stores.input, [1])
+    assert first.load("m1")[1] == b"payload-m1-from-b"  # type: ignore[index]
+    assert stores.quarantined == 0
+
+
+def test_a_checkpoint_larger_than_one_record_round_trips(stores: Stores) -> None:
+    writer = stores.new("a", part_bytes=1024)
+    writer.partitions_assigned(stores.input, [2])
+    big = bytes(range(256)) * 40  # 10 KiB: about ten parts
+    writer.save(header(stores.input, "big.one", 2, 5), big)
+    bigger = bytes(reversed(range(256))) * 60
+    writer.save(header(stores.input, "big.one", 2, 6), bigger)  # a new generation replaces the old parts
+    reader = stores.new("b", part_bytes=1024)
+    reader.partitions_assigned(stores.input, [2])
+    loaded = reader.load("big.one")
+    assert loaded is not None and loaded[1] == bigger and loaded[0].sample_count == 6
+    # Back to one record, then deleted: nothing comes back.
+    reader.save(header(stores.input, "big.one", 2, 7), b"small")
+    third = stores.new("c", part_bytes=1024)
+    third.partitions_assigned(stores.input, [2])
+    assert third.load("big.one")[1] == b"small"  # type: ignore[index]
+    third.delete("big.one")
+    fourth = stores.new("d")
+    fourth.partitions_assigned(stores.input, [2])
+    assert fourth.load("big.one") is None and stores.quarantined == 0
+
+
+def test_corrupt_records_are_quarantined_counted_and_deleted(kafka: KafkaCluster, stores: Stores) -> None:
+    writer = stores.new("a", part_bytes=1024)
+    writer.partitions_assigned(stores.input, [0])
+    writer.save(header(stores.input, "good", 0, 3), b"fine")
+    writer.save(header(stores.input, "split", 0, 3), bytes(5000))
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    producer.produce(stores.topic, key=b"garbled", value=b"PENSUCKP not really a checkpoint", partition=0)
+    # A flipped byte in a part of the split checkpoint: its sha256 no longer matches.
+    generation = writer._generation_of["split"][0]
+    producer.produce(stores.topic, key=_part_key(b"split", generation, 1), value=bytes(1023) + b"\x01",
+                     partition=0)
+    assert producer.flush(30) == 0
+    reader = stores.new("b")
+    reader.partitions_assigned(stores.input, [0])
+    assert reader.load("good") is not None
+    assert reader.load("garbled") is None and reader.load("split") is None
+    assert stores.quarantined == 2 and reader.corrupt_records == 2
+    dead = kafka.consume_all([stores.quarantine_topic], expected=2, timeout=30, idle=0.5)
+    reasons = {m.key(): dict(m.headers())["pensu-reason"] for m in dead}
+    assert set(reasons) == {b"garbled", b"split"} and b"checksum" in reasons[b"split"], reasons
+    # They were deleted from the topic: the next owner neither sees nor counts them again.
+    third = stores.new("c")
+    third.partitions_assigned(stores.input, [0])
+    assert third.load("good") is not None and third.load("garbled") is None and stores.quarantined == 2
