@@ -11,6 +11,9 @@ from confluent_kafka import Producer
 from pensu.checkpoint import CheckpointHeader
 from pensu.kafka_checkpoint import KafkaCheckpointStore, _part_key
 from tests.conftest import KafkaCluster
+from tests.scaleout.cluster import kafka_store_env
+from tests.service_harness import ServiceThread, carbon_by_metric, carbon_of, expected_records, lines_for, service_env
+from tests.support import series
 
 pytestmark = [pytest.mark.kafka]
 
@@ -124,3 +127,35 @@ def test_corrupt_records_are_quarantined_counted_and_deleted(kafka: KafkaCluster
     third = stores.new("c")
     third.partitions_assigned(stores.input, [0])
     assert third.load("good") is not None and third.load("garbled") is None and stores.quarantined == 2
+
+
+@pytest.mark.slow
+def test_restart_with_an_empty_disk_resumes_every_metric(kafka: KafkaCluster, tmp_path: Path) -> None:
+    """PENSU_CHECKPOINT_STORE=kafka: a service restarted on another (empty) models directory
+    continues every metric from the topic: outputs equal one uninterrupted analyzer's, nothing
+    learned twice, no model created fresh."""
+    metrics = [f"disk.host{i}.used" for i in range(8)]
+    data = {m: [(ts, v + i) for ts, v in series(60)] for i, m in enumerate(metrics)}
+    env = service_env(kafka, tmp_path / "first-disk", PENSU_MODELS_AUTOSAVE_INTERVAL="3600",
+                      PENSU_KAFKA_SESSION_TIMEOUT_MS="6000", **kafka_store_env(kafka))
+    topic = env["PENSU_METRICS_KAFKA_TOPIC"]
+
+    def produce(part: slice) -> None:
+        kafka.produce(topic, [(m.encode(), line) for m in metrics for line in lines_for(m, data[m][part])])
+
+    anomaly_topic = env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]
+    produce(slice(0, 35))
+    with ServiceThread(env) as first:
+        kafka.consume_all([anomaly_topic], expected=3 * 35 * len(metrics), timeout=120, idle=0.5)
+        first.stop()
+    second_env = dict(env, PENSU_MODELS_DIR=str(tmp_path / "second-disk"))
+    with ServiceThread(second_env) as second:
+        produce(slice(35, 60))
+        msgs = kafka.consume_all([anomaly_topic], expected=3 * 60 * len(metrics), timeout=120, idle=2.0)
+        loads = {source: second.service.metrics.model_loads.labels(source=source)._value.get()
+                 for source in ("checkpoint", "fresh")}
+        second.stop()
+    got = carbon_by_metric(msgs, anomaly_topic)
+    for metric in metrics:
+        assert got[metric] == carbon_of(expected_records(second.settings, metric, data[metric]), anomaly_topic), metric
+    assert loads == {"checkpoint": len(metrics), "fresh": 0}
