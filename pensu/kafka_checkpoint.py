@@ -13,10 +13,11 @@ instances on different machines hand metrics over with nothing shared but the cl
   (tombstones). The file format's sha256 checks the reassembled bytes. Deleting a metric is a
   tombstone on its key.
 * **Restore** (on assignment, for the newly assigned partitions): a fence record is appended to
-  each partition and the partition is read from the beginning up to that fence, the latest
-  record per key winning (so a broker that does not compact costs only restore time, and no
-  high watermark has to be trusted). Each checkpoint is verified and written to the cache;
-  one that fails verification is copied to the quarantine topic with its reason, tombstoned
+  each partition and the partition is read from the beginning up to that fence, each record
+  verified and streamed into the cache, a later record of a key replacing an earlier one (so
+  the latest wins, a broker that does not compact costs only restore time, no high watermark
+  has to be trusted, and memory holds only the parts of split checkpoints until their
+  manifest). A checkpoint whose latest record fails verification is copied to the quarantine topic with its reason, tombstoned
   and counted, never fatal. The cache is emptied at start and a revoked partition's files are
   removed, so the cache never holds another owner's stale state.
 * **Save** writes the topic first and waits for the broker's acknowledgement (a failure raises
@@ -302,14 +303,21 @@ class KafkaCheckpointStore(CheckpointStore):
                 self._generation_of.pop(metric, None)
 
     def _restore(self, partitions: list[int], timeout: float = RESTORE_TIMEOUT_S) -> tuple[int, int]:
+        """Read the partitions up to a fence of ours, streaming each checkpoint into the cache.
+
+        Later records of a key overwrite earlier ones in the cache, so the latest wins; only the
+        parts of a split checkpoint wait in memory, until their manifest arrives.
+        """
         assert self._config is not None
         fence = uuid.uuid4().bytes
         for partition in partitions:
             self._produce([(FENCE_KEY, fence)], partition)
         consumer = Consumer(dict(self._config, **{
             "group.id": f"pensu-restore-{uuid.uuid4().hex[:8]}", "enable.auto.commit": "false",
-            "enable.partition.eof": "false", "fetch.max.bytes": str(64 * 1024 * 1024)}))
-        latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
+            "enable.partition.eof": "false"}))
+        parts: dict[bytes, bytes] = {}
+        bad: dict[str, tuple[int, bytes, str]] = {}  # metric -> (partition, bytes, reason) if its latest is corrupt
+        restored: set[str] = set()
         pending = set(partitions)
         deadline = time.monotonic() + timeout
         try:
@@ -317,67 +325,75 @@ class KafkaCheckpointStore(CheckpointStore):
             while pending:
                 if time.monotonic() > deadline:
                     raise CheckpointError(f"partitions {sorted(pending)} not read to the end within {timeout:g} s")
-                for msg in consumer.consume(1000, timeout=0.5):
+                for msg in consumer.consume(500, timeout=0.2):
                     if msg.error() is not None:
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("reading %s: %s", self.topic, msg.error())
                         continue
                     key, value, partition = msg.key(), msg.value(), msg.partition()
+                    if key is None or partition not in pending:
+                        continue
                     if key == FENCE_KEY:
                         if value == fence:
                             pending.discard(partition)
-                        continue
-                    if key is not None and partition in latest:
-                        latest[partition][key] = value
+                    elif PART_SEPARATOR in key:
+                        if value is None:
+                            parts.pop(key, None)
+                        else:
+                            parts[key] = value
+                    else:
+                        metric = key.decode("utf-8", "surrogateescape")
+                        bad.pop(metric, None)
+                        restored.discard(metric)
+                        if value is None:  # deleted
+                            self.cache.delete(metric)
+                            self._partition_of.pop(metric, None)
+                            self._generation_of.pop(metric, None)
+                            continue
+                        problem = self._restore_one(metric, value, parts, partition)
+                        if problem is None:
+                            restored.add(metric)
+                        else:
+                            bad[metric] = (partition, *problem)
         finally:
             consumer.close()
-        restored = corrupt = 0
-        for partition, records in latest.items():
-            for key, value in records.items():
-                if value is None or PART_SEPARATOR in key:
-                    continue
-                metric = key.decode("utf-8", "surrogateescape")
-                ok = self._restore_one(metric, value, records, partition)
-                restored += ok
-                corrupt += not ok
-        self.restored_records += restored
-        self.corrupt_records += corrupt
-        return restored, corrupt
+        for metric, (partition, blob, reason) in bad.items():
+            self._quarantine_record(metric, blob, reason, partition)
+        self.restored_records += len(restored)
+        self.corrupt_records += len(bad)
+        return len(restored), len(bad)
 
-    def _restore_one(self, metric: str, value: bytes, records: dict[bytes, bytes | None], partition: int) -> bool:
-        """Verify one restored checkpoint and cache it; quarantine it (and return False) if it is bad."""
+    def _restore_one(self, metric: str, value: bytes, parts: dict[bytes, bytes],
+                     partition: int) -> tuple[bytes, str] | None:
+        """Verify one checkpoint record and cache it; (bytes, reason) if it cannot be trusted."""
         blob = value
-        generation: tuple[str, int] | None = None
+        self._partition_of[metric] = partition
+        self._generation_of.pop(metric, None)
         try:
             if value.startswith(MANIFEST_MAGIC):
                 manifest = msgpack.unpackb(value[len(MANIFEST_MAGIC):], raw=False)
                 if not isinstance(manifest, dict):
                     raise CheckpointCorrupt("undecodable manifest")
                 generation = (str(manifest.get("generation")), int(manifest.get("parts", -1)))
+                self._generation_of[metric] = generation
                 key = metric.encode("utf-8", "surrogateescape")
-                parts = [records.get(_part_key(key, generation[0], i)) for i in range(generation[1])]
-                if generation[1] < 1 or any(p is None for p in parts):
+                keys = [_part_key(key, generation[0], i) for i in range(generation[1])]
+                if generation[1] < 1 or any(k not in parts for k in keys):
                     raise CheckpointCorrupt(f"missing parts of generation {generation[0]}")
-                blob = b"".join(p for p in parts if p is not None)
+                blob = b"".join(parts.pop(k) for k in keys)  # a later manifest names a new generation
             decode_checkpoint(blob, expected_metric=metric)
         except (CheckpointCorrupt, ValueError, TypeError, msgpack.UnpackException) as exc:
-            reason = exc.reason if isinstance(exc, CheckpointCorrupt) else f"undecodable manifest: {exc}"
-            log.warning("checkpoint of %r in %s partition %d is corrupt (%s): copied to %s and deleted, the "
-                        "metric starts fresh", metric, self.topic, partition, reason, self.quarantine_topic)
-            self._dead_letter(metric, blob, reason)
-            self._partition_of[metric] = partition
-            if generation is not None:
-                self._generation_of[metric] = generation
-            try:
-                self._tombstone(metric)
-            except CheckpointError as err:
-                log.warning("could not delete the corrupt checkpoint of %r: %s", metric, err)
-            self._on_quarantined()
-            return False
+            self.cache.delete(metric)
+            return blob, exc.reason if isinstance(exc, CheckpointCorrupt) else f"undecodable manifest: {exc}"
         self.cache.save_encoded(metric, blob)
-        self._partition_of[metric] = partition
-        if generation is None:
-            self._generation_of.pop(metric, None)
-        else:
-            self._generation_of[metric] = generation
-        return True
+        return None
+
+    def _quarantine_record(self, metric: str, blob: bytes, reason: str, partition: int) -> None:
+        log.warning("checkpoint of %r in %s partition %d is corrupt (%s): copied to %s and deleted, the metric "
+                    "starts fresh", metric, self.topic, partition, reason, self.quarantine_topic)
+        self._dead_letter(metric, blob, reason)
+        try:
+            self._tombstone(metric)
+        except CheckpointError as err:
+            log.warning("could not delete the corrupt checkpoint of %r: %s", metric, err)
+        self._on_quarantined()

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from pensu.checkpoint import CheckpointHeader
-from pensu.kafka_checkpoint import KafkaCheckpointStore, _part_key
+import msgpack
+
+from pensu.checkpoint import CheckpointHeader, encode_checkpoint
+from pensu.kafka_checkpoint import MANIFEST_MAGIC, KafkaCheckpointStore, _part_key
 from tests.conftest import KafkaCluster
 from tests.scaleout.cluster import kafka_store_env
 from tests.service_harness import ServiceThread, carbon_by_metric, carbon_of, expected_records, lines_for, service_env
@@ -107,26 +109,33 @@ def test_corrupt_records_are_quarantined_counted_and_deleted(kafka: KafkaCluster
     writer = stores.new("a", part_bytes=1024)
     writer.partitions_assigned(stores.input, [0])
     writer.save(header(stores.input, "good", 0, 3), b"fine")
-    writer.save(header(stores.input, "split", 0, 3), bytes(5000))
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
     producer.produce(stores.topic, key=b"garbled", value=b"PENSUCKP not really a checkpoint", partition=0)
-    # A flipped byte in a part of the split checkpoint: its sha256 no longer matches.
-    generation = writer._generation_of["split"][0]
-    producer.produce(stores.topic, key=_part_key(b"split", generation, 1), value=bytes(1023) + b"\x01",
-                     partition=0)
+    # A split checkpoint with a flipped byte in one part: the reassembled sha256 does not match.
+    blob = bytearray(encode_checkpoint(header(stores.input, "split", 0, 3), bytes(5000)))
+    blob[1500] ^= 1
+    chunks = [bytes(blob[i:i + 1024]) for i in range(0, len(blob), 1024)]
+    for i, chunk in enumerate(chunks):
+        producer.produce(stores.topic, key=_part_key(b"split", "g1", i), value=chunk, partition=0)
+    producer.produce(stores.topic, key=b"split", partition=0,
+                     value=MANIFEST_MAGIC + msgpack.packb({"generation": "g1", "parts": len(chunks)}))
+    # A manifest whose parts are missing.
+    producer.produce(stores.topic, key=b"partless", partition=0,
+                     value=MANIFEST_MAGIC + msgpack.packb({"generation": "g9", "parts": 3}))
     assert producer.flush(30) == 0
     reader = stores.new("b")
     reader.partitions_assigned(stores.input, [0])
     assert reader.load("good") is not None
-    assert reader.load("garbled") is None and reader.load("split") is None
-    assert stores.quarantined == 2 and reader.corrupt_records == 2
-    dead = kafka.consume_all([stores.quarantine_topic], expected=2, timeout=30, idle=0.5)
+    assert reader.load("garbled") is None and reader.load("split") is None and reader.load("partless") is None
+    assert stores.quarantined == 3 and reader.corrupt_records == 3
+    dead = kafka.consume_all([stores.quarantine_topic], expected=3, timeout=30, idle=0.5)
     reasons = {m.key(): dict(m.headers())["pensu-reason"] for m in dead}
-    assert set(reasons) == {b"garbled", b"split"} and b"checksum" in reasons[b"split"], reasons
+    assert set(reasons) == {b"garbled", b"split", b"partless"}, reasons
+    assert b"checksum" in reasons[b"split"] and b"missing parts" in reasons[b"partless"], reasons
     # They were deleted from the topic: the next owner neither sees nor counts them again.
     third = stores.new("c")
     third.partitions_assigned(stores.input, [0])
-    assert third.load("good") is not None and third.load("garbled") is None and stores.quarantined == 2
+    assert third.load("good") is not None and third.load("garbled") is None and stores.quarantined == 3
 
 
 @pytest.mark.slow
