@@ -44,6 +44,17 @@ def payload(preset: str, samples: int) -> bytes:
     return analyzer.to_bytes()
 
 
+def restore_both(store, what: str, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Time restoring all partitions, then one, each into an empty cache."""
+    for label, parts in (("all 4 partitions", list(range(PARTITIONS))), ("1 partition", [0])):
+        reader = store(f"{name}-{len(parts)}")
+        started = time.perf_counter()
+        reader.partitions_assigned("bench.in", parts)
+        print(f"restore {label}, {what}: {reader.restored_records} checkpoints in "
+              f"{time.perf_counter() - started:.2f} s")
+        reader.close()
+
+
 def run(bootstrap: str, metrics: int, blob: bytes, work: Path) -> None:
     ensure_topics({"bootstrap.servers": bootstrap}, ["bench.in"], partitions=PARTITIONS)
     stamp = str(time.time_ns())
@@ -64,21 +75,8 @@ def run(bootstrap: str, metrics: int, blob: bytes, work: Path) -> None:
         took = time.perf_counter() - started
         print(f"save generation {generation}: {metrics} checkpoints in {took:.2f} s "
               f"({metrics / took:.0f}/s, {metrics * len(blob) / took / 1e6:.1f} MB/s)")
-        if generation == 1:
-            for label, parts in (("all 4 partitions", list(range(PARTITIONS))), ("1 partition", [0])):
-                reader = store(f"reader-{generation}-{len(parts)}")
-                started = time.perf_counter()
-                reader.partitions_assigned("bench.in", parts)
-                print(f"restore {label}, one record per key: {reader.restored_records} checkpoints in "
-                      f"{time.perf_counter() - started:.2f} s")
-                reader.close()
-    for label, parts in (("all 4 partitions", list(range(PARTITIONS))), ("1 partition", [0])):
-        reader = store(f"reader-2-{len(parts)}")
-        started = time.perf_counter()
-        reader.partitions_assigned("bench.in", parts)
-        print(f"restore {label}, two records per key (no compaction): {reader.restored_records} checkpoints in "
-              f"{time.perf_counter() - started:.2f} s")
-        reader.close()
+        restore_both(store, "one record per key" if generation == 1 else "two records per key (no compaction)",
+                     f"reader-{generation}")
     writer.close()
 
 
