@@ -314,7 +314,7 @@ class KafkaCheckpointStore(CheckpointStore):
             self._produce([(FENCE_KEY, fence)], partition)
         consumer = Consumer(dict(self._config, **{
             "group.id": f"pensu-restore-{uuid.uuid4().hex[:8]}", "enable.auto.commit": "false",
-            "enable.partition.eof": "false"}))
+            "enable.partition.eof": "false", "fetch.wait.max.ms": "20"}))
         parts: dict[bytes, bytes] = {}
         bad: dict[str, tuple[int, bytes, str]] = {}  # metric -> (partition, bytes, reason) if its latest is corrupt
         restored: set[str] = set()
