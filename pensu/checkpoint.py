@@ -204,6 +204,9 @@ class CheckpointStore(ABC):
     def partitions_revoked(self, topic: str, partitions: list[int]) -> None:
         """Input partitions given up, after their analyzers were checkpointed and released."""
 
+    def refresh(self, topic: str, partitions: list[int]) -> None:
+        """Make `load` see other owners' latest checkpoints of these partitions (they were lost)."""
+
     def close(self) -> None:
         """Release connections (at service stop)."""
 

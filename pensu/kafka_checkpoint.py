@@ -69,11 +69,12 @@ class KafkaCheckpointStore(CheckpointStore):
 
     def __init__(self, cache_dir: Path, topic: str, input_topic: str, quarantine_topic: str,
                  part_bytes: int = DEFAULT_PART_BYTES,
-                 on_quarantined: Callable[[], None] = lambda: None) -> None:
+                 on_quarantined: Callable[[], None] = lambda: None, ack_timeout: float = ACK_TIMEOUT_S) -> None:
         if part_bytes < 1024:
             raise ValueError("part_bytes must be at least 1024")
         self.topic, self.input_topic, self.quarantine_topic = topic, input_topic, quarantine_topic
         self.part_bytes = part_bytes
+        self.ack_timeout = ack_timeout
         self.cache = LocalCheckpointStore(cache_dir, durable=False)
         self._on_quarantined = on_quarantined
         self._config: dict | None = None
@@ -81,6 +82,9 @@ class KafkaCheckpointStore(CheckpointStore):
         self._partition_of: dict[str, int] = {}  # metric -> checkpoint partition (cached metrics)
         self._generation_of: dict[str, tuple[str, int]] = {}  # metric -> (generation, parts) if split
         self._topic_checked = False
+        # After an unacknowledged write, further writes fail at once until then (monotonic time):
+        # a shutdown with the broker down must not wait ACK_TIMEOUT_S per model.
+        self._unavailable_until = 0.0
         self.restored_records = 0  # checkpoints restored (for logs and the benchmark)
         self.corrupt_records = 0
 
@@ -89,7 +93,7 @@ class KafkaCheckpointStore(CheckpointStore):
         """Use the cluster of `client_config` (connection and security keys); empty the cache."""
         self._config = dict(client_config)
         self._producer = Producer(dict(self._config, **{
-            "enable.idempotence": "true", "linger.ms": "5", "message.timeout.ms": str(int(ACK_TIMEOUT_S * 1000))}))
+            "enable.idempotence": "true", "linger.ms": "5", "message.timeout.ms": str(int(self.ack_timeout * 1000))}))
         removed = 0
         for entry in list(self.cache.entries()):
             self.cache.delete_key(entry.key)
@@ -145,6 +149,9 @@ class KafkaCheckpointStore(CheckpointStore):
                  topic: str | None = None, headers: list | None = None) -> None:
         """Produce records to one partition and wait for every acknowledgement."""
         producer = self._require_producer()
+        if time.monotonic() < self._unavailable_until:
+            raise CheckpointError(f"{self.topic} did not acknowledge a checkpoint within {self.ack_timeout:g} s "
+                                  f"moments ago; not waiting again yet")
         failures: list[str] = []
 
         def on_delivery(err: KafkaError | None, _msg: object) -> None:
@@ -163,10 +170,12 @@ class KafkaCheckpointStore(CheckpointStore):
                     producer.poll(0.1)
                 except KafkaException as exc:
                     raise CheckpointError(f"cannot write to {target}: {exc}") from exc
-        remaining = producer.flush(ACK_TIMEOUT_S)
+        remaining = producer.flush(self.ack_timeout)
+        if remaining or failures:
+            self._unavailable_until = time.monotonic() + self.ack_timeout
         if remaining or failures:
             raise CheckpointError(f"{remaining + len(failures)} records to {target} not acknowledged"
-                                  + (f": {failures[0]}" if failures else f" within {ACK_TIMEOUT_S:g} s"))
+                                  + (f": {failures[0]}" if failures else f" within {self.ack_timeout:g} s"))
 
     def save(self, header: CheckpointHeader, payload: bytes) -> None:
         """Write the checkpoint to its partition (parts, then manifest), then to the cache."""
@@ -290,6 +299,10 @@ class KafkaCheckpointStore(CheckpointStore):
             return
         log.info("restored %d checkpoints of partitions %s from %s in %.2f s (%d corrupt, quarantined)",
                  restored, sorted(partitions), self.topic, time.monotonic() - started, corrupt)
+
+    def refresh(self, topic: str, partitions: list[int]) -> None:
+        """Read the partitions again (they were lost: another owner may have saved since)."""
+        self.partitions_assigned(topic, partitions)
 
     def partitions_revoked(self, topic: str, partitions: list[int]) -> None:
         """Drop the cached checkpoints of partitions this instance gave up (their new owner writes them)."""

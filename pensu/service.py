@@ -463,6 +463,9 @@ class PensuService:
         # comes back after another owner learned more.
         metrics.update(metric for metric, analyzer in self.models.items() if sources & analyzer.positions.keys())
         # Lost (not revoked): a new owner may already have checkpointed past us; never overwrite that.
+        if why == "lost":
+            for topic, numbers in _by_topic(partitions).items():
+                self.store.refresh(topic, numbers)
         released = self.models.release(metrics, unless_superseded=why == "lost")
         log.info("partitions %s %s: %d models checkpointed and released",
                  sorted(f"{tp.topic}:{tp.partition}" for tp in partitions), why, released)

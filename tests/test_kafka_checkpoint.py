@@ -3,6 +3,7 @@ by partition into an empty cache, latest record wins, chunked checkpoints, corru
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import msgpack
 
 from pensu.checkpoint import CheckpointHeader, encode_checkpoint
 from pensu.kafka_checkpoint import MANIFEST_MAGIC, KafkaCheckpointStore, _part_key
-from tests.conftest import KafkaCluster
+from pensu.errors import CheckpointError
+from tests.conftest import KafkaCluster, free_port
 from tests.scaleout.cluster import kafka_store_env
 from tests.service_harness import ServiceThread, carbon_by_metric, carbon_of, expected_records, lines_for, service_env
 from tests.support import series
@@ -168,3 +170,22 @@ def test_restart_with_an_empty_disk_resumes_every_metric(kafka: KafkaCluster, tm
     for metric in metrics:
         assert got[metric] == carbon_of(expected_records(second.settings, metric, data[metric]), anomaly_topic), metric
     assert loads == {"checkpoint": len(metrics), "fresh": 0}
+
+
+def test_saves_fail_fast_while_the_broker_does_not_acknowledge(tmp_path: Path) -> None:
+    """No broker: the first save fails after the ack timeout, the next ones at once (a shutdown
+    with the broker down must not wait the timeout once per model); nothing reaches the cache."""
+    store = KafkaCheckpointStore(tmp_path / "cache", "ckpt", "in", "ckpt.quarantine", ack_timeout=1.0)
+    store.connect({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    try:
+        started = time.monotonic()
+        with pytest.raises(CheckpointError, match="not acknowledged"):
+            store.save(header("in", "m", 0, 1), b"x")
+        assert time.monotonic() - started >= 0.9
+        started = time.monotonic()
+        with pytest.raises(CheckpointError, match="not waiting again"):
+            store.save(header("in", "m", 0, 2), b"x")
+        assert time.monotonic() - started < 0.5
+        assert store.load("m") is None and not list(store.entries())
+    finally:
+        store._producer = None  # nothing can be flushed to a port nobody listens on
