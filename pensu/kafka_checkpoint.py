@@ -17,12 +17,15 @@ instances on different machines hand metrics over with nothing shared but the cl
   verified and streamed into the cache, a later record of a key replacing an earlier one (so
   the latest wins, a broker that does not compact costs only restore time, no high watermark
   has to be trusted, and memory holds only the parts of split checkpoints until their
-  manifest). A checkpoint whose latest record fails verification is copied to the quarantine topic with its reason, tombstoned
-  and counted, never fatal. The cache is emptied at start and a revoked partition's files are
-  removed, so the cache never holds another owner's stale state.
+  manifest). A checkpoint whose latest record fails verification is copied to the quarantine
+  topic with its reason, tombstoned and counted, never fatal. The cache is emptied at start and
+  a revoked partition's files are removed, so the cache never holds another owner's stale
+  state. A *lost* partition is read again (`refresh`) before its analyzers are saved, so the
+  registry's superseded check sees what the new owner wrote.
 * **Save** writes the topic first and waits for the broker's acknowledgement (a failure raises
   `CheckpointError`, so the registry keeps the model in memory), then the cache (not fsynced:
-  the topic is the durable copy).
+  the topic is the durable copy). After a write that was not acknowledged, writes fail at once
+  for `ack_timeout` seconds, so a shutdown with the broker down does not wait once per model.
 """
 
 from __future__ import annotations

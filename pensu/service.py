@@ -110,7 +110,8 @@ class PensuService:
 
     def _default_store(self) -> CheckpointStore:
         if self.settings.checkpoint_store == "kafka":
-            return KafkaCheckpointStore(self.settings.models_dir, self.settings.checkpoint_kafka_topic,
+            # A subdirectory: the cache is emptied at start, files of the directory store stay.
+            return KafkaCheckpointStore(self.settings.models_dir / "kafka-cache", self.settings.checkpoint_kafka_topic,
                                         self._input_topic(), self.settings.checkpoint_kafka_quarantine_topic,
                                         on_quarantined=self.metrics.checkpoints_quarantined.inc)
         return LocalCheckpointStore(self.settings.models_dir)
