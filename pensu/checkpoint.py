@@ -193,6 +193,23 @@ class CheckpointStore(ABC):
     def delete_key(self, key: str) -> None:
         """Remove the checkpoint stored under `key` (as listed by `entries`) if present."""
 
+    # Hooks of stores whose content follows partition ownership (`pensu.kafka_checkpoint`); the
+    # service calls them; a directory store needs none of them.
+    def connect(self, client_config: dict) -> None:
+        """Start using the Kafka cluster of `client_config` (called once, at service start)."""
+
+    def partitions_assigned(self, topic: str, partitions: list[int]) -> None:
+        """Input partitions now owned by this instance (before their first message is processed)."""
+
+    def partitions_revoked(self, topic: str, partitions: list[int]) -> None:
+        """Input partitions given up, after their analyzers were checkpointed and released."""
+
+    def refresh(self, topic: str, partitions: list[int]) -> None:
+        """Make `load` see other owners' latest checkpoints of these partitions (they were lost)."""
+
+    def close(self) -> None:
+        """Release connections (at service stop)."""
+
     def enforce_limit(self, max_entries: int, protect: Collection[str] = ()) -> int:
         """Delete the longest-idle checkpoints beyond `max_entries`, sparing metrics in `protect`."""
         if max_entries < 0:
@@ -211,8 +228,9 @@ class CheckpointStore(ABC):
 class LocalCheckpointStore(CheckpointStore):
     """Checkpoints as files under one directory (fan-out by hash prefix)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, durable: bool = True) -> None:
         self.directory = Path(directory)
+        self.durable = durable  # False: no fsyncs (a cache of a store that is durable elsewhere)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -231,12 +249,14 @@ class LocalCheckpointStore(CheckpointStore):
 
     def save(self, header: CheckpointHeader, payload: bytes) -> None:
         """Write the checkpoint atomically: temp file, fsync, rename, fsync the directory."""
-        blob = encode_checkpoint(header, payload)
-        path = self.path_for(header.metric)
+        self.save_encoded(header.metric, encode_checkpoint(header, payload))
+
+    def save_encoded(self, metric: str, blob: bytes) -> None:
+        """Write already encoded checkpoint bytes of `metric` atomically."""
         try:
-            self._write_atomically(path, blob)
+            self._write_atomically(self.path_for(metric), blob)
         except OSError as exc:
-            raise CheckpointError(_one_line(f"cannot save checkpoint of {header.metric!r}: {exc}")) from exc
+            raise CheckpointError(_one_line(f"cannot save checkpoint of {metric!r}: {exc}")) from exc
 
     def _write_atomically(self, path: Path, blob: bytes) -> None:
         parent = path.parent
@@ -249,10 +269,12 @@ class LocalCheckpointStore(CheckpointStore):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(blob)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if self.durable:
+                    os.fsync(handle.fileno())
             os.replace(temp_name, path)
             renamed = True
-            _fsync_directory(parent)
+            if self.durable:
+                _fsync_directory(parent)
         finally:
             if not renamed:
                 try:

@@ -30,8 +30,9 @@ from pensu.errors import CheckpointError, ConfigurationError
 from pensu.feedback import FeedbackFilter
 from pensu.feedback_io import FeedbackLog
 from pensu.health import HealthServer, HealthStatus
-from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, ensure_topics,
-                            wait_for_delivery)
+from pensu.kafka_checkpoint import KafkaCheckpointStore
+from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, admin_config,
+                            ensure_topics, wait_for_delivery)
 from pensu.namespaces import NamespaceTracker
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import Pipeline, PipelineEvents
@@ -58,7 +59,7 @@ class PensuService:
         self.started_at = time.time()
         self.prom = registry or CollectorRegistry()
         self.metrics = ServiceMetrics(self.prom, version=__version__)
-        self.store = store or LocalCheckpointStore(settings.models_dir)
+        self.store = store or self._default_store()
         self._stop = threading.Event()
         self._embedded: EmbeddedKafka | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -122,6 +123,14 @@ class PensuService:
         self.bootstrap_servers: str | None = settings.consumer_servers()
         self._incarnations = IncarnationCache.disabled()
         self._last_offset: dict[tuple[str, int], int] = {}  # offset last consumed per partition, this run
+
+    def _default_store(self) -> CheckpointStore:
+        if self.settings.checkpoint_store == "kafka":
+            # A subdirectory: the cache is emptied at start, files of the directory store stay.
+            return KafkaCheckpointStore(self.settings.models_dir / "kafka-cache", self.settings.checkpoint_kafka_topic,
+                                        self._input_topic(), self.settings.checkpoint_kafka_quarantine_topic,
+                                        on_quarantined=self.metrics.checkpoints_quarantined.inc)
+        return LocalCheckpointStore(self.settings.models_dir)
 
     # -- events ---------------------------------------------------------------------------
     def _on_sample(self, seconds: float) -> None:
@@ -251,6 +260,7 @@ class PensuService:
             self.repartitioner.start()
             log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",
                      self.settings.metrics_kafka_topic, self.settings.repartition_kafka_topic)
+        self.store.connect(admin_config(consumer_conf))  # a Kafka store lives on the input cluster
         token = self.settings.feedback_token
         self.feedback_log = FeedbackLog(
             self.feedback, self.settings.feedback_kafka_topic, dict(consumer_conf), dict(producer_conf), self.prom,
@@ -472,6 +482,8 @@ class PensuService:
             self._assigned.add((tp.topic, tp.partition))
             self._last_offset.pop((tp.topic, tp.partition), None)
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
+        for topic, numbers in _by_topic(partitions).items():
+            self.store.partitions_assigned(topic, numbers)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._hand_over(partitions, "revoked")
@@ -496,6 +508,9 @@ class PensuService:
         # comes back after another owner learned more.
         metrics.update(metric for metric, analyzer in self.models.items() if sources & analyzer.positions.keys())
         # Lost (not revoked): a new owner may already have checkpointed past us; never overwrite that.
+        if why == "lost":
+            for topic, numbers in _by_topic(partitions).items():
+                self.store.refresh(topic, numbers)
         released = self.models.release(metrics, unless_superseded=why == "lost")
         for metric in metrics:  # another instance rates and alerts on them now
             self.namespaces.forget(metric)
@@ -503,6 +518,8 @@ class PensuService:
                 self.alerts.forget(metric)
         log.info("partitions %s %s: %d models checkpointed and released",
                  sorted(f"{tp.topic}:{tp.partition}" for tp in partitions), why, released)
+        for topic, numbers in _by_topic(partitions).items():
+            self.store.partitions_revoked(topic, numbers)
 
     def _shutdown(self) -> None:
         log.info("stopping: delivering outputs and saving models")
@@ -516,6 +533,7 @@ class PensuService:
             log.info("saved %d models on shutdown (%d failed)", saved, failed)
             if self.consumer is not None:
                 self.consumer.close()
+            self.store.close()
         finally:
             self.consumer = None
             self.producer = None  # drop the client so it stops reconnecting to a gone cluster
@@ -527,6 +545,13 @@ class PensuService:
             self._incarnations.close()
             if self._embedded is not None:
                 self._embedded.close()
+
+
+def _by_topic(partitions: list[TopicPartition]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = {}
+    for tp in partitions:
+        grouped.setdefault(tp.topic, []).append(tp.partition)
+    return grouped
 
 
 def install_signal_handlers(service: PensuService) -> None:

@@ -67,7 +67,8 @@ OPTION_PREFIXES: dict[str, str] = {
     "PENSU_KAFKA_PRODUCER_OPT_": "producer",
 }
 # PENSU_* variables read by tests and benchmarks, not by the service: never typos.
-TOOL_VARIABLES = frozenset({"PENSU_TEST_KAFKA_BOOTSTRAP", "PENSU_NAB_DATA", "PENSU_NAB_PRESET"})
+TOOL_VARIABLES = frozenset({"PENSU_TEST_KAFKA_BOOTSTRAP", "PENSU_TEST_KAFKA_TIER", "PENSU_TEST_TANSU_LOG",
+                            "PENSU_NAB_DATA", "PENSU_NAB_PRESET"})
 
 MASK = "********"
 _SENSITIVE_OPTION_WORDS = ("password", "secret", "token", "key.pem", "oauthbearer.config", "jaas")
@@ -210,6 +211,16 @@ class Settings(BaseSettings):
                                                  "beyond it (at least PENSU_MAX_ALLOWED_MODELS).")
     models_dir: Path = Field(Path("models"), description="Directory of model checkpoints.",
                              json_schema_extra={"expected": "a directory path"})
+    checkpoint_store: Literal["local", "kafka"] = Field(
+        "local", description="Where checkpoints live: 'local' (files in PENSU_MODELS_DIR; shared volume for "
+                             "several instances) or 'kafka' (compacted topic PENSU_CHECKPOINT_KAFKA_TOPIC on the "
+                             "input cluster, PENSU_MODELS_DIR only a cache). docs/scaling.md: Checkpoint store.")
+    checkpoint_kafka_topic: str = _topic(
+        "pensu.checkpoints", "Compacted topic of checkpoints with PENSU_CHECKPOINT_STORE=kafka (created with the "
+                             "input topic's partition count).")
+    checkpoint_kafka_quarantine_topic: str = _topic(
+        "pensu.checkpoints.quarantine", "Topic receiving corrupt checkpoint records (with their reason) with "
+                                        "PENSU_CHECKPOINT_STORE=kafka.")
     models_autosave_interval: float = Field(300.0, ge=0, allow_inf_nan=False,
                                             description="Seconds between checkpoints of changed models; 0 disables "
                                                         "the periodic save (eviction, hand-over and shutdown "
@@ -288,7 +299,8 @@ class Settings(BaseSettings):
     # --- Field checks ---------------------------------------------------------------------------
     @field_validator("metrics_kafka_topic", "reported_anomalies_kafka_topic", "prediction_metrics_kafka_topic",
                      "anomalies_metrics_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
-                     "dead_letter_kafka_topic", "feedback_kafka_topic")
+                     "dead_letter_kafka_topic", "feedback_kafka_topic", "checkpoint_kafka_topic",
+                     "checkpoint_kafka_quarantine_topic")
     @classmethod
     def _check_topic(cls, value: str | None) -> str | None:
         if value is not None and (_TOPIC.fullmatch(value) is None or value in (".", "..")):

@@ -1,7 +1,8 @@
 """Several `python -m pensu run` processes in one consumer group, and what they produced.
 
-Each instance is a separate process (as in production) sharing the group id and the
-checkpoint directory; outputs are attributed to instances through the `pensu-instance`
+Each instance is a separate process (as in production) sharing the group id and either the
+checkpoint directory (the local store) or the checkpoint topic (`PENSU_CHECKPOINT_STORE=kafka`,
+each instance with a directory of its own, as on separate machines); outputs are attributed to instances through the `pensu-instance`
 header every output record carries.
 """
 
@@ -21,7 +22,8 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from pensu.carbon import parse_line
-from pensu.checkpoint import LocalCheckpointStore
+from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
+from pensu.kafka_checkpoint import KafkaCheckpointStore
 from pensu.outputs import OutputRecord
 from pensu.settings import Settings, load_settings
 from tests.conftest import KafkaCluster, free_port
@@ -176,14 +178,32 @@ def instance_runs(outputs: list[Output]) -> list[str]:
     return runs
 
 
-def checkpoint_counts(models_dir: Path, metrics: list[str]) -> dict[str, int]:
-    """Sample count in each metric's checkpoint (-1 when there is none)."""
-    store = LocalCheckpointStore(models_dir)
-    counts = {}
-    for metric in metrics:
-        loaded = store.load(metric)
-        counts[metric] = -1 if loaded is None else loaded[0].sample_count
-    return counts
+def checkpoint_counts(models_dir: Path, metrics: list[str], env: dict[str, str] | None = None) -> dict[str, int]:
+    """Sample count in each metric's checkpoint (-1 when there is none): read from the shared
+    directory, or with `env` selecting the Kafka store, restored from the checkpoint topic."""
+    store: CheckpointStore
+    if env is not None and env.get("PENSU_CHECKPOINT_STORE") == "kafka":
+        settings = load_settings(env)
+        store = KafkaCheckpointStore(models_dir / "counts-reader", settings.checkpoint_kafka_topic,
+                                     settings.metrics_kafka_topic, settings.checkpoint_kafka_quarantine_topic)
+        store.connect({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        store.partitions_assigned(settings.metrics_kafka_topic, [0, 1, 2, 3])
+    else:
+        store = LocalCheckpointStore(models_dir)
+    try:
+        counts = {}
+        for metric in metrics:
+            loaded = store.load(metric)
+            counts[metric] = -1 if loaded is None else loaded[0].sample_count
+        return counts
+    finally:
+        store.close()
+
+
+def kafka_store_env(kafka: KafkaCluster) -> dict[str, str]:
+    """Variables selecting the Kafka checkpoint store with topics unique to the test."""
+    return {"PENSU_CHECKPOINT_STORE": "kafka", "PENSU_CHECKPOINT_KAFKA_TOPIC": kafka.unique("checkpoints"),
+            "PENSU_CHECKPOINT_KAFKA_QUARANTINE_TOPIC": kafka.unique("checkpoints.quarantine")}
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -212,6 +232,8 @@ class Instance:
         self.name = name
         self.env = dict(env, PENSU_INSTANCE_ID=name, PENSU_PING_LISTEN_PORT=str(free_port()),
                         PENSU_HTTP_PORT=str(free_port()))
+        if env.get("PENSU_CHECKPOINT_STORE") == "kafka":  # nothing shared but the cluster
+            self.env["PENSU_MODELS_DIR"] = str(Path(env["PENSU_MODELS_DIR"]) / f"instance-{name}")
         self.settings: Settings = load_settings(self.env)
         self.http_port = int(self.env["PENSU_HTTP_PORT"])
         self.log_path = log_dir / f"{name}.log"

@@ -18,10 +18,11 @@ from tests.scaleout.cluster import (
     METRIC_COUNT,
     Group,
     by_metric,
-    checkpoint_counts,
+    checkpoint_counts as stored_counts,
     expected_lines,
     group_env,
     instance_runs,
+    kafka_store_env,
     lines,
     outputs_of,
     produce_keyed,
@@ -53,15 +54,22 @@ def sample_index(timestamp: float) -> int:
     return round((timestamp - START_TS) / INTERVAL)
 
 
+@pytest.mark.parametrize("store", ["local", "kafka"])
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_stopped_instance_hands_its_metrics_to_the_survivors(kafka: KafkaCluster, tmp_path: Path,
-                                                             how: str) -> None:
+                                                             how: str, store: str) -> None:
+    """`local`: one shared models directory; `kafka`: PENSU_CHECKPOINT_STORE=kafka and a separate
+    directory per instance, so the state can only travel through the checkpoint topic."""
     models = tmp_path / "models"
-    env = group_env(kafka, models, PENSU_MODELS_AUTOSAVE_INTERVAL="2")
+    env = group_env(kafka, models, PENSU_MODELS_AUTOSAVE_INTERVAL="2",
+                    **(kafka_store_env(kafka) if store == "kafka" else {}))
     settings = load_settings(env)
     anomaly_topic = settings.reported_anomalies_kafka_topic
     data = workload(TOTAL)
     produce_keyed(kafka, settings.metrics_kafka_topic, {m: s[:FIRST] for m, s in data.items()})
+
+    def checkpoint_counts(metrics: list[str]) -> dict[str, int]:
+        return stored_counts(models, metrics, env)
     with Group(env, tmp_path) as group:
         for name in ("a", "b", "c"):
             group.add(name)
@@ -71,7 +79,7 @@ def test_stopped_instance_hands_its_metrics_to_the_survivors(kafka: KafkaCluster
         statuses = group.statuses()
         victim = group.instances[max(statuses, key=lambda n: statuses[n]["assigned"])]  # type: ignore[index]
         moved = sorted(m for m, name in owner.items() if name == victim.name)
-        group.wait_until(lambda: min(checkpoint_counts(models, list(data)).values()) == FIRST, 30,
+        group.wait_until(lambda: min(checkpoint_counts(list(data)).values()) == FIRST, 60,
                          "phase-1 autosave")
         processed = victim.metric("pensu_samples_processed_total")
         victim_fresh = victim.metric("pensu_model_loads_total", 'source="fresh"')
@@ -81,7 +89,7 @@ def test_stopped_instance_hands_its_metrics_to_the_survivors(kafka: KafkaCluster
                          "victim progress")
         if how == "sigkill":
             victim.stop(signal.SIGKILL)
-            at_kill = checkpoint_counts(models, moved)  # nobody writes them until the group notices
+            at_kill = checkpoint_counts(moved)  # nobody writes them until the group notices
         else:
             assert victim.stop(signal.SIGTERM) == 0, victim.log_tail()
         stopped_at = time.monotonic()
@@ -90,7 +98,7 @@ def test_stopped_instance_hands_its_metrics_to_the_survivors(kafka: KafkaCluster
         survivors = group.statuses()
         loaded = sum(i.metric("pensu_model_loads_total", 'source="checkpoint"') for i in group.running())
         fresh = sum(i.metric("pensu_model_loads_total", 'source="fresh"') for i in group.running())
-    final = checkpoint_counts(models, list(data))
+    final = checkpoint_counts(list(data))
     assert 0 < len(moved) < METRIC_COUNT
     got = by_metric(outputs_of(msgs, anomaly_topic))
     lost = replayed = 0

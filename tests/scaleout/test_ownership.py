@@ -42,8 +42,9 @@ def test_three_instances_analyse_every_sample_exactly_once(kafka: KafkaCluster, 
     # mid-stream: the first member owns everything, then gives partitions to the next two.
     # A round every 0.5 s: the librdkafka mock cluster keeps at most 5 MB per partition and drops
     # the oldest records beyond; three slow joins at 4 rounds/s once overflowed the output topic.
+    kafka.create_topics(settings.metrics_kafka_topic)  # 4 partitions (a real broker may auto-create 1)
     feed = RoundProducer(kafka.bootstrap_servers, settings.metrics_kafka_topic, metric_names(), period=0.5)
-    feed.produce_round()  # creates the topic before anyone subscribes
+    feed.produce_round()  # creates the topic on the mock cluster before anyone subscribes
     with Group(env, tmp_path) as group:
         feed.start()
         for members, name in enumerate(("a", "b", "c"), start=1):

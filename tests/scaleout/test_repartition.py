@@ -32,6 +32,7 @@ def test_relay_input_repartitioned_gives_the_keyed_outputs(kafka: KafkaCluster, 
     settings = load_settings(env)
     anomaly_topic = settings.reported_anomalies_kafka_topic
     data = workload(40)
+    kafka.create_topics(settings.metrics_kafka_topic, settings.repartition_kafka_topic)  # 4 partitions each
     # Two relays' messages carry every metric of the relay (one key, or none) on 1-2 partitions:
     # without the stage one instance would analyse everything those partitions carry.
     produce_like_relays(kafka.bootstrap_servers, settings.metrics_kafka_topic, {m: s[:20] for m, s in data.items()})

@@ -1,0 +1,415 @@
+"""`KafkaCheckpointStore`: checkpoints in a compacted Kafka topic, co-partitioned with the input.
+
+The Kafka Streams model (a local state store backed by a changelog topic): the topic is the
+truth, the instance's `PENSU_MODELS_DIR` is only a cache of the partitions it owns. So
+instances on different machines hand metrics over with nothing shared but the cluster.
+
+* **Layout.** A metric's checkpoint (the checksummed file format of `pensu.checkpoint`) goes
+  to the checkpoint topic's partition *p* when the metric's samples come from input partition
+  *p* (read from the checkpoint's own `last_offsets`), so an owner restores exactly its
+  partitions. Key = metric name. A checkpoint larger than `part_bytes` is split: parts keyed
+  `<metric>\\0<generation>\\0<i>` are written first, then a manifest under the metric's key
+  naming the generation and part count; parts of the previous generation are then deleted
+  (tombstones). The file format's sha256 checks the reassembled bytes. Deleting a metric is a
+  tombstone on its key.
+* **Restore** (on assignment, for the newly assigned partitions): a fence record is appended to
+  each partition and the partition is read from the beginning up to that fence, each record
+  verified and streamed into the cache, a later record of a key replacing an earlier one (so
+  the latest wins, a broker that does not compact costs only restore time, no high watermark
+  has to be trusted, and memory holds only the parts of split checkpoints until their
+  manifest). A checkpoint whose latest record fails verification is copied to the quarantine
+  topic with its reason, tombstoned and counted, never fatal. The cache is emptied at start and
+  a revoked partition's files are removed, so the cache never holds another owner's stale
+  state. A *lost* partition is read again (`refresh`) before its analyzers are saved, so the
+  registry's superseded check sees what the new owner wrote.
+* **Save** writes the topic first and waits for the broker's acknowledgement (a failure raises
+  `CheckpointError`, so the registry keeps the model in memory), then the cache (not fsynced:
+  the topic is the durable copy). After a write that was not acknowledged, writes fail at once
+  for `ack_timeout` seconds, so a shutdown with the broker down does not wait once per model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import msgpack
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pensu.checkpoint import (CheckpointCorrupt, CheckpointEntry, CheckpointHeader, CheckpointStore,
+                              LocalCheckpointStore, decode_checkpoint, encode_checkpoint)
+from pensu.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_MAGIC = b"PENSUMAN"
+FENCE_KEY = b"\x00pensu-restore-fence"  # never a metric name (names are printable ASCII)
+PART_SEPARATOR = b"\x00"
+DEFAULT_PART_BYTES = 512 * 1024  # well under the 1 MB default record limit of brokers and clients
+ACK_TIMEOUT_S = 30.0
+RESTORE_TIMEOUT_S = 120.0
+
+
+def _part_key(metric: bytes, generation: str, index: int) -> bytes:
+    return PART_SEPARATOR.join((metric, generation.encode(), str(index).encode()))
+
+
+def partition_of(header: CheckpointHeader, input_topic: str) -> int | None:
+    """The input partition the checkpoint's samples came from (None if it names none)."""
+    for source in header.last_offsets:
+        topic, _, partition = source.rpartition(":")
+        if topic == input_topic and partition.isdigit():
+            return int(partition)
+    return None
+
+
+class KafkaCheckpointStore(CheckpointStore):
+    """Checkpoints in `topic` (compacted, one partition per input partition), cached in `cache_dir`."""
+
+    def __init__(self, cache_dir: Path, topic: str, input_topic: str, quarantine_topic: str,
+                 part_bytes: int = DEFAULT_PART_BYTES,
+                 on_quarantined: Callable[[], None] = lambda: None, ack_timeout: float = ACK_TIMEOUT_S) -> None:
+        if part_bytes < 1024:
+            raise ValueError("part_bytes must be at least 1024")
+        self.topic, self.input_topic, self.quarantine_topic = topic, input_topic, quarantine_topic
+        self.part_bytes = part_bytes
+        self.ack_timeout = ack_timeout
+        self.cache = LocalCheckpointStore(cache_dir, durable=False)
+        self._on_quarantined = on_quarantined
+        self._config: dict | None = None
+        self._producer: Producer | None = None
+        self._partition_of: dict[str, int] = {}  # metric -> checkpoint partition (cached metrics)
+        self._generation_of: dict[str, tuple[str, int]] = {}  # metric -> (generation, parts) if split
+        self._topic_checked = False
+        # After an unacknowledged write, further writes fail at once until then (monotonic time):
+        # a shutdown with the broker down must not wait ACK_TIMEOUT_S per model.
+        self._unavailable_until = 0.0
+        self.restored_records = 0  # checkpoints restored (for logs and the benchmark)
+        self.corrupt_records = 0
+
+    # -- connection ---------------------------------------------------------------------------
+    def connect(self, client_config: dict) -> None:
+        """Use the cluster of `client_config` (connection and security keys); empty the cache."""
+        self._config = dict(client_config)
+        self._producer = Producer(dict(self._config, **{
+            "enable.idempotence": "true", "linger.ms": "5", "message.timeout.ms": str(int(self.ack_timeout * 1000))}))
+        removed = 0
+        for entry in list(self.cache.entries()):
+            self.cache.delete_key(entry.key)
+            removed += 1
+        if removed:
+            log.info("checkpoint cache: removed %d files of an earlier run (the topic %s is the truth)",
+                     removed, self.topic)
+
+    def close(self) -> None:
+        """Flush and drop the producer."""
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    def _require_producer(self) -> Producer:
+        if self._producer is None:
+            raise CheckpointError("Kafka checkpoint store used before connect()")
+        return self._producer
+
+    def ensure_topic(self, timeout: float = 10.0) -> None:
+        """Create the checkpoint topic (compacted, as many partitions as the input topic) if missing."""
+        if self._topic_checked or self._config is None:
+            return
+        admin = AdminClient(self._config)
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            log.warning("could not list topics to check %s: %s", self.topic, exc)
+            return
+        self._topic_checked = True
+        if self.topic in metadata.topics:
+            have = len(metadata.topics[self.topic].partitions)
+            need = len(metadata.topics[self.input_topic].partitions) if self.input_topic in metadata.topics else 0
+            if have < need:
+                log.error("PENSU_CHECKPOINT_KAFKA_TOPIC %s has %d partitions but the input topic %s has %d: "
+                          "checkpoints of the higher partitions cannot be saved; add partitions to it",
+                          self.topic, have, self.input_topic, need)
+            return
+        partitions = len(metadata.topics[self.input_topic].partitions) if self.input_topic in metadata.topics else 4
+        futures = admin.create_topics([NewTopic(self.topic, num_partitions=partitions,
+                                                config={"cleanup.policy": "compact"})],
+                                      operation_timeout=timeout, request_timeout=timeout)
+        try:
+            futures[self.topic].result(timeout=timeout + 1)
+            log.info("created checkpoint topic %s (%d partitions, compacted)", self.topic, partitions)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                log.warning("checkpoint topic %s not created (%s); relying on broker auto-creation", self.topic, exc)
+
+    # -- writes -------------------------------------------------------------------------------
+    def _produce(self, records: list[tuple[bytes, bytes | None]], partition: int,
+                 topic: str | None = None, headers: list | None = None) -> None:
+        """Produce records to one partition and wait for every acknowledgement."""
+        producer = self._require_producer()
+        if time.monotonic() < self._unavailable_until:
+            raise CheckpointError(f"{self.topic} did not acknowledge a checkpoint within {self.ack_timeout:g} s "
+                                  f"moments ago; not waiting again yet")
+        failures: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        target = topic or self.topic
+        for key, value in records:
+            kwargs = {"partition": partition} if partition >= 0 else {}
+            while True:
+                try:
+                    producer.produce(target, key=key, value=value, headers=headers, on_delivery=on_delivery,
+                                     **kwargs)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+                except KafkaException as exc:
+                    raise CheckpointError(f"cannot write to {target}: {exc}") from exc
+        remaining = producer.flush(self.ack_timeout)
+        if remaining or failures:
+            self._unavailable_until = time.monotonic() + self.ack_timeout
+        if remaining or failures:
+            raise CheckpointError(f"{remaining + len(failures)} records to {target} not acknowledged"
+                                  + (f": {failures[0]}" if failures else f" within {self.ack_timeout:g} s"))
+
+    def save(self, header: CheckpointHeader, payload: bytes) -> None:
+        """Write the checkpoint to its partition (parts, then manifest), then to the cache."""
+        blob = encode_checkpoint(header, payload)
+        metric = header.metric
+        partition = partition_of(header, self.input_topic)
+        if partition is None:
+            partition = self._partition_of.get(metric, -1)  # -1: the producer's key hash decides
+        key = metric.encode("utf-8", "surrogatepass")
+        previous = self._generation_of.get(metric)
+        if len(blob) <= self.part_bytes:
+            records: list[tuple[bytes, bytes | None]] = [(key, blob)]
+            generation, part_count = None, 0
+        else:
+            generation = uuid.uuid4().hex[:12]
+            chunks = [blob[i:i + self.part_bytes] for i in range(0, len(blob), self.part_bytes)]
+            part_count = len(chunks)
+            records = [(_part_key(key, generation, i), chunk) for i, chunk in enumerate(chunks)]
+            records.append((key, MANIFEST_MAGIC + msgpack.packb({"generation": generation, "parts": len(chunks),
+                                                                 "size": len(blob)})))
+        if previous is not None:  # the previous generation's parts are garbage once the new head is in
+            records += [(_part_key(key, previous[0], i), None) for i in range(previous[1])]
+        self._produce(records, partition)
+        if generation is None:
+            self._generation_of.pop(metric, None)
+        else:
+            self._generation_of[metric] = (generation, part_count)
+        if partition >= 0:
+            self._partition_of[metric] = partition
+        try:
+            self.cache.save_encoded(metric, blob)
+        except CheckpointError as exc:
+            log.warning("checkpoint of %r saved to %s but not to the local cache: %s", metric, self.topic, exc)
+            self.cache.delete(metric)
+
+    def _tombstone(self, metric: str) -> None:
+        key = metric.encode("utf-8", "surrogatepass")
+        partition = self._partition_of.get(metric)
+        if partition is None:
+            cached = self._cached_header(metric)
+            partition = partition_of(cached, self.input_topic) if cached is not None else None
+        if partition is None:
+            return  # not ours (never restored or saved here): nothing this instance may delete
+        previous = self._generation_of.pop(metric, None)
+        records: list[tuple[bytes, bytes | None]] = [(key, None)]
+        if previous is not None:
+            records += [(_part_key(key, previous[0], i), None) for i in range(previous[1])]
+        self._produce(records, partition)
+        self._partition_of.pop(metric, None)
+
+    def _cached_header(self, metric: str) -> CheckpointHeader | None:
+        try:
+            loaded = self.cache.load(metric)
+        except CheckpointError:
+            return None
+        return None if loaded is None else loaded[0]
+
+    def delete(self, metric: str) -> None:
+        """Tombstone the metric's checkpoint and drop it from the cache."""
+        self._tombstone(metric)
+        self.cache.delete(metric)
+
+    def delete_key(self, key: str) -> None:
+        """Delete the checkpoint cached under `key` (as listed by `entries`)."""
+        path = self.cache._key_path(key)
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            return
+        try:
+            header, _ = decode_checkpoint(blob)
+        except CheckpointCorrupt:
+            self.cache.delete_key(key)
+            return
+        self.delete(header.metric)
+
+    def quarantine(self, metric: str, reason: str) -> bool:
+        """Copy the metric's checkpoint to the quarantine topic, tombstone it, quarantine the cache file."""
+        path = self.cache.path_for(metric)
+        try:
+            blob: bytes | None = path.read_bytes()
+        except OSError:
+            blob = None
+        if blob is not None:
+            self._dead_letter(metric, blob, reason)
+        try:
+            self._tombstone(metric)
+        except CheckpointError as exc:
+            log.warning("could not delete the quarantined checkpoint of %r from %s: %s", metric, self.topic, exc)
+        return self.cache.quarantine(metric, reason)
+
+    def _dead_letter(self, metric: str, blob: bytes, reason: str) -> None:
+        try:
+            self._produce([(metric.encode("utf-8", "surrogatepass"), blob)], -1, topic=self.quarantine_topic,
+                          headers=[("pensu-reason", reason.encode("utf-8", "replace")),
+                                   ("pensu-checkpoint-topic", self.topic.encode())])
+        except CheckpointError as exc:
+            log.warning("could not copy the corrupt checkpoint of %r to %s: %s", metric, self.quarantine_topic, exc)
+
+    # -- reads --------------------------------------------------------------------------------
+    def load(self, metric: str) -> tuple[CheckpointHeader, bytes] | None:
+        """The metric's checkpoint from the cache of restored partitions (None if absent)."""
+        return self.cache.load(metric)
+
+    def entries(self) -> Iterator[CheckpointEntry]:
+        """Checkpoints of this instance's partitions (the cache)."""
+        return self.cache.entries()
+
+    # -- ownership ----------------------------------------------------------------------------
+    def partitions_assigned(self, topic: str, partitions: list[int]) -> None:
+        """Restore the checkpoints of newly assigned input partitions into the cache."""
+        if topic != self.input_topic or not partitions or self._config is None:
+            return
+        self.ensure_topic()
+        started = time.monotonic()
+        try:
+            restored, corrupt = self._restore(sorted(partitions))
+        except (CheckpointError, KafkaException) as exc:
+            log.error("could not restore checkpoints of %s partitions %s from %s: %s; their metrics start "
+                      "from the checkpoints cached so far", topic, sorted(partitions), self.topic, exc)
+            return
+        log.info("restored %d checkpoints of partitions %s from %s in %.2f s (%d corrupt, quarantined)",
+                 restored, sorted(partitions), self.topic, time.monotonic() - started, corrupt)
+
+    def refresh(self, topic: str, partitions: list[int]) -> None:
+        """Read the partitions again (they were lost: another owner may have saved since)."""
+        self.partitions_assigned(topic, partitions)
+
+    def partitions_revoked(self, topic: str, partitions: list[int]) -> None:
+        """Drop the cached checkpoints of partitions this instance gave up (their new owner writes them)."""
+        if topic != self.input_topic:
+            return
+        gone = set(partitions)
+        for metric, partition in list(self._partition_of.items()):
+            if partition in gone:
+                self.cache.delete(metric)
+                del self._partition_of[metric]
+                self._generation_of.pop(metric, None)
+
+    def _restore(self, partitions: list[int], timeout: float = RESTORE_TIMEOUT_S) -> tuple[int, int]:
+        """Read the partitions up to a fence of ours, streaming each checkpoint into the cache.
+
+        Later records of a key overwrite earlier ones in the cache, so the latest wins; only the
+        parts of a split checkpoint wait in memory, until their manifest arrives.
+        """
+        assert self._config is not None
+        fence = uuid.uuid4().bytes
+        for partition in partitions:
+            self._produce([(FENCE_KEY, fence)], partition)
+        consumer = Consumer(dict(self._config, **{
+            "group.id": f"pensu-restore-{uuid.uuid4().hex[:8]}", "enable.auto.commit": "false",
+            "enable.partition.eof": "false", "fetch.wait.max.ms": "20"}))
+        parts: dict[bytes, bytes] = {}
+        bad: dict[str, tuple[int, bytes, str]] = {}  # metric -> (partition, bytes, reason) if its latest is corrupt
+        restored: set[str] = set()
+        pending = set(partitions)
+        deadline = time.monotonic() + timeout
+        try:
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            while pending:
+                if time.monotonic() > deadline:
+                    raise CheckpointError(f"partitions {sorted(pending)} not read to the end within {timeout:g} s")
+                for msg in consumer.consume(500, timeout=0.2):
+                    if msg.error() is not None:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("reading %s: %s", self.topic, msg.error())
+                        continue
+                    key, value, partition = msg.key(), msg.value(), msg.partition()
+                    if key is None or partition not in pending:
+                        continue
+                    if key == FENCE_KEY:
+                        if value == fence:
+                            pending.discard(partition)
+                    elif PART_SEPARATOR in key:
+                        if value is None:
+                            parts.pop(key, None)
+                        else:
+                            parts[key] = value
+                    else:
+                        metric = key.decode("utf-8", "surrogateescape")
+                        bad.pop(metric, None)
+                        restored.discard(metric)
+                        if value is None:  # deleted
+                            self.cache.delete(metric)
+                            self._partition_of.pop(metric, None)
+                            self._generation_of.pop(metric, None)
+                            continue
+                        problem = self._restore_one(metric, value, parts, partition)
+                        if problem is None:
+                            restored.add(metric)
+                        else:
+                            bad[metric] = (partition, *problem)
+        finally:
+            consumer.close()
+        for metric, (partition, blob, reason) in bad.items():
+            self._quarantine_record(metric, blob, reason, partition)
+        self.restored_records += len(restored)
+        self.corrupt_records += len(bad)
+        return len(restored), len(bad)
+
+    def _restore_one(self, metric: str, value: bytes, parts: dict[bytes, bytes],
+                     partition: int) -> tuple[bytes, str] | None:
+        """Verify one checkpoint record and cache it; (bytes, reason) if it cannot be trusted."""
+        blob = value
+        self._partition_of[metric] = partition
+        self._generation_of.pop(metric, None)
+        try:
+            if value.startswith(MANIFEST_MAGIC):
+                manifest = msgpack.unpackb(value[len(MANIFEST_MAGIC):], raw=False)
+                if not isinstance(manifest, dict):
+                    raise CheckpointCorrupt("undecodable manifest")
+                generation = (str(manifest.get("generation")), int(manifest.get("parts", -1)))
+                self._generation_of[metric] = generation
+                key = metric.encode("utf-8", "surrogateescape")
+                keys = [_part_key(key, generation[0], i) for i in range(generation[1])]
+                if generation[1] < 1 or any(k not in parts for k in keys):
+                    raise CheckpointCorrupt(f"missing parts of generation {generation[0]}")
+                blob = b"".join(parts.pop(k) for k in keys)  # a later manifest names a new generation
+            decode_checkpoint(blob, expected_metric=metric)
+        except (CheckpointCorrupt, ValueError, TypeError, msgpack.UnpackException) as exc:
+            self.cache.delete(metric)
+            return blob, exc.reason if isinstance(exc, CheckpointCorrupt) else f"undecodable manifest: {exc}"
+        self.cache.save_encoded(metric, blob)
+        return None
+
+    def _quarantine_record(self, metric: str, blob: bytes, reason: str, partition: int) -> None:
+        log.warning("checkpoint of %r in %s partition %d is corrupt (%s): copied to %s and deleted, the metric "
+                    "starts fresh", metric, self.topic, partition, reason, self.quarantine_topic)
+        self._dead_letter(metric, blob, reason)
+        try:
+            self._tombstone(metric)
+        except CheckpointError as err:
+            log.warning("could not delete the corrupt checkpoint of %r: %s", metric, err)
+        self._on_quarantined()
