@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -139,6 +141,26 @@ def spawn_service(env: dict[str, str], *args: str) -> subprocess.Popen:
     full.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.Popen([sys.executable, "-m", "pensu", *(args or ("run",))], env=full, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def running_service(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen]:
+    """`spawn_service`, killed on the way out if the test did not stop it (a failed assertion)."""
+    proc = spawn_service(env, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def stop_service(proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    """SIGTERM a spawned service, assert it exits 0, and return its output."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+    return out.decode(errors="replace")
 
 
 def lines_for(metric: str, samples: list[tuple[float, float]]) -> Iterator[bytes]:

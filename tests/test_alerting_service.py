@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from pensu.service import analyzer_config
 from pensu.settings import load_settings
 from tests.alert_receiver import AlertReceiver, check_postable_alerts, parse_time
 from tests.conftest import KafkaCluster
-from tests.service_harness import lines_for, service_env, spawn_service
+from tests.service_harness import lines_for, running_service, service_env, stop_service
 from tests.support import INTERVAL, START_TS, series
 
 pytestmark = pytest.mark.kafka
@@ -53,8 +52,7 @@ def test_pensu_run_alerts_incidents_and_namespace_rates(kafka: KafkaCluster, tmp
         open_at_end = {m for m, evs in events.items() if evs and evs[-1][1].event == OPENED}
         assert "db.main.c" in open_at_end
 
-        proc = spawn_service(env)
-        try:
+        with running_service(env) as proc:
             messages = [(m.encode(), line) for m, samples in data.items() for line in lines_for(m, samples)]
             kafka.produce(settings.metrics_kafka_topic, messages)
             reports = kafka.consume_all([settings.anomalies_metrics_kafka_topic],
@@ -62,13 +60,7 @@ def test_pensu_run_alerts_incidents_and_namespace_rates(kafka: KafkaCluster, tmp
             alerts = receiver.wait_for(lambda a: len(a) >= len(opened) + len(resolved), timeout=30)
             lines = kafka.consume_all([settings.reported_anomalies_kafka_topic], expected=4 * 241 * 3 + 4,
                                       timeout=60, idle=2.5)
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+            stop_service(proc)
 
     # Reports: the two simultaneous openings in web.front share an incident; db.main has its own.
     parsed = [json.loads(m.value()) for m in reports]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 import urllib.error
@@ -15,7 +14,7 @@ import pytest
 from pensu.decision import OPENED
 from pensu.settings import load_settings
 from tests.conftest import KafkaCluster
-from tests.service_harness import http_get, lines_for, service_env, spawn_service
+from tests.service_harness import http_get, lines_for, running_service, service_env, stop_service
 from tests.support import INTERVAL, START_TS, series
 
 pytestmark = pytest.mark.kafka
@@ -52,13 +51,6 @@ def wait_rules(port: int, proc: subprocess.Popen, count: int, timeout: float = 6
     raise AssertionError(f"rules never loaded on :{port}")
 
 
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
-    return out.decode(errors="replace")
-
-
 def test_pensu_run_applies_and_keeps_feedback_rules(kafka: KafkaCluster, tmp_path: Path) -> None:
     feedback_topic = kafka.unique("feedback")
     env = service_env(kafka, tmp_path / "models", PENSU_FEEDBACK_KAFKA_TOPIC=feedback_topic,
@@ -70,8 +62,7 @@ def test_pensu_run_applies_and_keeps_feedback_rules(kafka: KafkaCluster, tmp_pat
             "reason": "known noisy"}
     kafka.produce(feedback_topic, [(b"mute-a", json.dumps(mute).encode()), (b"broken", b"{not json")])
     spiked = [(ts, 500.0) if ts == SPIKE_AT else (ts, v) for ts, v in series(241)]
-    proc = spawn_service(env)
-    try:
+    with running_service(env) as proc:
         assert [r["id"] for r in wait_rules(port, proc, 1)] == ["mute-a"]
         window = {"id": "db-window", "kind": "maintenance", "pattern": "db", "start": 0,
                   "end": "2099-01-01T00:00:00Z", "learn": False, "reason": "migration"}
@@ -91,11 +82,7 @@ def test_pensu_run_applies_and_keeps_feedback_rules(kafka: KafkaCluster, tmp_pat
         lines = kafka.consume_all([settings.reported_anomalies_kafka_topic], expected=2 * 241 * 3, timeout=60,
                                   idle=2.0)
         code, metrics = http_get(port, "/metrics")
-        out = stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out = stop_service(proc)
     opened = [json.loads(m.value()) for m in reports]
     assert {(r["metric"], r["timestamp"]) for r in opened if r["event"] == OPENED} == {("web.front.b", SPIKE_AT)}
     assert {m.key() for m in lines} == {b"web.front.a", b"web.front.b"}  # scores of the muted metric go out
@@ -105,11 +92,6 @@ def test_pensu_run_applies_and_keeps_feedback_rules(kafka: KafkaCluster, tmp_pat
     assert 'pensu_feedback_rejected_total{source="http"} 1.0' in metrics
 
     # Rules live in the topic: a restarted instance lists both, the HTTP one included.
-    proc = spawn_service(dict(env, PENSU_HTTP_PORT=str(port)))
-    try:
+    with running_service(dict(env, PENSU_HTTP_PORT=str(port))) as proc:
         assert {r["id"] for r in wait_rules(port, proc, 2)} == {"db-window", "mute-a"}
-        stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_service(proc)

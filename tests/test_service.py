@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import socket
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,8 @@ from tests.service_harness import (
     lines_for,
     output_topics,
     service_env,
-    spawn_service,
+    running_service,
+    stop_service,
 )
 from tests.support import INTERVAL, START_TS, series
 
@@ -168,17 +168,10 @@ def test_health_endpoints_answer(kafka: KafkaCluster, tmp_path: Path) -> None:
 def test_sigterm_saves_state_and_exits_zero(kafka: KafkaCluster, tmp_path: Path) -> None:
     models = tmp_path / "models"
     env = service_env(kafka, models, PENSU_MODELS_AUTOSAVE_INTERVAL="3600")
-    proc = spawn_service(env)
-    try:
+    with running_service(env) as proc:
         produce_lines(kafka, env["PENSU_METRICS_KAFKA_TOPIC"], {"x.y": series(40)}, batch=10)
         kafka.consume_all([env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]], expected=120, timeout=90, idle=0.5)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+        stop_service(proc)
     loaded = LocalCheckpointStore(models).load("x.y")
     assert loaded is not None and loaded[0].sample_count == 40
 
