@@ -90,7 +90,8 @@ class PensuService:
                 quarantined=self.metrics.checkpoints_quarantined.inc,
             ))
         # Namespace anomaly rates, incident ids and Alertmanager alerts (README "Alerting").
-        self.namespaces = NamespaceTracker(settings.namespace_depth, settings.incident_window_seconds)
+        self.namespaces = NamespaceTracker(settings.namespace_depth, settings.incident_window_seconds,
+                                           instance=settings.instance_id, rate_interval=settings.anomaly_rate_interval)
         self.alerts = (None if settings.alertmanager_url is None else
                        AlertSender(settings.alertmanager_url, self.prom, settings.instance_id,
                                    settings.alertmanager_resend_interval))

@@ -6,7 +6,7 @@ import pytest
 
 from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS, output_metric_name
 from pensu.generator import DEFAULT_SERIES
-from pensu.namespaces import namespace_of, rate_metric_name
+from pensu.namespaces import PART_KINDS, namespace_of, part_metric_name, rate_metric_name
 from pensu.settings import Settings, load_settings
 
 
@@ -29,5 +29,9 @@ def emitted_names(sample_metric: str) -> dict[str, str]:
     names = {"input": sample_metric}
     for kind in OUTPUT_KINDS:
         names[kind] = output_metric_name(DEFAULT_NAME_TEMPLATE, kind, sample_metric)
-    names["anomaly_rate"] = rate_metric_name(namespace_of(sample_metric, load_settings({}).namespace_depth))
+    settings = load_settings({})
+    namespace = namespace_of(sample_metric, settings.namespace_depth)
+    names["anomaly_rate"] = rate_metric_name(namespace)
+    for kind in PART_KINDS:  # each instance's counts, combined by the dashboard (pensu.namespaces)
+        names[f"anomaly_rate_{kind}"] = part_metric_name(kind, settings.instance_id, namespace)
     return names

@@ -177,14 +177,23 @@ def test_stack_relies_on_the_default_name_template(defaults: Settings) -> None:
 
 
 def test_a_panel_ranks_namespaces_by_anomaly_rate(dashboard: dict[str, Any], emitted_names: dict[str, str]) -> None:
+    """The namespace panel divides the summed `anomalous` counts of all instances by their summed
+    `total` counts (each instance writes its own; tests/stack/test_namespace_rates_graphite.py
+    evaluates it in graphite-web), and never reads the single-instance share."""
     for panel in all_panels(dashboard):
         for target in panel.get("targets", []):
             expr = target.get("target", "")
             paths = graphite_series_paths(expr)
-            if any(graphite_glob_matches(p, emitted_names["anomaly_rate"]) for p in paths):
-                assert "highestCurrent(" in expr and not VARIABLE_REFS.search(expr)
-                assert panel["type"] == "bargauge"
-                assert panel["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
-                assert panel["fieldConfig"]["defaults"]["max"] == 1
-                return
-    pytest.fail("no panel shows pensu.anomaly_rate.<namespace>")
+            kinds = {k for k in ("anomaly_rate_anomalous", "anomaly_rate_total")
+                     if any(graphite_glob_matches(p, emitted_names[k]) for p in paths)}
+            if not kinds:
+                continue
+            assert kinds == {"anomaly_rate_anomalous", "anomaly_rate_total"}, expr
+            assert not any(graphite_glob_matches(p, emitted_names["anomaly_rate"]) for p in paths), expr
+            assert "divideSeriesLists(" in expr and "sumSeriesWithWildcards(" in expr
+            assert "highestCurrent(" in expr and not VARIABLE_REFS.search(expr)
+            assert panel["type"] == "bargauge"
+            assert panel["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
+            assert panel["fieldConfig"]["defaults"]["max"] == 1
+            return
+    pytest.fail("no panel combines pensu.anomaly_rate_parts.{anomalous,total}.<instance>.<namespace>")
