@@ -14,10 +14,16 @@ open episode keeps its alert firing however long it lasts, and an instance that 
 loses the metric's partition stops re-sending, so its alerts resolve on their own instead
 of firing forever (an unset endsAt would make Alertmanager resolve them after its own
 resolve_timeout, 5 min by default, whatever the episode). A resolved episode sends the same
-labels with `endsAt` = the resolving sample's time. The labels of an open alert are
-remembered from its opening; an episode resolving on an instance that did not see it open
-(restart, partition hand-over) resolves both severities — Alertmanager notifies nobody about
-a resolved alert it never notified as firing.
+labels with `endsAt` = the resolving sample's time. The firing alert of an open episode is
+remembered from its opening, in memory and in the metric's checkpoint (pensu.episode_notes,
+`Alert.to_state`): an instance that restarts, or takes the metric's partition over, `adopt`s
+it when the metric's checkpoint is loaded, re-sends it while the episode stays open and
+resolves exactly it. Only an episode whose opening left no note (a checkpoint older than
+analyzer format 4, alerting switched on since) resolves both severities — Alertmanager
+notifies nobody about a resolved alert it never notified as firing.
+
+With episodes off (PENSU_EPISODE_QUIET_SAMPLES=0) nothing resolves: each report's alert is
+posted once (`lasting=False`) and ends on its own at its `endsAt`, never re-sent.
 
 Delivery never blocks the consume loop: `AlertSender.submit` only appends to a bounded queue
 (`MAX_QUEUE`); a daemon thread posts batches with a timeout and retries a failed post with
@@ -67,6 +73,25 @@ class Alert:
     annotations: tuple[tuple[str, str], ...]
     starts_at: float
     ends_at: float | None = None
+
+    def to_state(self) -> dict[str, object]:
+        """The firing alert as msgpack/JSON-native values (kept in the metric's checkpoint)."""
+        return {"labels": dict(self.labels), "annotations": dict(self.annotations), "starts_at": self.starts_at}
+
+    @classmethod
+    def from_state(cls, state: object) -> "Alert":
+        """An alert from `to_state()` output; ValueError when it is not one."""
+        if not isinstance(state, dict):
+            raise ValueError("an alert is a map")
+        labels, annotations, starts_at = state.get("labels"), state.get("annotations"), state.get("starts_at")
+        if not isinstance(labels, dict) or not labels or not isinstance(annotations, dict):
+            raise ValueError("alert labels and annotations must be maps")
+        pairs = [*labels.items(), *annotations.items()]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+            raise ValueError("alert labels and annotations must map strings to strings")
+        if isinstance(starts_at, bool) or not isinstance(starts_at, (int, float)):
+            raise ValueError(f"alert starts_at must be a number, got {starts_at!r}")
+        return cls(labels=tuple(labels.items()), annotations=tuple(annotations.items()), starts_at=float(starts_at))
 
     def payload(self, ends_at: float) -> dict[str, object]:
         """The postableAlert object, with `ends_at` unless the alert already ended."""
@@ -162,20 +187,38 @@ class AlertSender:
                                      "(each retry counts).", registry=registry)
 
     # -- called from the consume loop ------------------------------------------------------
-    def episode_event(self, analysis: Analysis, namespace: str, incident: str | None) -> None:
-        """Queue the alert of an episode that opened or resolved on `analysis`."""
+    def episode_event(self, analysis: Analysis, namespace: str, incident: str | None,
+                      lasting: bool = True) -> Alert | None:
+        """Queue the alert of an episode that opened or resolved on `analysis`; the firing alert of an
+        opening. `lasting=False` (episodes off: nothing will resolve it) posts it once, never re-sent."""
         event = analysis.event
         if event is None:
-            return
+            return None
+        alert = None
         with self._lock:
             if event.event == OPENED:
                 alert = alert_for(analysis, namespace, incident, self.instance)
-                self._firing[analysis.metric] = alert
+                if lasting:
+                    self._firing[analysis.metric] = alert
+                else:
+                    self._firing.pop(analysis.metric, None)
                 self._enqueue([alert])
             elif event.event == RESOLVED:
                 opened = self._firing.pop(analysis.metric, None)
                 self._enqueue(resolved_alerts(analysis, namespace, opened))
         self._wake.set()
+        return alert
+
+    def adopt(self, metric: str, alert: Alert) -> None:
+        """Take over the firing alert of the metric's open episode, fired before a restart or by the
+        metric's previous owner (from its checkpoint); kept if this instance already knows one."""
+        with self._lock:
+            self._firing.setdefault(metric, alert)
+
+    def firing(self, metric: str) -> Alert | None:
+        """The firing alert of the metric's open episode, if this instance knows one."""
+        with self._lock:
+            return self._firing.get(metric)
 
     def forget(self, metric: str) -> None:
         """Stop re-sending the metric's alert (its partition moved to another instance)."""

@@ -8,6 +8,12 @@ whether the sample is anomalous, whether an episode opened on it (`reported`: a 
 emitted) and the episode event (opened/resolved) if any. The episode state is per metric and
 is saved with the models (format version 2 added it, version-1 checkpoints restore with no episode open; version 3 adds the prediction band to pending predictions).
 
+Episode notes (format 4): `episode_notes` is a small msgpack-native map the service attaches to
+the metric's open episode — what it sent when the episode opened (alert labels, incident id,
+suppressing feedback rule; pensu.episode_notes reads and writes it). The analyzer only stores
+it, so it is checkpointed together with the episode it describes and travels with the metric
+to a restarted instance or a new partition owner; earlier formats load with none.
+
 Direction is +1 when the value of a reported sample is above the prediction made for it, −1
 when below (when no prediction exists, the previous value stands in), 0 otherwise.
 
@@ -33,8 +39,8 @@ from pensu.htm.serialization import require
 from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
-FORMAT_VERSION = 3  # 2: adds the decision's episode state; 3: pending predictions carry their band
-READABLE_VERSIONS = (1, 2, 3)  # before 3, pending predictions load with no band
+FORMAT_VERSION = 4  # 2: adds the decision's episode state; 3: pending predictions carry their band; 4: episode notes
+READABLE_VERSIONS = (1, 2, 3, 4)  # before 3, pending predictions load with no band; before 4, no episode notes
 _INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
 
 
@@ -136,6 +142,8 @@ class MetricAnalyzer:
         self.positions: dict[str, tuple[int, int]] = {}  # "topic:partition" -> (offset, line) applied
         self.origins: dict[str, str] = {}  # "topic:partition" -> incarnation key of that position (pensu.provenance)
         self.decision = EpisodeTracker(metric, config.thresholds)
+        # What the service sent when the open episode opened (opaque here; pensu.episode_notes).
+        self.episode_notes: dict[str, Any] | None = None
         self._deltas: deque[float] = deque(maxlen=_INTERVAL_WINDOW)
         # predictions made for upcoming samples, oldest first: (value, confidence, lower, upper)
         self._pending: deque[_Pending] = deque(maxlen=self.prediction_steps)
@@ -249,6 +257,7 @@ class MetricAnalyzer:
             "anomaly_model": self.anomaly_model.get_state(),
             "prediction_model": None if self.shares_core else self.prediction_model.get_state(),
             "decision": self.decision.get_state(),
+            "episode_notes": self.episode_notes,
         }
         return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "analyzer": state},
                              use_bin_type=True)
@@ -282,6 +291,11 @@ class MetricAnalyzer:
             analyzer.thresholds = thresholds
             # Version 1 had no decision state: restore with no episode open.
             analyzer.decision = EpisodeTracker.from_state(metric, thresholds, state.get("decision"))
+            # Versions 1-3 had no episode notes.
+            notes = state.get("episode_notes")
+            if notes is not None and not isinstance(notes, dict):
+                raise TypeError(f"episode_notes is a {type(notes).__name__}, not a map")
+            analyzer.episode_notes = notes
             analyzer.prediction_steps = int(require(state, "prediction_steps", "MetricAnalyzer"))
             analyzer.sample_count = int(require(state, "sample_count", "MetricAnalyzer"))
             last_ts = require(state, "last_timestamp", "MetricAnalyzer")

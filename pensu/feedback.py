@@ -250,6 +250,14 @@ class FeedbackFilter:
                  analysis.timestamp, analysis.value, rule.id, rule.kind, f": {rule.reason}" if rule.reason else "")
         return replace(analysis, reported=False, event=None, direction=0)
 
+    def adopt(self, episode_id: str, rule_id: str) -> None:
+        """Remember that `rule_id` suppressed an episode that opened before a restart or on the metric's
+        previous owner (from its checkpoint), so its resolution is not reported either."""
+        if episode_id not in self._suppressed:
+            if len(self._suppressed) >= MAX_SUPPRESSED_EPISODES:
+                self._suppressed.clear()
+            self._suppressed[episode_id] = rule_id
+
     def suppressed_by(self, episode_id: str) -> str | None:
         """The rule that suppressed an open episode, if any."""
         return self._suppressed.get(episode_id)

@@ -161,6 +161,23 @@ class NamespaceTracker:
         self._episode_incident[episode_id] = incident
         return incident
 
+    def adopt(self, metric: str, episode_id: str, opened_at: float, incident: str | None) -> None:
+        """Learn an episode of `metric` that opened before a restart or on the metric's previous owner
+        (from its checkpoint): it counts as anomalous now, its resolution carries `incident`, and a
+        later opening in the namespace within the window joins that incident. No-op once known."""
+        state = self._metrics.get(metric)
+        if state is None:
+            state = self._metrics[metric] = _MetricState(self.namespace(metric), False, False, self._clock())
+        state.in_episode = True
+        if incident is None or episode_id in self._episode_incident:
+            return
+        if len(self._episode_incident) >= MAX_OPEN_EPISODES:
+            self._episode_incident.clear()
+        self._episode_incident[episode_id] = incident
+        current = self._incidents.get(state.namespace)
+        if current is None or current[1] < opened_at:
+            self._incidents[state.namespace] = (incident, opened_at)
+
     def incident(self, analysis: Analysis) -> str | None:
         """The incident id of the analysis's episode event (None without an event or a known opening)."""
         event = analysis.event

@@ -26,6 +26,7 @@ from pensu.alerting import AlertSender
 from pensu.analyzer import Analysis
 from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
+from pensu.episode_notes import EpisodeHooks
 from pensu.errors import CheckpointError, ConfigurationError
 from pensu.feedback import FeedbackFilter
 from pensu.feedback_io import FeedbackLog
@@ -97,6 +98,7 @@ class PensuService:
                                    settings.alertmanager_resend_interval))
         self._last_rates = time.monotonic()
         self.feedback = FeedbackFilter()  # rules from PENSU_FEEDBACK_KAFKA_TOPIC and POST /feedback
+        self.episodes = EpisodeHooks(self.feedback, self.namespaces, self.alerts)
         self.feedback_log: FeedbackLog | None = None
         self.formatter = OutputFormatter(
             OutputTopics(settings.reported_anomalies_kafka_topic, settings.prediction_metrics_kafka_topic,
@@ -139,11 +141,8 @@ class PensuService:
         self.metrics.model_step_seconds.observe(seconds)
 
     def _on_analysed(self, analysis: Analysis) -> Analysis:
-        analysis = self.feedback.review(analysis)
-        incident = self.namespaces.observe(analysis)
-        if self.alerts is not None and analysis.event is not None:
-            self.alerts.episode_event(analysis, self.namespaces.namespace(analysis.metric), incident)
-        return analysis
+        # The analyzer is resident (it just learned the sample): its checkpoint keeps the episode notes.
+        return self.episodes.analysed(analysis, self.models.get(analysis.metric))
 
     def _http_route(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, str, bytes] | None:
         return None if self.feedback_log is None else self.feedback_log.http(method, path, headers, body)

@@ -241,9 +241,9 @@ def test_version_1_checkpoints_restore_with_no_episode_open() -> None:
     first = MetricAnalyzer("m", fast_config())
     run(first, samples[:303])
     envelope = msgpack.unpackb(first.to_bytes(), raw=False, strict_map_key=False)
-    assert envelope["version"] == 3
+    assert envelope["version"] == 4
     del envelope["analyzer"]["decision"]
-    with pytest.raises(CorruptData):  # versions 2 and 3 must carry the decision state
+    with pytest.raises(CorruptData):  # versions 2 to 4 must carry the decision state
         MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), Thresholds())
     envelope["version"] = 1
     restored = MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), Thresholds())
@@ -298,3 +298,22 @@ def test_default_prediction_model_learns_a_weekly_series_and_beats_persistence()
     assert mae < 0.8 * persistence
     inside = np.mean([out[t].predicted_lower <= values[t] <= out[t].predicted_upper for t in late])
     assert 0.7 <= inside <= 0.9
+
+
+def test_episode_notes_are_checkpointed_from_format_4() -> None:
+    """The analyzer keeps the service's episode notes as they are (pensu.episode_notes interprets them)."""
+    analyzer = MetricAnalyzer("m", fast_config())
+    run(analyzer, series(40))
+    notes = {"episode": "m@1", "opened_at": 1.0, "incident": "x@1", "suppressed_by": None,
+             "alert": {"labels": {"alertname": "PensuAnomaly"}, "annotations": {}, "starts_at": 1.0}}
+    analyzer.episode_notes = notes
+    envelope = msgpack.unpackb(analyzer.to_bytes(), raw=False, strict_map_key=False)
+    assert envelope["version"] == 4
+    assert MetricAnalyzer.from_bytes(analyzer.to_bytes(), ALWAYS).episode_notes == notes
+    envelope["version"] = 3  # format 3 had no notes
+    del envelope["analyzer"]["episode_notes"]
+    assert MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), ALWAYS).episode_notes is None
+    envelope["version"] = 4
+    envelope["analyzer"]["episode_notes"] = ["not", "a", "map"]
+    with pytest.raises(CorruptData, match="episode_notes"):
+        MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), ALWAYS)
