@@ -98,3 +98,48 @@ def test_pensu_run_alerts_incidents_and_namespace_rates(kafka: KafkaCluster, tmp
     web = [m for m in data if m.startswith("web.front.")]
     assert rates == {"web.front": sum(m in open_at_end for m in web) / len(web),
                      "db.main": 1.0}
+
+
+@pytest.mark.slow
+def test_pensu_run_resolves_after_a_restart_the_alert_it_fired_before(kafka: KafkaCluster, tmp_path: Path) -> None:
+    """An episode opens, `pensu run` stops (SIGTERM) and starts again on the same models dir and
+    group: the resolution carries the alert's labels and the incident of the opening (episode notes
+    in the checkpoint), instead of guessing both severities with `incident: null`."""
+    metric = "web.front.a"
+    data = workload()[metric]
+    spike = next(i for i, (ts, _v) in enumerate(data) if ts == SPIKE_AT)
+    with AlertReceiver() as receiver:
+        env = service_env(kafka, tmp_path / "models", PENSU_ALERTMANAGER_URL=receiver.url,
+                          PENSU_EPISODE_QUIET_SAMPLES="3", PENSU_ANOMALY_RATE_INTERVAL="0",
+                          PENSU_ALERTMANAGER_RESEND_INTERVAL="3600")
+        settings = load_settings(env)
+        analyzer = MetricAnalyzer(metric, analyzer_config(settings))
+        expected = [(a.event.event, a.timestamp) for a in (analyzer.process(ts, v) for ts, v in data)
+                    if a.event is not None]
+        assert expected[0] == (OPENED, SPIKE_AT) and expected[1][0] == RESOLVED and len(expected) == 2
+        resolved_at = expected[1][1]
+        assert resolved_at > data[spike + 1][0]  # the episode is still open at the restart
+
+        with running_service(env) as proc:
+            kafka.produce(settings.metrics_kafka_topic,
+                          [(metric.encode(), line) for line in lines_for(metric, data[:spike + 2])])
+            kafka.consume_all([settings.anomalies_metrics_kafka_topic], expected=1, timeout=120, idle=1.0)
+            fired = receiver.wait_for(lambda a: len(a) >= 1)[0]
+            stop_service(proc)
+        with running_service(env) as proc:
+            kafka.produce(settings.metrics_kafka_topic,
+                          [(metric.encode(), line) for line in lines_for(metric, data[spike + 2:])])
+            reports = kafka.consume_all([settings.anomalies_metrics_kafka_topic], expected=2, timeout=120, idle=2.0)
+            receiver.wait_for(lambda a: len(a) >= 2)
+            out = stop_service(proc)
+        got = receiver.alerts()
+
+    parsed = [json.loads(m.value()) for m in reports]
+    assert [(r["event"], r["timestamp"]) for r in parsed] == expected, out[-3000:]
+    opening, resolution = parsed
+    assert opening["incident"] == resolution["incident"] == f"web.front@{int(SPIKE_AT)}"
+    check_postable_alerts(got)
+    assert len(got) == 2, got  # the firing alert, then its resolution only (not one per severity)
+    assert got[1]["labels"] == fired["labels"] and fired["labels"]["severity"] == "critical"
+    assert got[1]["startsAt"] == fired["startsAt"] and parse_time(got[1]["endsAt"]) == resolved_at
+    assert parse_time(fired["endsAt"]) > resolved_at  # the first copy was firing
