@@ -123,11 +123,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Offline backtest of one CSV series."""
+    from pensu.feedback_io import replay_rules
     from pensu.replay import run_replay
 
+    rules = replay_rules(Path(args.rules) if args.rules else None, args.rules_from_topic)
     return run_replay(Path(args.input), Path(args.output), preset=args.preset, min_value=args.min,
                       max_value=args.max, steps=args.steps,
-                      plot_path=Path(args.plot) if args.plot else None, metric=args.metric)
+                      plot_path=Path(args.plot) if args.plot else None, metric=args.metric, rules=rules)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -176,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default="replay",
                      help="metric name: PENSU_METRIC_RANGES patterns are matched against it, episode ids carry it")
     rep.add_argument("--plot", default=None, help="write a PNG plot (needs the 'plot' extra)")
+    rep.add_argument("--rules", default=None, metavar="FILE",
+                     help="apply feedback rules from FILE (the feedback topic's JSON records, one per line)")
+    rep.add_argument("--rules-from-topic", action="store_true",
+                     help="apply the feedback rules of PENSU_FEEDBACK_KAFKA_TOPIC (read once to its end)")
     rep.set_defaults(func=cmd_replay)
     sub.add_parser("config", help="print the effective settings (secrets masked)").set_defaults(func=cmd_config)
     return parser

@@ -28,6 +28,10 @@ model still learns. The suppressing rule is logged (id, kind, reason). Matching:
   PENSU_FEEDBACK_FALSE_POSITIVE_SECONDS), and a *similar deviation*: on the same side of the
   prediction as the marked report, and no further from the prediction than
   `SIMILAR_DEVIATION_FACTOR` × the marked report's distance. A bigger deviation still alerts.
+
+The suppression of an open episode is noted in the metric's checkpoint (pensu.episode_notes) so
+its resolution stays unreported after a restart, even if the rule is gone by then. `pensu replay`
+applies the same rules through `OfflineFeedback` (read from a file or the topic; feedback_io).
 """
 
 from __future__ import annotations
@@ -261,3 +265,40 @@ class FeedbackFilter:
     def suppressed_by(self, episode_id: str) -> str | None:
         """The rule that suppressed an open episode, if any."""
         return self._suppressed.get(episode_id)
+
+
+class OfflineFeedback:
+    """Rules applied outside the service (`pensu replay`), counting what they did: reports kept back
+    per rule and samples not learned, so a backtest shows what a user would have received."""
+
+    def __init__(self, rules: FeedbackFilter, source: str) -> None:
+        self.rules = rules
+        self.source = source  # where the rules came from, for the summary
+        self.suppressed: dict[str, int] = {}  # rule id -> reports (openings) not sent
+        self.not_learned = 0
+
+    def learns(self, metric: str, timestamp: float) -> bool:
+        """False (and counted) inside a maintenance window with learning off."""
+        if self.rules.learns(metric, timestamp):
+            return True
+        self.not_learned += 1
+        return False
+
+    def review(self, analysis: Analysis) -> Analysis:
+        """`FeedbackFilter.review`, counting suppressed openings by rule."""
+        reviewed = self.rules.review(analysis)
+        event = analysis.event
+        if event is not None and event.event == OPENED and reviewed.event is None:
+            rule = self.rules.suppressed_by(event.episode_id) or "?"
+            self.suppressed[rule] = self.suppressed.get(rule, 0) + 1
+        return reviewed
+
+    def summary(self) -> str:
+        """One line: the rules, what they suppressed and what they kept from learning."""
+        count = len(self.rules.rules())
+        by_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.suppressed.items()))
+        total = sum(self.suppressed.values())
+        return (f"feedback rules from {self.source}: {count} rule{'s' if count != 1 else ''}; "
+                f"{total} report{'s' if total != 1 else ''} not sent{f' ({by_rule})' if by_rule else ''}; "
+                f"{self.not_learned} sample{'s' if self.not_learned != 1 else ''} not learned "
+                f"(maintenance with learn: false)")

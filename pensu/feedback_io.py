@@ -7,6 +7,11 @@ unassigned consumer, so rules survive restarts and reach every instance of a con
 and applies it at once on the instance that answered; the others pick it up within a poll.
 A bad record is refused — HTTP 400 with the reason, or, read from the topic, logged once per
 reason with its offset and counted in `pensu_feedback_rejected_total{reason}`.
+
+`pensu replay` reads the same records from a file (`--rules FILE`: JSON Lines, one record per
+line, or one JSON array; a bad record refuses the whole file, naming its line) and/or from the
+topic (`--rules-from-topic`: read to its end once, bounded by `TOPIC_READ_SECONDS`), later
+records replacing earlier ones by id as on the topic (`replay_rules`).
 """
 
 from __future__ import annotations
@@ -17,16 +22,21 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
-from pensu.feedback import FeedbackFilter, FeedbackRejected, parse_rule
+from pensu.errors import PensuError
+from pensu.feedback import FeedbackFilter, FeedbackRejected, OfflineFeedback, Rule, parse_rule
+from pensu.settings import load_settings
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+TOPIC_READ_SECONDS = 30.0  # pensu replay --rules-from-topic: longest wait for the topic's end
 JSON_TYPE = "application/json; charset=utf-8"
 HttpAnswer = tuple[int, str, bytes]
 
@@ -171,3 +181,76 @@ class FeedbackLog:
             self._producer.poll(0.1)
         return bool(delivered and delivered[0])
 
+
+
+# -- pensu replay ------------------------------------------------------------------------------
+class FeedbackUnavailable(PensuError):
+    """The rules a command was asked to apply cannot be read."""
+
+
+def read_rules_file(path: Path, false_positive_seconds: float) -> list[Rule | str]:
+    """The records of a rules file, in order (rules and ids to delete); `FeedbackRejected` names the
+    line of the first bad one. JSON Lines (blank and `#` lines skipped) or a single JSON array."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FeedbackUnavailable(f"cannot read rules file {path}: {exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except ValueError as exc:
+            raise FeedbackRejected(f"{path}: not JSON ({exc})") from None
+        numbered = [(f"{path} record {i}", r) for i, r in enumerate(records, start=1)]
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                numbered.append((f"{path}:{number}", json.loads(line)))
+            except ValueError as exc:
+                raise FeedbackRejected(f"{path}:{number}: not JSON ({exc})") from None
+    parsed = []
+    for where, record in numbered:
+        try:
+            parsed.append(parse_rule(record, None, false_positive_seconds))
+        except FeedbackRejected as exc:
+            raise FeedbackRejected(f"{where}: {exc}") from None
+    return parsed
+
+
+def read_rules_topic(rules: FeedbackFilter, topic: str, consumer_conf: dict[str, Any],
+                     false_positive_seconds: float, timeout: float = TOPIC_READ_SECONDS) -> None:
+    """Apply the records of the feedback topic, read once to its end, to `rules`."""
+    reader = FeedbackLog(rules, topic, consumer_conf, None, CollectorRegistry(), None, false_positive_seconds)
+    reader.start()
+    try:
+        if not reader.loaded.wait(timeout):
+            raise FeedbackUnavailable(f"could not read the feedback topic {topic} to its end within {timeout:g} s "
+                                      "(does it exist? is the broker reachable?)")
+    finally:
+        reader.stop()
+
+
+def replay_rules(path: Path | None, from_topic: bool, env: Mapping[str, str] | None = None,
+                 timeout: float = TOPIC_READ_SECONDS) -> OfflineFeedback | None:
+    """The rules `pensu replay` applies: the feedback topic's (PENSU_FEEDBACK_KAFKA_TOPIC and the Kafka
+    settings of `env`, default os.environ) and then a file's; None when neither is asked for."""
+    if path is None and not from_topic:
+        return None
+    settings = load_settings(env)
+    rules = FeedbackFilter()
+    sources = []
+    if from_topic:
+        topic = settings.feedback_kafka_topic
+        if topic is None:
+            raise FeedbackUnavailable("--rules-from-topic needs PENSU_FEEDBACK_KAFKA_TOPIC")
+        started = str(int(time.time()))
+        read_rules_topic(rules, topic, settings.consumer_config(settings.instance_id, started),
+                         settings.feedback_false_positive_seconds, timeout)
+        sources.append(f"topic {topic}")
+    if path is not None:
+        for parsed in read_rules_file(path, settings.feedback_false_positive_seconds):
+            rules.apply(parsed)
+        sources.append(str(path))
+    return OfflineFeedback(rules, " and ".join(sources))

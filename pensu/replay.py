@@ -17,6 +17,10 @@ through the service's own recipe (`pensu.analyzer_settings`), and decides throug
 `MetricAnalyzer`, so the ``reported`` column is what the service would alert on; the command
 line's ``--preset``, ``--steps`` and ``--min/--max`` override the environment. At the end it
 prints the alerts per day, to tune thresholds on one's own history.
+
+Feedback rules (``--rules FILE``, ``--rules-from-topic``; pensu.feedback_io.replay_rules) apply
+as in the service: a suppressed episode's rows say ``reported`` 0 with no ``event``, and rows in
+a maintenance window with learning off are not learned (empty cells after ``value``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import IO, Callable, Iterator, Mapping
 from pensu.analyzer import MetricAnalyzer
 from pensu.analyzer_settings import RangeAwareConfig, analyzer_config, with_range
 from pensu.errors import LineRejected, PensuError
+from pensu.feedback import OfflineFeedback
 from pensu.settings import ModelPreset, load_settings
 
 OUTPUT_COLUMNS = ("timestamp", "value", "anomaly_score", "raw_score", "anomaly_likelihood",
@@ -134,8 +139,9 @@ def read_rows(stream: IO[str]) -> Iterator[tuple[int, list[str]]]:
 
 
 def replay(stream: IO[str], analyzer: MetricAnalyzer, warn: Callable[[str], None],
-           progress: Callable[[int], None] = lambda n: None) -> Iterator[ReplayRow]:
-    """Run every row through `analyzer`, yielding output rows in input order."""
+           progress: Callable[[int], None] = lambda n: None,
+           rules: OfflineFeedback | None = None) -> Iterator[ReplayRow]:
+    """Run every row through `analyzer` (and feedback `rules`), yielding output rows in input order."""
     for count, (line, cells) in enumerate(read_rows(stream), start=1):
         progress(count)
         ts_text = cells[0] if cells else ""
@@ -147,7 +153,12 @@ def replay(stream: IO[str], analyzer: MetricAnalyzer, warn: Callable[[str], None
             value = float(value_text)
             if not math.isfinite(value):
                 raise ValueError(f"value {value_text!r} is not finite")
+            if rules is not None and not rules.learns(analyzer.metric, ts):
+                yield ReplayRow(line, ts_text, value_text)  # maintenance window, learning off
+                continue
             analysis = analyzer.process(ts, value)
+            if rules is not None:
+                analysis = rules.review(analysis)
         except (ValueError, LineRejected) as exc:
             warn(f"line {line}: skipped ({exc})")
             yield ReplayRow(line, ts_text, value_text)
@@ -223,7 +234,7 @@ def alerts_per_day(rows: list[ReplayRow]) -> list[str]:
 def run_replay(input_path: Path, output_path: Path, preset: ModelPreset | None = None,
                min_value: float | None = None, max_value: float | None = None, steps: int | None = None,
                plot_path: Path | None = None, metric: str = "replay", env: Mapping[str, str] | None = None,
-               err: IO[str] = sys.stderr) -> int:
+               err: IO[str] = sys.stderr, rules: OfflineFeedback | None = None) -> int:
     """The `pensu replay` command; returns the exit code."""
     analyzer = build_analyzer(env, preset, min_value, max_value, steps, metric)
     try:
@@ -235,12 +246,14 @@ def run_replay(input_path: Path, output_path: Path, preset: ModelPreset | None =
                 print(f"replay: {n}/{total} rows ({100 * n // total}%)", file=err, flush=True)
 
         with input_path.open(newline="", encoding="utf-8") as src, output_path.open("w", newline="") as out:
-            rows = write_rows(replay(src, analyzer, lambda m: print(f"replay: {m}", file=err), progress), out)
+            rows = write_rows(replay(src, analyzer, lambda m: print(f"replay: {m}", file=err), progress, rules), out)
     except (OSError, UnicodeDecodeError, ReplayInputError) as exc:
         print(f"replay: cannot use {input_path}: {exc}", file=err)
         return 2
     reported = sum(r.reported for r in rows)
     print(f"replay: {len(rows)} rows, {reported} reported anomalies -> {output_path}", file=err)
+    if rules is not None:
+        print(f"replay: {rules.summary()}", file=err)
     for text in alerts_per_day(rows):
         print(f"replay: {text}", file=err)
     if plot_path is not None:
