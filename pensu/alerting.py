@@ -16,9 +16,9 @@ of firing forever (an unset endsAt would make Alertmanager resolve them after it
 resolve_timeout, 5 min by default, whatever the episode). A resolved episode sends the same
 labels with `endsAt` = the resolving sample's time. The firing alert of an open episode is
 remembered from its opening, in memory and in the metric's checkpoint (pensu.episode_notes,
-`Alert.to_state`): an instance that restarts, or takes the metric's partition over, `adopt`s
-it when the metric's checkpoint is loaded, re-sends it while the episode stays open and
-resolves exactly it. Only an episode whose opening left no note (a checkpoint older than
+`Alert.to_state`): the instance that loads that checkpoint next — after a restart, or as the
+partition's new owner — `adopt`s it on the metric's next sample, re-sends it while the episode
+stays open and resolves exactly it. Only an episode whose opening left no note (a checkpoint older than
 analyzer format 4, alerting switched on since) resolves both severities — Alertmanager
 notifies nobody about a resolved alert it never notified as firing.
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS
+from pensu.namespaces import namespace_rate_target
 from pensu.settings import Settings
 from tests.stack.stack_files import (
     GRAFANA_DASHBOARD,
@@ -191,6 +192,7 @@ def test_a_panel_ranks_namespaces_by_anomaly_rate(dashboard: dict[str, Any], emi
             assert kinds == {"anomaly_rate_anomalous", "anomaly_rate_total"}, expr
             assert not any(graphite_glob_matches(p, emitted_names["anomaly_rate"]) for p in paths), expr
             assert "divideSeriesLists(" in expr and "sumSeriesWithWildcards(" in expr
+            assert expr == namespace_rate_target()  # the one documented in docs/alerting.md
             assert "highestCurrent(" in expr and not VARIABLE_REFS.search(expr)
             assert panel["type"] == "bargauge"
             assert panel["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
