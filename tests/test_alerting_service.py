@@ -91,13 +91,18 @@ def test_pensu_run_alerts_incidents_and_namespace_rates(kafka: KafkaCluster, tmp
 
     # Anomaly rate per namespace: the last line of each namespace reflects the episodes open at the end.
     rates: dict[str, float] = {}
+    parts: dict[str, float] = {}  # this instance's counts, summed over instances by the dashboard
     for m in lines:
         sample = parse_line(m.value().rstrip(b"\n"))
         if sample.metric.startswith("pensu.anomaly_rate."):
             rates[sample.metric.removeprefix("pensu.anomaly_rate.")] = sample.value
+        elif sample.metric.startswith("pensu.anomaly_rate_parts."):
+            parts[sample.metric.removeprefix("pensu.anomaly_rate_parts.")] = sample.value
     web = [m for m in data if m.startswith("web.front.")]
     assert rates == {"web.front": sum(m in open_at_end for m in web) / len(web),
                      "db.main": 1.0}
+    assert parts == {"anomalous.test.web.front": sum(m in open_at_end for m in web), "total.test.web.front": len(web),
+                     "anomalous.test.db.main": 1, "total.test.db.main": 1}
 
 
 @pytest.mark.slow
