@@ -1,6 +1,10 @@
-"""Shared fixtures of the stack tests: Settings defaults and the metric names Pensu emits."""
+"""Shared fixtures of the stack tests: Settings defaults, the metric names Pensu emits, and real
+carbon-cache / graphite-web processes (tests/stack/graphite_stack.py)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -8,6 +12,8 @@ from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS, output_metric_name
 from pensu.generator import DEFAULT_SERIES
 from pensu.namespaces import namespace_of, rate_metric_name
 from pensu.settings import Settings, load_settings
+from tests.stack.graphite_stack import Carbon, carbon_tools, running_carbon
+from tests.stack.graphite_stack import graphite, graphite_web_python_fixture  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +37,10 @@ def emitted_names(sample_metric: str) -> dict[str, str]:
         names[kind] = output_metric_name(DEFAULT_NAME_TEMPLATE, kind, sample_metric)
     names["anomaly_rate"] = rate_metric_name(namespace_of(sample_metric, load_settings({}).namespace_depth))
     return names
+
+
+@pytest.fixture
+def carbon(tmp_path: Path) -> Iterator[Carbon]:
+    """A carbon-cache on loopback (1-second archive for an hour) with storage in tmp_path."""
+    with running_carbon(carbon_tools(), tmp_path) as running:
+        yield running
