@@ -2,7 +2,7 @@
 
 `fetch_render` is one GET of `<PENSU_GRAPHITE_URL>/render?target=..&from=..&until=..&format=json`
 with the standard library (no extra dependency for one request shape); every way it can fail
-becomes a `WarmStartError` with a short reason (`unreachable`, `http_error`, `too_large`), which
+becomes a `WarmStartError` with a short reason (`unreachable`, `timeout`, `http_error`, `too_large`), which
 the caller counts. `HistoryFetcher` runs fetches (and the JSON parsing) on a small thread pool
 (`PENSU_WARM_START_CONCURRENCY` workers), so the consume loop only ever checks finished futures.
 A worker never touches a model: results come back to the loop thread through `completed()`.
@@ -41,8 +41,10 @@ def fetch_render(base_url: str, request: HistoryRequest, timeout: float,
     except urllib.error.HTTPError as exc:
         raise WarmStartError("http_error", f"HTTP {exc.code} {exc.reason} from {url}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise WarmStartError("unreachable", f"{url}: {reason}") from None
+        cause = getattr(exc, "reason", exc)
+        if isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
+            raise WarmStartError("timeout", f"{url}: no answer within {timeout:g} s") from None
+        raise WarmStartError("unreachable", f"{url}: {cause}") from None
     if len(body) > max_bytes:
         raise WarmStartError("too_large", f"{url}: answer larger than {max_bytes} bytes")
     return body
