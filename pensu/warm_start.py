@@ -39,6 +39,7 @@ from pensu.errors import PensuError
 __all__ = [
     "History",
     "HistoryRequest",
+    "Phase",
     "Released",
     "WarmStartBook",
     "WarmStartError",
@@ -203,6 +204,10 @@ class WarmStartBook(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def metrics(self) -> list[str]:
+        """Metrics whose warm start is in flight, in start order."""
+        return list(self._entries)
 
     def phase(self, metric: str) -> Phase | None:
         """The metric's phase, None when no warm start is in flight."""

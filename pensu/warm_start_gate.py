@@ -239,9 +239,15 @@ class WarmStartGate:
 
     def forget(self, sources: set[str], inflight: Iterable[DeliveryTracker]) -> None:
         """Partitions `sources` ("topic:partition") were revoked: drop their held lines, and their
-        positions from every in-flight batch (the new owner replays from the last commit)."""
+        positions from every in-flight batch (the new owner replays from the last commit). A
+        metric left with nothing held is checkpointed and dropped like the service's other
+        metrics of those partitions, so a stale copy never stays resident here."""
+        before = set(self.book.metrics())
         for item in self.book.forget(lambda held: held.source not in sources):
             self._release_batch(item.batch)
+        dropped = before.difference(self.book.metrics())
+        if dropped:
+            self.registry.release(dropped)
         self._details = {m: d for m, d in self._details.items() if m in self.book}
         gone = {(topic, int(partition)) for topic, partition in (s.rsplit(":", 1) for s in sources)}
         for batch in inflight:

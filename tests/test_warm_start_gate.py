@@ -211,8 +211,10 @@ def test_revoked_partitions_drop_held_lines_and_their_positions(tmp_path: Path, 
         held.positions[("metrics", 1)] = 6
         held.positions[("metrics", 0)] = 40
         after = DeliveryTracker({("metrics", 1): 9, ("metrics", 0): 41})
+        assert "web.new" in h.registry
         h.gate.forget({"metrics:1"}, [held, after])
         assert held.pending == 0 and len(h.gate.book) == 0
+        assert "web.new" not in h.registry  # released with its partition, not kept stale
         assert held.positions == {("metrics", 0): 40} and after.positions == {("metrics", 0): 41}
         graphite.release.set()
         time.sleep(0.2)
