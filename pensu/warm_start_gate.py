@@ -49,9 +49,10 @@ from pensu.warm_start import History, HistoryRequest, WarmStartBook, WarmStartEr
 
 log = logging.getLogger(__name__)
 
-# History samples learned per loop iteration, all metrics together: ~0.1-0.2 s of model time,
+# History samples learned per loop iteration, all metrics together: ~20-80 ms of model time
+# (0.3-1.3 ms per sample measured by bench/warm_start.py under shared-CPU load),
 # so a long history delays other metrics' samples by at most that much per iteration.
-LEARN_BATCH = 256
+LEARN_BATCH = 64
 # Metrics whose warm start may be in flight at once; a flood of new names beyond it starts cold
 # (counted as "busy") instead of holding unbounded samples.
 MAX_PENDING_METRICS = 1000

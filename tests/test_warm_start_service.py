@@ -80,17 +80,28 @@ def test_new_metric_learns_its_graphite_history_before_live_samples(
     for ts, v in window:
         warm.process(ts, v)
     cold = MetricAnalyzer(METRIC, analyzer_config(settings))
-    warm_scores = [(ts, warm.process(ts, v).anomaly_score) for ts, v in live]
-    cold_scores = [(ts, cold.process(ts, v).anomaly_score) for ts, v in live]
+    warm_analyses = [warm.process(ts, v) for ts, v in live]
+    cold_analyses = [cold.process(ts, v) for ts, v in live]
+    warm_scores = [(a.timestamp, a.anomaly_score) for a in warm_analyses]
+    cold_scores = [(a.timestamp, a.anomaly_score) for a in cold_analyses]
+    # Useful at once: the warm model forecasts from the first live sample; a cold one warms up first.
+    assert not warm_analyses[0].warming_up and warm_analyses[0].forecast is not None
+    assert cold_analyses[0].warming_up and cold_analyses[0].forecast is None
 
     with running_service(env) as proc:
         kafka.produce(settings.metrics_kafka_topic, [(METRIC.encode(), line) for line in lines_for(METRIC, live)])
         messages = kafka.consume_all([settings.reported_anomalies_kafka_topic], expected=3 * LIVE,
                                      timeout=120, idle=2.0)
+        predictions = kafka.consume_all([settings.prediction_metrics_kafka_topic], expected=2 * LIVE,
+                                        timeout=60, idle=1.0)
         status, exposition = http_get(int(env["PENSU_HTTP_PORT"]), "/metrics")
         output = stop_service(proc)
 
     assert status == 200
+    forecast_name = f"pensu.prediction.metrics_analyzer.{METRIC}"
+    first_forecast = min(s.timestamp for s in (parse_line(m.value().rstrip(b"\n")) for m in predictions)
+                         if s.metric == forecast_name)
+    assert first_forecast == live[0][0] + 300  # forecast made at the first live sample
     assert metric_value(exposition, "pensu_warm_start_samples_learned_total") == len(window)
     assert metric_value(exposition, "pensu_warm_starts_total", 'outcome="warm"') == 1
     assert metric_value(exposition, "pensu_warm_starts_total", 'outcome="cold"') == 0
