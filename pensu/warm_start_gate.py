@@ -134,12 +134,10 @@ class WarmStartGate:
                 kept.append(raw)  # blank or bad: the pipeline skips or rejects it as usual
                 continue
             metric = sample.metric
-            item = HeldLine(raw, source, offset, origin, batch)
             if metric in self.book:
-                self.book.hold(metric, item)
-            elif self._is_new(metric) and self._begin(metric, sample.timestamp, item):
-                pass
-            else:
+                self.book.hold(metric, HeldLine(raw, source, offset, origin, batch))
+            elif not (self._is_new(metric)
+                      and self._begin(metric, sample.timestamp, HeldLine(raw, source, offset, origin, batch))):
                 kept.append(raw)
                 continue
             held = True
