@@ -36,11 +36,12 @@ from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, Ou
                             ensure_topics, wait_for_delivery)
 from pensu.namespaces import NamespaceTracker
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
-from pensu.pipeline import Pipeline, PipelineEvents
+from pensu.pipeline import MessageResult, Pipeline, PipelineEvents
 from pensu.registry import ModelRegistry, RegistryEvents
 from pensu.repartition import Repartitioner
 from pensu.settings import Settings
 from pensu.telemetry import RateLimitedLog, ServiceMetrics, librdkafka_logger
+from pensu.warm_start_gate import WarmStartGate
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ class PensuService:
                 analysed=self._on_analysed,
                 learns=self.feedback.learns,
             ))
+        # New metrics learn their Graphite history first (README "Warm start"); None: off.
+        self.warm_start = WarmStartGate.from_settings(settings, self.models, self.pipeline, self.prom,
+                                                      self.feedback.learns)
         self.health = HealthServer(
             ping_host=settings.ping_listen_host, ping_port=settings.ping_listen_port,
             http_host=settings.http_host, http_port=settings.http_port or None,
@@ -326,12 +330,10 @@ class PensuService:
                             source, previous, offset)
                 self._incarnations.refresh(topic)
             self._last_offset[(topic, partition)] = offset
-            result = self.pipeline.process(message.value(), source, offset, self._incarnations.get(topic))
-            for metric in result.metrics:
-                self._source_of[metric] = source
-                self._last_batch[metric] = batch
-            for record in result.records:
-                self.producer.send(record, self._stop.is_set, batch)
+            origin, payload = self._incarnations.get(topic), message.value()
+            if self.warm_start is not None:
+                payload = self.warm_start.admit(payload, source, offset, origin, batch)
+            self._emit(self.pipeline.process(payload, source, offset, origin), source, batch)
             self.producer.poll(0)
             batch.positions[(topic, partition)] = offset + 1
         if batch.positions:
@@ -340,15 +342,30 @@ class PensuService:
             batch.created = time.monotonic()
             self._inflight.append(batch)
         self.producer.poll(0)
+        self._poll_warm_start()
         self._commit_delivered()
         if self.models.parked:
             self.models.settle()  # evicted analyzers whose outputs are now acknowledged
         # Back-pressure: never run more than MAX_INFLIGHT_BATCHES ahead of the broker's acks.
         while len(self._inflight) > MAX_INFLIGHT_BATCHES and not self._stop.is_set():
             self.producer.poll(0.1)
+            self._poll_warm_start()  # a held batch at the head waits for it
             self._commit_delivered()
         self.metrics.resident_models.set(len(self.models))
         self._periodic()
+
+    def _emit(self, result: MessageResult, source: str, batch: DeliveryTracker) -> None:
+        """Queue a processed message's outputs on its batch."""
+        assert self.producer is not None
+        for metric in result.metrics:
+            self._source_of[metric] = source
+            self._last_batch[metric] = batch
+        for record in result.records:
+            self.producer.send(record, self._stop.is_set, batch)
+
+    def _poll_warm_start(self) -> None:
+        if self.warm_start is not None:
+            self.warm_start.poll(self._emit)
 
     def _commit_delivered(self, asynchronous: bool = True) -> None:
         """Commit the offsets of the oldest batches whose outputs are all answered.
@@ -502,6 +519,8 @@ class PensuService:
         sources = {f"{tp.topic}:{tp.partition}" for tp in partitions}
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
+        if self.warm_start is not None:  # after the commit above: its held lines are replayed by the new owner
+            self.warm_start.forget(sources, self._inflight)
         metrics = {metric for metric, source in self._source_of.items() if source in sources}
         # A model loaded for a partition whose samples were all replays (skipped, so never
         # tracked above) must go too: kept resident, it would be stale when the partition
@@ -543,6 +562,8 @@ class PensuService:
             if self.feedback_log is not None:
                 self.feedback_log.stop()
             self._incarnations.close()
+            if self.warm_start is not None:
+                self.warm_start.close()
             if self._embedded is not None:
                 self._embedded.close()
 

@@ -252,6 +252,25 @@ class Settings(BaseSettings):
         60.0, ge=0, allow_inf_nan=False,
         description="Seconds between pensu.anomaly_rate.<namespace> lines; 0 disables.")
 
+    # --- Warm start (pensu.warm_start, README: Warm start) ------------------------------------
+    graphite_url: str | None = Field(
+        None, description="graphite-web base URL; a new metric's first sample fetches its last "
+                          "PENSU_WARM_START_DAYS from <url>/render and learns them (no outputs) before its live "
+                          "samples. Unset: off. README: Warm start.",
+        json_schema_extra={"expected": "an http:// or https:// URL"})
+    warm_start_days: float = Field(
+        7.0, gt=0, le=366, allow_inf_nan=False,
+        description="Days of history before a new metric's first sample fetched for its warm start.")
+    warm_start_timeout: float = Field(
+        30.0, gt=0, le=3600, allow_inf_nan=False,
+        description="Seconds from a new metric's first sample within which its history must arrive (queueing "
+                    "included); later, it starts cold. Also the HTTP connect/read timeout.")
+    warm_start_concurrency: int = Field(4, ge=1, le=64, description="History fetches running at once.")
+    warm_start_buffer: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Live samples held per metric while its warm start is in flight; one more starts it cold "
+                    "(held samples are then processed first, in order).")
+
     feedback_kafka_topic: str | None = Field(
         None, description="Topic of feedback rules (false positive, mute, maintenance, ignore_below), keyed by rule "
                           "id; read from the start by every instance. Unset: no rules. README: Feedback.",
@@ -346,7 +365,7 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return value
 
-    @field_validator("alertmanager_url")
+    @field_validator("alertmanager_url", "graphite_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         if value is not None:

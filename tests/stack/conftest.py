@@ -1,6 +1,10 @@
-"""Shared fixtures of the stack tests: Settings defaults and the metric names Pensu emits."""
+"""Shared fixtures of the stack tests: Settings defaults, the metric names Pensu emits, and real
+carbon-cache / graphite-web processes (tests/stack/graphite_stack.py)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -8,6 +12,8 @@ from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS, output_metric_name
 from pensu.generator import DEFAULT_SERIES
 from pensu.namespaces import PART_KINDS, namespace_of, part_metric_name, rate_metric_name
 from pensu.settings import Settings, load_settings
+from tests.stack.graphite_stack import Carbon, carbon_tools, running_carbon
+from tests.stack.graphite_stack import graphite, graphite_web_python_fixture  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,10 @@ def emitted_names(sample_metric: str) -> dict[str, str]:
     for kind in PART_KINDS:  # each instance's counts, combined by the dashboard (pensu.namespaces)
         names[f"anomaly_rate_{kind}"] = part_metric_name(kind, settings.instance_id, namespace)
     return names
+
+
+@pytest.fixture
+def carbon(tmp_path: Path) -> Iterator[Carbon]:
+    """A carbon-cache on loopback (1-second archive for an hour) with storage in tmp_path."""
+    with running_carbon(carbon_tools(), tmp_path) as running:
+        yield running
