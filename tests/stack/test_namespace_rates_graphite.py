@@ -6,15 +6,13 @@ target, read from grafana/dashboards/pensu.json, is evaluated by Debian's graphi
 render evaluator, the code behind `/render`, with Django set up on a temporary storage dir).
 The result must be each namespace's exact anomaly rate over all metrics, at every interval, even
 when one instance has not written the newest interval yet. graphite-web and python3-whisper
-are installed with apt when missing and this process may (root, apt-get present; under the
-carbon test's apt lock); otherwise the test is skipped with the reason.
+are installed with apt by the stack fixtures (tests/stack/graphite_stack.py) when missing and this
+process may; otherwise the test is skipped with the reason.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -24,11 +22,10 @@ import pytest
 from pensu.carbon import parse_line
 from pensu.namespaces import NamespaceTracker
 from tests.stack.stack_files import GRAFANA_DASHBOARD
-from tests.stack.test_graphite_carbon import APT_LOCK, APT_LOCK_WAIT, _clean_env, _exclusive
+from tests.stack.graphite_stack import clean_env, graphite_web_python
 from tests.test_alerting import analysis
 from tests.test_namespaces import Clock, opening
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 INTERVAL = 60
 PANEL_TITLE = "Most anomalous namespaces (now)"
 
@@ -76,49 +73,10 @@ print(json.dumps(out))
 """
 
 
-APT_PACKAGES = ("graphite-web", "python3-whisper")
-PROBE = "import importlib.util, whisper, django; assert importlib.util.find_spec('graphite.render.evaluator')"
-
-
-def _importable() -> str | None:
-    """None when the system python imports graphite-web's evaluator and whisper, else why not."""
-    if not os.path.exists(SYSTEM_PYTHON):
-        return f"no {SYSTEM_PYTHON}"
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", PROBE], env=_clean_env(), capture_output=True, text=True,
-                           timeout=60)
-    return None if probe.returncode == 0 else probe.stderr.strip()[-200:]
-
-
-def _apt_install() -> str | None:
-    env = {**_clean_env(), "DEBIAN_FRONTEND": "noninteractive"}
-    for argv, timeout in ((["apt-get", "update", "-q"], 300),
-                          (["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES], 600)):
-        try:
-            proc = subprocess.run(argv, env=env, timeout=timeout, capture_output=True, text=True)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{' '.join(argv)}: {exc}"
-        if proc.returncode != 0:
-            return f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-400:]}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def graphite_python() -> str:
-    """The system python, once it imports graphite-web's render evaluator and whisper."""
-    problem = _importable()
-    if problem is None:
-        return SYSTEM_PYTHON
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(f"graphite-web not importable by {SYSTEM_PYTHON} ({problem}), and cannot apt-get install it")
-    try:
-        with _exclusive(APT_LOCK, APT_LOCK_WAIT):
-            failure = _apt_install() if _importable() is not None else None
-    except OSError as exc:
-        pytest.skip(f"could not take the apt lock {APT_LOCK}: {exc}")
-    problem = _importable()
-    if problem is not None:
-        pytest.skip(f"could not install {' '.join(APT_PACKAGES)}: {failure or problem}")
-    return SYSTEM_PYTHON
+    """The system python running graphite-web (the stack fixtures install it with apt when needed)."""
+    return graphite_web_python()
 
 
 def panel_target() -> str:
@@ -133,7 +91,7 @@ def evaluate(python: str, tmp_path: Path, points: dict[str, list[tuple[int, floa
     (tmp_path / "pensu_test_graphite_settings.py").write_text(SETTINGS)
     storage = tmp_path / "storage"
     storage.mkdir()
-    env = {**_clean_env(), "PYTHONPATH": str(tmp_path), "PENSU_TEST_GRAPHITE_STORAGE": str(storage)}
+    env = {**clean_env(), "PYTHONPATH": str(tmp_path), "PENSU_TEST_GRAPHITE_STORAGE": str(storage)}
     request = {"points": points, "step": INTERVAL, "from": start, "until": until, "target": target}
     proc = subprocess.run([python, "-c", EVALUATE], input=json.dumps(request), env=env, capture_output=True,
                           text=True, timeout=120)
