@@ -33,6 +33,18 @@ instances on different machines hand metrics over with nothing shared but the cl
   a revoked partition's files are removed, so the cache never holds another owner's stale
   state. A *lost* partition is read again (`refresh`) before its analyzers are saved, so the
   registry's superseded check sees what the new owner wrote.
+* **Ownership fence.** The fence record an owner appends at assignment is also its claim: before
+  writing to a partition it owns (at most once per `OWNER_CHECK_INTERVAL_S`, and always after a
+  pause as long as that, e.g. a stalled process), the store compares the partition's end offset
+  with the last record it wrote or read there; if other records were appended, it reads them,
+  and a fence that is not its own means another instance was assigned the partition since:
+  the write is refused (`CheckpointError`: the model stays in memory, the failure is counted)
+  until the partition is assigned again. This closes the window a *lost* partition leaves
+  between a stalled instance waking up and librdkafka telling it so (autosave, eviction or
+  shutdown saves in that window used to overwrite the new owner's checkpoints; seen in
+  `tests/scaleout/test_lost_partition.py`). The lost-partition hand-over itself (`refresh`) is
+  not fenced: the registry's superseded check decides there. It narrows the window to the
+  check interval and one round trip; it is not a transactional fence.
 * **Save** writes the topic first and waits for the broker's acknowledgement (a failure raises
   `CheckpointError`, so the registry keeps the model in memory), then the cache (not fsynced:
   the topic is the durable copy). After a write that was not acknowledged, writes fail at once
@@ -49,7 +61,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import msgpack
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pensu.checkpoint import (CheckpointCorrupt, CheckpointEntry, CheckpointHeader, CheckpointStore,
@@ -67,6 +80,8 @@ RESTORE_TIMEOUT_S = 120.0
 # The assignment callback blocks at most this long; the rest of a restore runs in a thread. Below
 # the smallest session timeout brokers accept by default (group.min.session.timeout.ms, 6 s).
 ASSIGN_BUDGET_S = 5.0
+OWNER_CHECK_INTERVAL_S = 1.0  # how stale the ownership check of a partition may be before a write
+OWNER_READ_TIMEOUT_S = 3.0
 
 
 def _part_key(metric: bytes, generation: str, index: int) -> bytes:
@@ -104,6 +119,13 @@ class KafkaCheckpointStore(CheckpointStore):
         self.ack_timeout = ack_timeout
         self.assign_budget = assign_budget
         self._restoring: threading.Thread | None = None  # a restore that outlived the assignment budget
+        # Ownership fence, per owned checkpoint partition: our fence, the offset after the last
+        # record we wrote or read there, when that was last checked; partitions fenced out.
+        self._fence_of: dict[int, bytes] = {}
+        self._known_end: dict[int, int] = {}
+        self._owner_checked: dict[int, float] = {}
+        self._fenced_out: set[int] = set()
+        self._probe: Consumer | None = None
         self.cache = LocalCheckpointStore(cache_dir, durable=False)
         self._on_quarantined = on_quarantined
         self._config: dict | None = None
@@ -135,6 +157,9 @@ class KafkaCheckpointStore(CheckpointStore):
     def close(self) -> None:
         """Flush and drop the producer."""
         self._wait_for_restore()
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
@@ -185,9 +210,11 @@ class KafkaCheckpointStore(CheckpointStore):
                                   f"moments ago; not waiting again yet")
         failures: list[str] = []
 
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 failures.append(err.str())
+            elif msg.topic() == self.topic and msg.partition() in self._known_end:
+                self._known_end[msg.partition()] = max(self._known_end[msg.partition()], msg.offset() + 1)
 
         target = topic or self.topic
         for key, value in records:
@@ -230,6 +257,7 @@ class KafkaCheckpointStore(CheckpointStore):
                                                                  "size": len(blob)})))
         if previous is not None:  # the previous generation's parts are garbage once the new head is in
             records += [(_part_key(key, previous[0], i), None) for i in range(previous[1])]
+        self._check_owner(partition)
         self._produce(records, partition)
         if generation is None:
             self._generation_of.pop(metric, None)
@@ -255,6 +283,7 @@ class KafkaCheckpointStore(CheckpointStore):
         records: list[tuple[bytes, bytes | None]] = [(key, None)]
         if previous is not None:
             records += [(_part_key(key, previous[0], i), None) for i in range(previous[1])]
+        self._check_owner(partition)
         self._produce(records, partition)
         self._partition_of.pop(metric, None)
 
@@ -376,6 +405,7 @@ class KafkaCheckpointStore(CheckpointStore):
         if topic != self.input_topic or not partitions or self._config is None:
             return
         self._wait_for_restore()
+        self._disown(partitions)
         self._restore_logged(topic, sorted(partitions), owner=False)
 
     def partitions_revoked(self, topic: str, partitions: list[int]) -> None:
@@ -383,12 +413,75 @@ class KafkaCheckpointStore(CheckpointStore):
         if topic != self.input_topic:
             return
         self._wait_for_restore()
+        self._disown(partitions)
         gone = set(partitions)
         for metric, partition in list(self._partition_of.items()):
             if partition in gone:
                 self.cache.delete(metric)
                 del self._partition_of[metric]
                 self._generation_of.pop(metric, None)
+
+    def _disown(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            self._fence_of.pop(partition, None)
+            self._known_end.pop(partition, None)
+            self._owner_checked.pop(partition, None)
+            self._fenced_out.discard(partition)
+
+    def _check_owner(self, partition: int) -> None:
+        """Refuse to write to an owned partition another instance has fenced since (see module doc)."""
+        if partition in self._fenced_out:
+            raise CheckpointError(f"{self.topic} partition {partition} was assigned to another instance; "
+                                  f"not overwriting its checkpoints")
+        fence = self._fence_of.get(partition)
+        now = time.monotonic()
+        if fence is None or now - self._owner_checked.get(partition, 0.0) < OWNER_CHECK_INTERVAL_S:
+            return
+        if self._newer_fence(partition, fence):
+            self._fenced_out.add(partition)
+            log.warning("%s partition %d has a newer owner (its fence follows ours): this instance lost it "
+                        "and writes no more checkpoints there", self.topic, partition)
+            raise CheckpointError(f"{self.topic} partition {partition} was assigned to another instance; "
+                                  f"not overwriting its checkpoints")
+        self._owner_checked[partition] = time.monotonic()
+
+    def _newer_fence(self, partition: int, fence: bytes) -> bool:
+        """True when records after the last one we know in `partition` include another's fence.
+
+        Fails open (False, logged) when the broker does not answer in time: the check narrows a
+        rare window, it must not stop checkpointing during a slow moment.
+        """
+        assert self._config is not None
+        if self._probe is None:
+            self._probe = Consumer(dict(self._config, **{
+                "group.id": f"pensu-owner-{uuid.uuid4().hex[:8]}", "enable.auto.commit": "false",
+                "enable.partition.eof": "false", "fetch.wait.max.ms": "20"}))
+        tp = TopicPartition(self.topic, partition)
+        known = self._known_end.get(partition, 0)
+        try:
+            _low, high = self._probe.get_watermark_offsets(tp, timeout=OWNER_READ_TIMEOUT_S, cached=False)
+        except KafkaException as exc:
+            log.warning("could not check the owner of %s partition %d: %s", self.topic, partition, exc)
+            return False
+        if high <= known:
+            return False
+        deadline = time.monotonic() + OWNER_READ_TIMEOUT_S
+        self._probe.assign([TopicPartition(self.topic, partition, known)])
+        try:
+            while known < high and time.monotonic() < deadline:
+                for msg in self._probe.consume(500, timeout=0.1):
+                    if msg.error() is not None or msg.partition() != partition:
+                        continue
+                    known = max(known, msg.offset() + 1)
+                    if msg.key() == FENCE_KEY and msg.value() != fence:
+                        return True
+        finally:
+            self._probe.unassign()
+        if known < high:
+            log.warning("could not read %s partition %d up to offset %d within %g s to check its owner",
+                        self.topic, partition, high, OWNER_READ_TIMEOUT_S)
+        self._known_end[partition] = max(self._known_end.get(partition, 0), known)
+        return False
 
     def _restore(self, partitions: list[int], timeout: float = RESTORE_TIMEOUT_S,
                  owner: bool = True) -> tuple[int, int]:
@@ -400,6 +493,12 @@ class KafkaCheckpointStore(CheckpointStore):
         """
         assert self._config is not None
         fence = uuid.uuid4().bytes
+        if owner:
+            for partition in partitions:
+                self._fence_of[partition] = fence
+                self._known_end[partition] = 0  # raised by our fence's delivery report
+                self._owner_checked[partition] = time.monotonic()
+                self._fenced_out.discard(partition)
         for partition in partitions:
             self._produce([(FENCE_KEY, fence)], partition)
         consumer = Consumer(dict(self._config, **{
