@@ -44,7 +44,10 @@ instances on different machines hand metrics over with nothing shared but the cl
   shutdown saves in that window used to overwrite the new owner's checkpoints; seen in
   `tests/scaleout/test_lost_partition.py`). The lost-partition hand-over itself (`refresh`) is
   not fenced: the registry's superseded check decides there. It narrows the window to the
-  check interval and one round trip; it is not a transactional fence.
+  check interval and one round trip; it is not a transactional fence. A refresh's fence is
+  marked as a reader's (`read:` prefix) and claims nothing. As a safety net against a fence that
+  was no owner's, a partition still assigned here `RECLAIM_AFTER_S` (60 s) after it was fenced
+  out is claimed again (librdkafka reports a real loss within seconds of the stall).
 * **Save** writes the topic first and waits for the broker's acknowledgement (a failure raises
   `CheckpointError`, so the registry keeps the model in memory), then the cache (not fsynced:
   the topic is the durable copy). After a write that was not acknowledged, writes fail at once
@@ -81,6 +84,10 @@ RESTORE_TIMEOUT_S = 120.0
 # the smallest session timeout brokers accept by default (group.min.session.timeout.ms, 6 s).
 ASSIGN_BUDGET_S = 5.0
 OWNER_CHECK_INTERVAL_S = 1.0  # how stale the ownership check of a partition may be before a write
+# A partition still assigned here this long after another fence was seen is claimed again: a real
+# loss is reported by librdkafka within seconds, so the other fence was no owner's (safety net).
+RECLAIM_AFTER_S = 60.0
+READ_FENCE_PREFIX = b"read:"  # fences of readers that do not own the partition (refresh): no claim
 OWNER_READ_TIMEOUT_S = 3.0
 
 
@@ -124,7 +131,7 @@ class KafkaCheckpointStore(CheckpointStore):
         self._fence_of: dict[int, bytes] = {}
         self._known_end: dict[int, int] = {}
         self._owner_checked: dict[int, float] = {}
-        self._fenced_out: set[int] = set()
+        self._fenced_out: dict[int, float] = {}  # partition -> when another's fence was seen
         self._probe: Consumer | None = None
         self.cache = LocalCheckpointStore(cache_dir, durable=False)
         self._on_quarantined = on_quarantined
@@ -426,24 +433,32 @@ class KafkaCheckpointStore(CheckpointStore):
             self._fence_of.pop(partition, None)
             self._known_end.pop(partition, None)
             self._owner_checked.pop(partition, None)
-            self._fenced_out.discard(partition)
+            self._fenced_out.pop(partition, None)
 
     def _check_owner(self, partition: int) -> None:
         """Refuse to write to an owned partition another instance has fenced since (see module doc)."""
-        if partition in self._fenced_out:
-            raise CheckpointError(f"{self.topic} partition {partition} was assigned to another instance; "
-                                  f"not overwriting its checkpoints")
         fence = self._fence_of.get(partition)
-        now = time.monotonic()
-        if fence is None or now - self._owner_checked.get(partition, 0.0) < OWNER_CHECK_INTERVAL_S:
+        if fence is None:
             return
-        if self._newer_fence(partition, fence):
-            self._fenced_out.add(partition)
-            log.warning("%s partition %d has a newer owner (its fence follows ours): this instance lost it "
-                        "and writes no more checkpoints there", self.topic, partition)
+        now = time.monotonic()
+        fenced_at = self._fenced_out.get(partition)
+        if fenced_at is not None and now - fenced_at >= RECLAIM_AFTER_S:
+            log.warning("%s partition %d is still assigned to this instance %.0f s after another instance's "
+                        "fence: claiming it again", self.topic, partition, now - fenced_at)
+            self._produce([(FENCE_KEY, fence)], partition)
+            del self._fenced_out[partition]
+            self._owner_checked[partition] = time.monotonic()
+            return
+        if fenced_at is None and now - self._owner_checked.get(partition, 0.0) >= OWNER_CHECK_INTERVAL_S:
+            if self._newer_fence(partition, fence):
+                fenced_at = self._fenced_out[partition] = now
+                log.warning("%s partition %d has a newer owner (its fence follows ours): this instance lost it "
+                            "and writes no checkpoints there until it is assigned again", self.topic, partition)
+            else:
+                self._owner_checked[partition] = time.monotonic()
+        if fenced_at is not None:
             raise CheckpointError(f"{self.topic} partition {partition} was assigned to another instance; "
                                   f"not overwriting its checkpoints")
-        self._owner_checked[partition] = time.monotonic()
 
     def _newer_fence(self, partition: int, fence: bytes) -> bool:
         """True when records after the last one we know in `partition` include another's fence.
@@ -473,7 +488,9 @@ class KafkaCheckpointStore(CheckpointStore):
                     if msg.error() is not None or msg.partition() != partition:
                         continue
                     known = max(known, msg.offset() + 1)
-                    if msg.key() == FENCE_KEY and msg.value() != fence:
+                    value = msg.value()
+                    if (msg.key() == FENCE_KEY and value is not None and value != fence
+                            and not value.startswith(READ_FENCE_PREFIX)):
                         return True
         finally:
             self._probe.unassign()
@@ -498,7 +515,9 @@ class KafkaCheckpointStore(CheckpointStore):
                 self._fence_of[partition] = fence
                 self._known_end[partition] = 0  # raised by our fence's delivery report
                 self._owner_checked[partition] = time.monotonic()
-                self._fenced_out.discard(partition)
+                self._fenced_out.pop(partition, None)
+        else:
+            fence = READ_FENCE_PREFIX + fence
         for partition in partitions:
             self._produce([(FENCE_KEY, fence)], partition)
         consumer = Consumer(dict(self._config, **{

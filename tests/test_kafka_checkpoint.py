@@ -232,11 +232,23 @@ def test_an_instance_that_lost_a_partition_cannot_overwrite_the_new_owners_check
     assert zombie.flush(30) == 0
     new.save(header(stores.input, "m", 2, 16), b"new-16")  # only a newer fence stops an owner
     reader = stores.new("reader")
-    reader.partitions_assigned(stores.input, [2, 3])
+    reader.refresh(stores.input, [2, 3])  # a reader, not an owner
     assert reader.load("m")[1] == b"new-16" and reader.load("other")[1] == b"still-owned"  # type: ignore[index]
-    # A lost partition's hand-over (refresh) is the registry's call (superseded check), not fenced.
+    # A lost partition's hand-over (refresh) is the registry's call (superseded check), not fenced;
+    # its read fence claims nothing, so the owner keeps writing.
     old.refresh(stores.input, [2])
     assert old.load("m")[1] == b"new-16"  # type: ignore[index]
+    new.save(header(stores.input, "m", 2, 17), b"new-17")
+    # Safety net: an owner fenced out but never told it lost the partition claims it back later.
+    monkeypatch.setattr("pensu.kafka_checkpoint.RECLAIM_AFTER_S", 0.5)
+    stores.new("intruder").partitions_assigned(stores.input, [2])
+    with pytest.raises(CheckpointError, match="assigned to another instance"):
+        new.save(header(stores.input, "m", 2, 18), b"new-18")
+    time.sleep(0.6)
+    new.save(header(stores.input, "m", 2, 18), b"new-18")
+    last = stores.new("last")
+    last.refresh(stores.input, [2])
+    assert last.load("m")[1] == b"new-18"  # type: ignore[index]
 
 
 @pytest.mark.slow
