@@ -35,9 +35,9 @@ instances on different machines hand metrics over with nothing shared but the cl
   registry's superseded check sees what the new owner wrote.
 * **Ownership fence.** The fence record an owner appends at assignment is also its claim: before
   writing to a partition it owns (at most once per `OWNER_CHECK_INTERVAL_S`, and always after a
-  pause as long as that, e.g. a stalled process), the store compares the partition's end offset
-  with the last record it wrote or read there; if other records were appended, it reads them,
-  and a fence that is not its own means another instance was assigned the partition since:
+  pause as long as that, e.g. a stalled process), the store appends a reader's fence and reads
+  the partition from after the last record it wrote there up to that fence; a claim fence that
+  is not its own means another instance was assigned the partition since:
   the write is refused (`CheckpointError`: the model stays in memory, the failure is counted)
   until the partition is assigned again. This closes the window a *lost* partition leaves
   between a stalled instance waking up and librdkafka telling it so (autosave, eviction or
@@ -461,43 +461,37 @@ class KafkaCheckpointStore(CheckpointStore):
                                   f"not overwriting its checkpoints")
 
     def _newer_fence(self, partition: int, fence: bytes) -> bool:
-        """True when records after the last one we know in `partition` include another's fence.
+        """True when records after the last one we know in `partition` include another's claim.
 
-        Fails open (False, logged) when the broker does not answer in time: the check narrows a
-        rare window, it must not stop checkpointing during a slow moment.
+        Reads up to a reader's fence of its own (like a restore: no high watermark is trusted;
+        Tansu's was seen wrong, and an idle client's may be unknown). Fails open (False, logged)
+        when the records do not arrive in time: the check narrows a rare window, it must not
+        stop checkpointing during a slow moment.
         """
         assert self._config is not None
         if self._probe is None:
             self._probe = Consumer(dict(self._config, **{
                 "group.id": f"pensu-owner-{uuid.uuid4().hex[:8]}", "enable.auto.commit": "false",
                 "enable.partition.eof": "false", "fetch.wait.max.ms": "20"}))
-        tp = TopicPartition(self.topic, partition)
-        known = self._known_end.get(partition, 0)
-        try:
-            _low, high = self._probe.get_watermark_offsets(tp, timeout=OWNER_READ_TIMEOUT_S, cached=False)
-        except KafkaException as exc:
-            log.warning("could not check the owner of %s partition %d: %s", self.topic, partition, exc)
-            return False
-        if high <= known:
-            return False
+        start = self._known_end.get(partition, 0)
+        marker = READ_FENCE_PREFIX + uuid.uuid4().bytes
+        self._produce([(FENCE_KEY, marker)], partition)  # raises (save fails) if the broker is away
         deadline = time.monotonic() + OWNER_READ_TIMEOUT_S
-        self._probe.assign([TopicPartition(self.topic, partition, known)])
+        self._probe.assign([TopicPartition(self.topic, partition, start)])
         try:
-            while known < high and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
                 for msg in self._probe.consume(500, timeout=0.1):
-                    if msg.error() is not None or msg.partition() != partition:
+                    if msg.error() is not None or msg.partition() != partition or msg.key() != FENCE_KEY:
                         continue
-                    known = max(known, msg.offset() + 1)
                     value = msg.value()
-                    if (msg.key() == FENCE_KEY and value is not None and value != fence
-                            and not value.startswith(READ_FENCE_PREFIX)):
+                    if value == marker:
+                        return False
+                    if value is not None and value != fence and not value.startswith(READ_FENCE_PREFIX):
                         return True
         finally:
             self._probe.unassign()
-        if known < high:
-            log.warning("could not read %s partition %d up to offset %d within %g s to check its owner",
-                        self.topic, partition, high, OWNER_READ_TIMEOUT_S)
-        self._known_end[partition] = max(self._known_end.get(partition, 0), known)
+        log.warning("could not read %s partition %d up to a marker within %g s to check its owner",
+                    self.topic, partition, OWNER_READ_TIMEOUT_S)
         return False
 
     def _restore(self, partitions: list[int], timeout: float = RESTORE_TIMEOUT_S,
