@@ -33,21 +33,10 @@ instances on different machines hand metrics over with nothing shared but the cl
   a revoked partition's files are removed, so the cache never holds another owner's stale
   state. A *lost* partition is read again (`refresh`) before its analyzers are saved, so the
   registry's superseded check sees what the new owner wrote.
-* **Ownership fence.** The fence record an owner appends at assignment is also its claim: before
-  writing to a partition it owns (at most once per `OWNER_CHECK_INTERVAL_S`, and always after a
-  pause as long as that, e.g. a stalled process), the store appends a reader's fence and reads
-  the partition from after the last record it wrote there up to that fence; a claim fence that
-  is not its own means another instance was assigned the partition since:
-  the write is refused (`CheckpointError`: the model stays in memory, the failure is counted)
-  until the partition is assigned again. This closes the window a *lost* partition leaves
-  between a stalled instance waking up and librdkafka telling it so (autosave, eviction or
-  shutdown saves in that window used to overwrite the new owner's checkpoints; seen in
-  `tests/scaleout/test_lost_partition.py`). The lost-partition hand-over itself (`refresh`) is
-  not fenced: the registry's superseded check decides there. It narrows the window to the
-  check interval and one round trip; it is not a transactional fence. A refresh's fence is
-  marked as a reader's (`read:` prefix) and claims nothing. As a safety net against a fence that
-  was no owner's, a partition still assigned here `RECLAIM_AFTER_S` (60 s) after it was fenced
-  out is claimed again (librdkafka reports a real loss within seconds of the stall).
+* **Ownership fence.** The fence record an owner appends at assignment is also its claim: writes
+  to a partition another instance has claimed since are refused (`pensu.kafka_ownership`), so a
+  stalled instance that wakes up after losing its partitions cannot overwrite the new owner's
+  checkpoints before librdkafka reports the loss. A refresh's fence is a reader's (no claim).
 * **Save** writes the topic first and waits for the broker's acknowledgement (a failure raises
   `CheckpointError`, so the registry keeps the model in memory), then the cache (not fsynced:
   the topic is the durable copy). After a write that was not acknowledged, writes fail at once
@@ -71,11 +60,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pensu.checkpoint import (CheckpointCorrupt, CheckpointEntry, CheckpointHeader, CheckpointStore,
                               LocalCheckpointStore, decode_checkpoint, encode_checkpoint)
 from pensu.errors import CheckpointError
+from pensu.kafka_ownership import FENCE_KEY, READ_FENCE_PREFIX, PartitionClaims
 
 log = logging.getLogger(__name__)
 
 MANIFEST_MAGIC = b"PENSUMAN"
-FENCE_KEY = b"\x00pensu-restore-fence"  # never a metric name (names are printable ASCII)
 PART_SEPARATOR = b"\x00"
 DEFAULT_PART_BYTES = 512 * 1024  # well under the 1 MB default record limit of brokers and clients
 ACK_TIMEOUT_S = 30.0
@@ -83,12 +72,6 @@ RESTORE_TIMEOUT_S = 120.0
 # The assignment callback blocks at most this long; the rest of a restore runs in a thread. Below
 # the smallest session timeout brokers accept by default (group.min.session.timeout.ms, 6 s).
 ASSIGN_BUDGET_S = 5.0
-OWNER_CHECK_INTERVAL_S = 1.0  # how stale the ownership check of a partition may be before a write
-# A partition still assigned here this long after another fence was seen is claimed again: a real
-# loss is reported by librdkafka within seconds, so the other fence was no owner's (safety net).
-RECLAIM_AFTER_S = 60.0
-READ_FENCE_PREFIX = b"read:"  # fences of readers that do not own the partition (refresh): no claim
-OWNER_READ_TIMEOUT_S = 3.0
 
 
 def _part_key(metric: bytes, generation: str, index: int) -> bytes:
@@ -126,13 +109,7 @@ class KafkaCheckpointStore(CheckpointStore):
         self.ack_timeout = ack_timeout
         self.assign_budget = assign_budget
         self._restoring: threading.Thread | None = None  # a restore that outlived the assignment budget
-        # Ownership fence, per owned checkpoint partition: our fence, the offset after the last
-        # record we wrote or read there, when that was last checked; partitions fenced out.
-        self._fence_of: dict[int, bytes] = {}
-        self._known_end: dict[int, int] = {}
-        self._owner_checked: dict[int, float] = {}
-        self._fenced_out: dict[int, float] = {}  # partition -> when another's fence was seen
-        self._probe: Consumer | None = None
+        self._claims = PartitionClaims(topic)  # ownership fence of the partitions assigned here
         self.cache = LocalCheckpointStore(cache_dir, durable=False)
         self._on_quarantined = on_quarantined
         self._config: dict | None = None
@@ -164,9 +141,7 @@ class KafkaCheckpointStore(CheckpointStore):
     def close(self) -> None:
         """Flush and drop the producer."""
         self._wait_for_restore()
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
+        self._claims.close()
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
@@ -220,8 +195,8 @@ class KafkaCheckpointStore(CheckpointStore):
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 failures.append(err.str())
-            elif msg.topic() == self.topic and msg.partition() in self._known_end:
-                self._known_end[msg.partition()] = max(self._known_end[msg.partition()], msg.offset() + 1)
+            elif msg.topic() == self.topic:
+                self._claims.delivered(msg.partition(), msg.offset())
 
         target = topic or self.topic
         for key, value in records:
@@ -264,7 +239,7 @@ class KafkaCheckpointStore(CheckpointStore):
                                                                  "size": len(blob)})))
         if previous is not None:  # the previous generation's parts are garbage once the new head is in
             records += [(_part_key(key, previous[0], i), None) for i in range(previous[1])]
-        self._check_owner(partition)
+        self._claims.check(partition, self._config or {}, self._produce)
         self._produce(records, partition)
         if generation is None:
             self._generation_of.pop(metric, None)
@@ -290,7 +265,7 @@ class KafkaCheckpointStore(CheckpointStore):
         records: list[tuple[bytes, bytes | None]] = [(key, None)]
         if previous is not None:
             records += [(_part_key(key, previous[0], i), None) for i in range(previous[1])]
-        self._check_owner(partition)
+        self._claims.check(partition, self._config or {}, self._produce)
         self._produce(records, partition)
         self._partition_of.pop(metric, None)
 
@@ -412,7 +387,7 @@ class KafkaCheckpointStore(CheckpointStore):
         if topic != self.input_topic or not partitions or self._config is None:
             return
         self._wait_for_restore()
-        self._disown(partitions)
+        self._claims.disown(partitions)
         self._restore_logged(topic, sorted(partitions), owner=False)
 
     def partitions_revoked(self, topic: str, partitions: list[int]) -> None:
@@ -420,79 +395,13 @@ class KafkaCheckpointStore(CheckpointStore):
         if topic != self.input_topic:
             return
         self._wait_for_restore()
-        self._disown(partitions)
+        self._claims.disown(partitions)
         gone = set(partitions)
         for metric, partition in list(self._partition_of.items()):
             if partition in gone:
                 self.cache.delete(metric)
                 del self._partition_of[metric]
                 self._generation_of.pop(metric, None)
-
-    def _disown(self, partitions: list[int]) -> None:
-        for partition in partitions:
-            self._fence_of.pop(partition, None)
-            self._known_end.pop(partition, None)
-            self._owner_checked.pop(partition, None)
-            self._fenced_out.pop(partition, None)
-
-    def _check_owner(self, partition: int) -> None:
-        """Refuse to write to an owned partition another instance has fenced since (see module doc)."""
-        fence = self._fence_of.get(partition)
-        if fence is None:
-            return
-        now = time.monotonic()
-        fenced_at = self._fenced_out.get(partition)
-        if fenced_at is not None and now - fenced_at >= RECLAIM_AFTER_S:
-            log.warning("%s partition %d is still assigned to this instance %.0f s after another instance's "
-                        "fence: claiming it again", self.topic, partition, now - fenced_at)
-            self._produce([(FENCE_KEY, fence)], partition)
-            del self._fenced_out[partition]
-            self._owner_checked[partition] = time.monotonic()
-            return
-        if fenced_at is None and now - self._owner_checked.get(partition, 0.0) >= OWNER_CHECK_INTERVAL_S:
-            if self._newer_fence(partition, fence):
-                fenced_at = self._fenced_out[partition] = now
-                log.warning("%s partition %d has a newer owner (its fence follows ours): this instance lost it "
-                            "and writes no checkpoints there until it is assigned again", self.topic, partition)
-            else:
-                self._owner_checked[partition] = time.monotonic()
-        if fenced_at is not None:
-            raise CheckpointError(f"{self.topic} partition {partition} was assigned to another instance; "
-                                  f"not overwriting its checkpoints")
-
-    def _newer_fence(self, partition: int, fence: bytes) -> bool:
-        """True when records after the last one we know in `partition` include another's claim.
-
-        Reads up to a reader's fence of its own (like a restore: no high watermark is trusted;
-        Tansu's was seen wrong, and an idle client's may be unknown). Fails open (False, logged)
-        when the records do not arrive in time: the check narrows a rare window, it must not
-        stop checkpointing during a slow moment.
-        """
-        assert self._config is not None
-        if self._probe is None:
-            self._probe = Consumer(dict(self._config, **{
-                "group.id": f"pensu-owner-{uuid.uuid4().hex[:8]}", "enable.auto.commit": "false",
-                "enable.partition.eof": "false", "fetch.wait.max.ms": "20"}))
-        start = self._known_end.get(partition, 0)
-        marker = READ_FENCE_PREFIX + uuid.uuid4().bytes
-        self._produce([(FENCE_KEY, marker)], partition)  # raises (save fails) if the broker is away
-        deadline = time.monotonic() + OWNER_READ_TIMEOUT_S
-        self._probe.assign([TopicPartition(self.topic, partition, start)])
-        try:
-            while time.monotonic() < deadline:
-                for msg in self._probe.consume(500, timeout=0.1):
-                    if msg.error() is not None or msg.partition() != partition or msg.key() != FENCE_KEY:
-                        continue
-                    value = msg.value()
-                    if value == marker:
-                        return False
-                    if value is not None and value != fence and not value.startswith(READ_FENCE_PREFIX):
-                        return True
-        finally:
-            self._probe.unassign()
-        log.warning("could not read %s partition %d up to a marker within %g s to check its owner",
-                    self.topic, partition, OWNER_READ_TIMEOUT_S)
-        return False
 
     def _restore(self, partitions: list[int], timeout: float = RESTORE_TIMEOUT_S,
                  owner: bool = True) -> tuple[int, int]:
@@ -506,10 +415,7 @@ class KafkaCheckpointStore(CheckpointStore):
         fence = uuid.uuid4().bytes
         if owner:
             for partition in partitions:
-                self._fence_of[partition] = fence
-                self._known_end[partition] = 0  # raised by our fence's delivery report
-                self._owner_checked[partition] = time.monotonic()
-                self._fenced_out.pop(partition, None)
+                self._claims.claim(partition, fence)
         else:
             fence = READ_FENCE_PREFIX + fence
         for partition in partitions:

@@ -215,7 +215,7 @@ def test_an_instance_that_lost_a_partition_cannot_overwrite_the_new_owners_check
     """The old owner still believes it owns partition 2 (it stalled; librdkafka has not told it
     yet) while a new owner restored it and saved: the old owner's saves are refused until the
     partition is assigned to it again; the new owner's are not disturbed."""
-    monkeypatch.setattr("pensu.kafka_checkpoint.OWNER_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr("pensu.kafka_ownership.OWNER_CHECK_INTERVAL_S", 0.0)
     old = stores.new("old")
     old.partitions_assigned(stores.input, [2, 3])
     old.save(header(stores.input, "m", 2, 10), b"old-10")
@@ -240,7 +240,7 @@ def test_an_instance_that_lost_a_partition_cannot_overwrite_the_new_owners_check
     assert old.load("m")[1] == b"new-16"  # type: ignore[index]
     new.save(header(stores.input, "m", 2, 17), b"new-17")
     # Safety net: an owner fenced out but never told it lost the partition claims it back later.
-    monkeypatch.setattr("pensu.kafka_checkpoint.RECLAIM_AFTER_S", 0.5)
+    monkeypatch.setattr("pensu.kafka_ownership.RECLAIM_AFTER_S", 0.5)
     stores.new("intruder").partitions_assigned(stores.input, [2])
     with pytest.raises(CheckpointError, match="assigned to another instance"):
         new.save(header(stores.input, "m", 2, 18), b"new-18")
