@@ -331,6 +331,8 @@ def restore(bootstrap: str, work: Path, args: argparse.Namespace) -> None:
     """A new instance on an empty disk takes over every partition from a stopped one (Kafka store)."""
     tag = f"restore.{time.time_ns()}"
     env = base_env(bootstrap, work / tag, tag, args.preset, args.store, args.broker != "mock")
+    # The SIGTERM saves every model; no autosaves meanwhile (Tansu keeps every record in memory).
+    env["PENSU_MODELS_AUTOSAVE_INTERVAL"] = "3600"
     topic = env["PENSU_METRICS_KAFKA_TOPIC"]
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
