@@ -288,7 +288,7 @@ def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) 
         wait_settled(instances)
         reader.wait_for(args.metrics * args.prime, 600)
         feeder.start()
-        time.sleep(max(5.0, 5 * args.period))  # steady state
+        time.sleep(max(args.steady, 5 * args.period))  # steady state (and autosaves, if longer than 30 s)
         before = reader.snapshot()
         owner = {m: inst for _t, m, inst in before}
         t0 = time.monotonic()
@@ -378,8 +378,13 @@ def restore(bootstrap: str, work: Path, args: argparse.Namespace) -> None:
                 load_fresh = float(match.group(1)) if match else 0.0
         except OSError:
             pass
-        print(f"  restore: stop of the old instance (writes {args.metrics} checkpoints to the topic) {stopped:.1f} s; "
-              f"new instance on an empty disk owned all partitions {settle:.1f} s after its start; restored "
+        cached = [f.stat().st_size for f in Path(env["PENSU_MODELS_DIR"]).rglob("*") if f.is_file()
+                  and "instance-old" not in f.parts and "quarantine" not in f.parts]
+        size = f"{sum(cached) / max(1, len(cached)) / 1024:.0f} KiB" if cached else "?"
+        print(f"  restore ({args.store} store, checkpoints of {size} on average): stop of the old instance "
+              f"(saves {args.metrics} checkpoints) {stopped:.1f} s; "
+              f"new instance{' on an empty disk' if args.store == 'kafka' else ''} owned all partitions "
+              f"{settle:.1f} s after its start; restored "
               f"{count} checkpoints in {seconds:.1f} s ({1e3 * seconds / max(1, count):.1f} ms each); "
               f"{int(load_fresh)} models created fresh; outputs of {len(gaps)} metrics: first {gaps[0]:.1f} s, "
               f"median {statistics.median(gaps):.1f} s, all {gaps[-1]:.1f} s after the SIGTERM", flush=True)
@@ -400,6 +405,9 @@ def main() -> None:
     parser.add_argument("--instances", default="1,2,3")
     parser.add_argument("--period", type=float, default=1.0, help="feed period in the rebalance runs (s)")
     parser.add_argument("--events", default="sigterm,sigkill,add", help="also: restore (with --store kafka)")
+    parser.add_argument("--steady", type=float, default=5.0,
+                        help="seconds of steady feed before a rebalance event (above 30: an autosave happened, "
+                             "so a SIGKILL's survivors restore checkpoints)")
     parser.add_argument("--store", choices=("local", "kafka"), default="local",
                         help="checkpoint store; kafka: a models directory per instance")
     parser.add_argument("--broker", choices=("mock", "tansu"), default="mock",
