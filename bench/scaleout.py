@@ -10,10 +10,21 @@ by this script; outputs are attributed through their `pensu-instance` header.
 2. rebalance: three instances analyse a steady feed (one sample per metric every `--period` s);
    one instance is stopped (SIGTERM: clean handover; SIGKILL: crash, noticed after the session
    timeout) or added; for each moved metric, the gap is the time from the event to its first
-   output from the new owner.
+   output from the new owner;
+3. `restore` (with `--store kafka`): one instance owning every partition is stopped (SIGTERM)
+   and a new one starts on an empty models directory: how long the stop takes (it writes every
+   checkpoint to the topic), the new instance's restore of all checkpoints (from its log), and
+   the gap from the SIGTERM to each metric's first output from the new instance.
+
+`--store kafka` gives every instance its own models directory and PENSU_CHECKPOINT_STORE=kafka,
+so state moves only through the checkpoint topic; `--broker tansu` runs the benchmark against
+the Tansu broker of the test fixture (a separate process; the default is librdkafka's mock
+cluster in this process, which the Kafka store also works with).
 
     python bench/scaleout.py                       # 600 metrics, small preset
     python bench/scaleout.py --preset nab --metrics 300
+    python bench/scaleout.py --broker tansu --store kafka --instances "" --events sigterm,sigkill
+    python bench/scaleout.py --broker tansu --store kafka --instances "" --events restore --metrics 1000
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pensu.kafka_io import EmbeddedKafka  # noqa: E402
+from pensu.kafka_io import EmbeddedKafka, ensure_topics  # noqa: E402
 
 START = 1_700_000_000
 PARTITIONS = 4  # what the mock broker gives an auto-created topic
@@ -142,7 +153,11 @@ class Instance:
         self.http_port = free_port()
         full = dict(os.environ, **env, PENSU_INSTANCE_ID=name, PENSU_HTTP_PORT=str(self.http_port),
                     PENSU_PING_LISTEN_PORT=str(free_port()), PYTHONUNBUFFERED="1")
-        self._log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        if env.get("PENSU_CHECKPOINT_STORE") == "kafka":  # nothing shared but the cluster
+            full["PENSU_MODELS_DIR"] = str(Path(env["PENSU_MODELS_DIR"]) / f"instance-{name}")
+        self.started = time.monotonic()
+        self.log_path = log_dir / f"{env['PENSU_KAFKA_CONSUMER_GROUP_ID']}.{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "pensu", "run"], env=full, cwd=ROOT,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -157,6 +172,12 @@ class Instance:
             return None
         match = re.search(r"assigned=(\d+)", body)
         return int(match.group(1)) if match else None
+
+    def restores(self) -> tuple[int, float]:
+        """(checkpoints, seconds) of the Kafka-store restores in its log so far."""
+        found = re.findall(r"restored (\d+) checkpoints of partitions .*? in ([\d.]+) s",
+                           self.log_path.read_text(errors="replace"))
+        return sum(int(n) for n, _ in found), sum(float(t) for _, t in found)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Signal and wait."""
@@ -187,9 +208,16 @@ def wait_settled(instances: list[Instance], timeout: float = 120.0) -> float:
     raise RuntimeError(f"group did not settle: {[i.assigned() for i in instances]}")
 
 
-def base_env(bootstrap: str, models: Path, tag: str, preset: str) -> dict[str, str]:
-    """PENSU_* of one bench group."""
-    return {
+def base_env(bootstrap: str, models: Path, tag: str, preset: str, store: str = "local",
+             create: bool = False) -> dict[str, str]:
+    """PENSU_* of one bench group; with `create`, its input topic is created with PARTITIONS
+    partitions first (a real broker may auto-create 1; the mock gives 4 and answers no CreateTopics)."""
+    if create:
+        ensure_topics({"bootstrap.servers": bootstrap}, [f"{tag}.metrics"], partitions=PARTITIONS)
+    extra = {} if store == "local" else {
+        "PENSU_CHECKPOINT_STORE": "kafka", "PENSU_CHECKPOINT_KAFKA_TOPIC": f"{tag}.checkpoints",
+        "PENSU_CHECKPOINT_KAFKA_QUARANTINE_TOPIC": f"{tag}.checkpoints.quarantine"}
+    return extra | {
         "PENSU_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PENSU_KAFKA_CONSUMER_GROUP_ID": f"{tag}.group",
         "PENSU_METRICS_KAFKA_TOPIC": f"{tag}.metrics", "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": f"{tag}.anomaly",
         "PENSU_PREDICTION_METRICS_KAFKA_TOPIC": f"{tag}.predictions",
@@ -206,7 +234,7 @@ def base_env(bootstrap: str, models: Path, tag: str, preset: str) -> dict[str, s
 def throughput(bootstrap: str, work: Path, n: int, args: argparse.Namespace) -> float:
     """Aggregate samples/s of `n` settled instances draining a queued backlog."""
     tag = f"tp{n}.{time.time_ns()}"
-    env = base_env(bootstrap, work / tag, tag, args.preset)
+    env = base_env(bootstrap, work / tag, tag, args.preset, args.store, args.broker != "mock")
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
     reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
     # Prime: create the topic and every model (and finish the encoders' warm-up) before timing.
@@ -241,7 +269,7 @@ def throughput(bootstrap: str, work: Path, n: int, args: argparse.Namespace) -> 
 def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) -> None:
     """Gap in outputs of the moved metrics after `event` (sigterm | sigkill | add)."""
     tag = f"rb-{event}.{time.time_ns()}"
-    env = base_env(bootstrap, work / tag, tag, args.preset)
+    env = base_env(bootstrap, work / tag, tag, args.preset, args.store, args.broker != "mock")
     topic = env["PENSU_METRICS_KAFKA_TOPIC"]
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
@@ -260,7 +288,7 @@ def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) 
         wait_settled(instances)
         reader.wait_for(args.metrics * args.prime, 600)
         feeder.start()
-        time.sleep(max(5.0, 5 * args.period))  # steady state
+        time.sleep(max(args.steady, 5 * args.period))  # steady state (and autosaves, if longer than 30 s)
         before = reader.snapshot()
         owner = {m: inst for _t, m, inst in before}
         t0 = time.monotonic()
@@ -286,9 +314,80 @@ def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) 
             print(f"  {event}: no metric moved", flush=True)
             return
         # Samples of the moved metrics arrive every `period` s, so a gap includes up to one period.
+        restored = [i.restores() for i in instances]
+        restore_note = (f"; restores in the survivors' logs: {sum(n for n, _ in restored)} checkpoints in "
+                        f"{sum(t for _, t in restored):.1f} s" if args.store == "kafka" else "")
         print(f"  {event:7s}: {len(gaps)} metrics moved; group settled after {settle:.1f} s; first output of a "
               f"moved metric after {gaps[0]:.1f} s, median {statistics.median(gaps):.1f} s, "
-              f"all after {gaps[-1]:.1f} s", flush=True)
+              f"all after {gaps[-1]:.1f} s{restore_note}", flush=True)
+    finally:
+        stop_feed.set()
+        for i in instances:
+            i.stop()
+        reader.close()
+
+
+def restore(bootstrap: str, work: Path, args: argparse.Namespace) -> None:
+    """A new instance on an empty disk takes over every partition from a stopped one (Kafka store)."""
+    tag = f"restore.{time.time_ns()}"
+    env = base_env(bootstrap, work / tag, tag, args.preset, args.store, args.broker != "mock")
+    # The SIGTERM saves every model; no autosaves meanwhile (Tansu keeps every record in memory).
+    env["PENSU_MODELS_AUTOSAVE_INTERVAL"] = "3600"
+    topic = env["PENSU_METRICS_KAFKA_TOPIC"]
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
+    produce_rounds(producer, topic, args.metrics, 0, args.prime)
+    old = Instance("old", env, work)
+    instances = [old]
+    stop_feed = threading.Event()
+    rounds = [args.prime]
+
+    def feed() -> None:
+        while not stop_feed.wait(args.period):
+            produce_rounds(producer, topic, args.metrics, rounds[0], 1)
+            rounds[0] += 1
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        wait_settled(instances)
+        reader.wait_for(args.metrics * args.prime, 900)
+        feeder.start()
+        time.sleep(max(5.0, 5 * args.period))
+        before = len(reader.snapshot())
+        t0 = time.monotonic()
+        old.stop(signal.SIGTERM)
+        stopped = time.monotonic() - t0
+        new = Instance("new", env, work)  # its own, empty models directory
+        instances = [new]
+        settle = wait_settled(instances, timeout=300)
+        deadline = time.monotonic() + 300
+        first_new: dict[str, float] = {}
+        while len(first_new) < args.metrics and time.monotonic() < deadline:
+            for t, m, inst in reader.snapshot()[before:]:
+                if inst == "new" and m not in first_new:
+                    first_new[m] = t - t0
+            time.sleep(0.5)
+        stop_feed.set()
+        feeder.join(10)
+        count, seconds = new.restores()
+        gaps = sorted(first_new.values())
+        load_fresh = 0.0
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{new.http_port}/metrics", timeout=5) as resp:
+                match = re.search(r'^pensu_model_loads_total\{source="fresh"\} (\S+)$', resp.read().decode(), re.M)
+                load_fresh = float(match.group(1)) if match else 0.0
+        except OSError:
+            pass
+        cached = [f.stat().st_size for f in Path(env["PENSU_MODELS_DIR"]).rglob("*") if f.is_file()
+                  and "instance-old" not in f.parts and "quarantine" not in f.parts]
+        size = f"{sum(cached) / max(1, len(cached)) / 1024:.0f} KiB" if cached else "?"
+        print(f"  restore ({args.store} store, checkpoints of {size} on average): stop of the old instance "
+              f"(saves {args.metrics} checkpoints) {stopped:.1f} s; "
+              f"new instance{' on an empty disk' if args.store == 'kafka' else ''} owned all partitions "
+              f"{settle:.1f} s after its start; restored "
+              f"{count} checkpoints in {seconds:.1f} s ({1e3 * seconds / max(1, count):.1f} ms each); "
+              f"{int(load_fresh)} models created fresh; outputs of {len(gaps)} metrics: first {gaps[0]:.1f} s, "
+              f"median {statistics.median(gaps):.1f} s, all {gaps[-1]:.1f} s after the SIGTERM", flush=True)
     finally:
         stop_feed.set()
         for i in instances:
@@ -305,13 +404,28 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--instances", default="1,2,3")
     parser.add_argument("--period", type=float, default=1.0, help="feed period in the rebalance runs (s)")
-    parser.add_argument("--events", default="sigterm,sigkill,add")
+    parser.add_argument("--events", default="sigterm,sigkill,add", help="also: restore (with --store kafka)")
+    parser.add_argument("--steady", type=float, default=5.0,
+                        help="seconds of steady feed before a rebalance event (above 30: an autosave happened, "
+                             "so a SIGKILL's survivors restore checkpoints)")
+    parser.add_argument("--store", choices=("local", "kafka"), default="local",
+                        help="checkpoint store; kafka: a models directory per instance")
+    parser.add_argument("--broker", choices=("mock", "tansu"), default="mock",
+                        help="librdkafka's mock cluster in this process, or a Tansu broker process")
     args = parser.parse_args()
     print(f"CPUs: os.cpu_count()={os.cpu_count()}, usable={len(os.sched_getaffinity(0))}; load average "
-          f"{os.getloadavg()[0]:.2f}; {args.metrics} metrics, preset {args.preset}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="pensu-scaleout-") as tmp, EmbeddedKafka() as kafka:
+          f"{os.getloadavg()[0]:.2f}; {args.metrics} metrics, preset {args.preset}; {args.broker} broker, "
+          f"{args.store} checkpoint store", flush=True)
+    if args.broker == "tansu":
+        from tests.tansu_broker import TansuBroker
+
+        broker: EmbeddedKafka | TansuBroker = TansuBroker()
+    else:
+        broker = EmbeddedKafka()
+    with tempfile.TemporaryDirectory(prefix="pensu-scaleout-") as tmp, broker as kafka:
         work = Path(tmp)
-        print("throughput (queued backlog, mock broker in this process):", flush=True)
+        if args.instances:
+            print(f"throughput (queued backlog, {args.broker} broker):", flush=True)
         rates = {}
         for n in (int(x) for x in args.instances.split(",") if x):
             rates[n] = throughput(kafka.bootstrap_servers, work, n, args)
@@ -319,7 +433,11 @@ def main() -> None:
             print("  speed-up over one instance: " + ", ".join(f"{n}: {r / rates[1]:.2f}x" for n, r in rates.items()))
         print(f"rebalance gaps (feed: one sample per metric every {args.period} s):", flush=True)
         for event in (e for e in args.events.split(",") if e):
-            rebalance(kafka.bootstrap_servers, work, event, args)
+            if event == "restore":
+                restore(kafka.bootstrap_servers, work, args)
+            else:
+                rebalance(kafka.bootstrap_servers, work, event, args)
+        print(f"load average at the end {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

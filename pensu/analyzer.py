@@ -279,6 +279,22 @@ class MetricAnalyzer:
             require(state, "decision", "MetricAnalyzer")
         return cls._from_state(state, thresholds, expected_metric)
 
+    @staticmethod
+    def read_provenance(data: bytes) -> tuple[dict[str, tuple[int, int]], dict[str, str], float | None]:
+        """(positions, origins, last timestamp) of serialized analyzer bytes, without building models.
+
+        For comparing a stored checkpoint with an analyzer in memory (`pensu.provenance.checkpoint_ahead`).
+        """
+        try:
+            envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            state = envelope["analyzer"]
+            positions = {str(k): (int(v[0]), int(v[1])) for k, v in state["positions"].items()}
+            origins = {str(k): str(v) for k, v in (state.get("origins") or {}).items()}
+            last_ts = state["last_timestamp"]
+            return positions, origins, None if last_ts is None else float(last_ts)
+        except (ValueError, msgpack.UnpackException, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise CorruptData(f"MetricAnalyzer: undecodable positions ({exc})") from exc
+
     @classmethod
     def _from_state(cls, state: Mapping[str, Any], thresholds: Thresholds,
                     expected_metric: str | None) -> "MetricAnalyzer":

@@ -18,13 +18,18 @@ UUID) — and a sample is skipped as already learned only when that is provable:
 
 Samples past the recorded position are never skipped here; the analyzer's order check still
 rejects out-of-order ones with their own reason.
+
+The same rule decides whether a *stored* checkpoint has moved past an analyzer in memory (a
+lost partition whose new owner may have saved already, `checkpoint_ahead`): per source, by
+offset only within one provable incarnation, otherwise by the models' last timestamps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
-__all__ = ["TopicIncarnation", "ReplayVerdict", "replay_verdict", "UNKNOWN_ORIGIN"]
+__all__ = ["TopicIncarnation", "ReplayVerdict", "replay_verdict", "checkpoint_ahead", "UNKNOWN_ORIGIN"]
 
 UNKNOWN_ORIGIN = "?/?"
 
@@ -84,6 +89,27 @@ def replay_verdict(recorded: tuple[int, int] | None, recorded_origin: str | None
         return ReplayVerdict("timestamp", f"timestamp {timestamp!r} is not after the model's last "
                                           f"{last_timestamp!r}; {why}")
     return None
+
+
+def checkpoint_ahead(stored: Mapping[str, tuple[int, int]], stored_origins: Mapping[str, str],
+                     stored_last_timestamp: float | None, local: Mapping[str, tuple[int, int]],
+                     local_origins: Mapping[str, str], local_last_timestamp: float | None) -> bool:
+    """True when a stored checkpoint (positions, origins, last timestamp) learned something the
+    local analyzer has not: a later (offset, line) of the same provable incarnation, or, where
+    offsets prove nothing (origins differ or are incomplete, or the source is new to the local
+    analyzer), a later last timestamp. Bare offsets of different incarnations are never compared.
+    """
+    newer = stored_last_timestamp is not None and (local_last_timestamp is None
+                                                   or stored_last_timestamp > local_last_timestamp)
+    for source, position in stored.items():
+        origin = stored_origins.get(source)
+        if (source in local and origin == local_origins.get(source)
+                and TopicIncarnation.from_key(origin).provable):
+            if tuple(position) > tuple(local[source]):
+                return True
+        elif newer:
+            return True
+    return False
 
 
 def _origin_text(key: str | None) -> str:

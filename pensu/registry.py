@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator
 from pensu.analyzer import AnalyzerConfig, MetricAnalyzer
 from pensu.checkpoint import CheckpointCorrupt, CheckpointHeader, CheckpointStore
 from pensu.errors import CheckpointError, SerializationError
+from pensu.provenance import checkpoint_ahead
 from pensu.telemetry import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -242,18 +243,26 @@ class ModelRegistry:
         return released
 
     def _superseded(self, metric: str) -> bool:
-        """True when the stored checkpoint records a position this analyzer has not reached."""
+        """True when the stored checkpoint learned something this analyzer has not.
+
+        The restart-safety rule (`pensu.provenance.checkpoint_ahead`): offsets are compared only
+        within one provable topic incarnation (cluster id + topic id), otherwise timestamps decide.
+        """
         try:
             loaded = self.store.load(metric)
         except CheckpointError:  # unreadable or corrupt (then quarantined): ours is the best copy
             return False
         if loaded is None:
             return False
+        try:
+            positions, origins, last_timestamp = MetricAnalyzer.read_provenance(loaded[1])
+        except SerializationError:  # an unusable stored model: ours is the best copy
+            return False
         slot = self._slot(metric)
         assert slot is not None
-        positions = slot.analyzer.positions
-        return any(positions.get(source, (-1, -1))[0] < offset
-                   for source, offset in loaded[0].last_offsets.items())
+        analyzer = slot.analyzer
+        return checkpoint_ahead(positions, origins, last_timestamp,
+                                analyzer.positions, analyzer.origins, analyzer.last_timestamp)
 
     def items(self) -> Iterator[tuple[str, MetricAnalyzer]]:
         """(metric, analyzer) pairs of every analyzer in memory."""

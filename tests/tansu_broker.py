@@ -97,9 +97,18 @@ class TansuBroker:
         except OSError:
             return ""
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker stops answering, its state intact (an outage)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the broker answers again (the outage ends)."""
+        self.proc.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 10 s) and remove its log."""
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen broker handles SIGTERM only once thawed
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)

@@ -3,6 +3,7 @@ by partition into an empty cache, latest record wins, chunked checkpoints, corru
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from confluent_kafka import Producer
 import msgpack
 
 from pensu.checkpoint import CheckpointHeader, encode_checkpoint
-from pensu.kafka_checkpoint import MANIFEST_MAGIC, KafkaCheckpointStore, _part_key
+from pensu.kafka_checkpoint import MANIFEST_MAGIC, PART_SEPARATOR, KafkaCheckpointStore, _part_key
 from pensu.errors import CheckpointError
 from tests.conftest import KafkaCluster, free_port
 from tests.scaleout.cluster import kafka_store_env
@@ -38,11 +39,11 @@ class Stores:
         self.quarantined = 0
         self.made: list[KafkaCheckpointStore] = []
 
-    def new(self, name: str, part_bytes: int = 512 * 1024) -> KafkaCheckpointStore:
+    def new(self, name: str, part_bytes: int = 512 * 1024, **options: float) -> KafkaCheckpointStore:
         def count() -> None:
             self.quarantined += 1
         store = KafkaCheckpointStore(self.tmp_path / name, self.topic, self.input, self.quarantine_topic,
-                                     part_bytes=part_bytes, on_quarantined=count)
+                                     part_bytes=part_bytes, on_quarantined=count, **options)
         store.connect({"bootstrap.servers": self.kafka.bootstrap_servers})
         self.made.append(store)
         return store
@@ -138,6 +139,116 @@ def test_corrupt_records_are_quarantined_counted_and_deleted(kafka: KafkaCluster
     third = stores.new("c")
     third.partitions_assigned(stores.input, [0])
     assert third.load("good") is not None and third.load("garbled") is None and stores.quarantined == 3
+
+
+def test_orphaned_parts_are_never_restored_and_the_owner_tombstones_them(kafka: KafkaCluster, stores: Stores) -> None:
+    """Parts of an interrupted split write (no manifest) and of a generation whose writer died
+    before deleting it are garbage: the checkpoint the latest manifest names is restored, a
+    refresh (not the owner) leaves the parts alone, the owner tombstones exactly the garbage,
+    and the next owner finds nothing left to clean."""
+    writer = stores.new("a", part_bytes=1024)
+    writer.partitions_assigned(stores.input, [1])
+    writer.save(header(stores.input, "big", 1, 5), bytes(range(256)) * 20)  # generation 1, ~6 parts
+    first_generation, first_count = writer._generation_of["big"]
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+
+    def split(generation: str, count: int) -> tuple[list[bytes], bytes]:
+        blob = encode_checkpoint(header(stores.input, "big", 1, count), bytes(reversed(range(256))) * 30)
+        keys = []
+        for i in range(0, len(blob), 1024):
+            keys.append(_part_key(b"big", generation, i // 1024))
+            producer.produce(stores.topic, key=keys[-1], value=blob[i:i + 1024], partition=1)
+        return keys, blob
+
+    # Generation g2 complete (manifest written) but generation 1 never deleted: its writer died.
+    g2_keys, _g2_blob = split("g2", 6)
+    producer.produce(stores.topic, key=b"big", partition=1,
+                     value=MANIFEST_MAGIC + msgpack.packb({"generation": "g2", "parts": len(g2_keys)}))
+    # Then a writer died between its parts and its manifest.
+    interrupted, _blob = split("g3", 7)
+    assert producer.flush(30) == 0
+    garbage = {_part_key(b"big", first_generation, i) for i in range(first_count)} | set(interrupted)
+
+    onlooker = stores.new("refresher", part_bytes=1024)
+    onlooker.refresh(stores.input, [1])  # a lost partition: read, but not this instance's to clean
+    seen = onlooker.load("big")
+    assert seen is not None and seen[0].sample_count == 6 and seen[1] == bytes(reversed(range(256))) * 30
+    assert onlooker.orphan_parts == 0
+
+    owner = stores.new("b", part_bytes=1024)
+    owner.partitions_assigned(stores.input, [1])
+    loaded = owner.load("big")
+    assert loaded is not None and loaded[0].sample_count == 6  # g2, not the interrupted g3
+    assert owner.orphan_parts == len(garbage)
+    records = kafka.consume_all([stores.topic], expected=1, timeout=30, idle=1.0)
+    tombstoned = {m.key() for m in records if m.value() is None and PART_SEPARATOR in m.key()}
+    assert tombstoned == garbage
+    later = stores.new("c", part_bytes=1024)
+    later.partitions_assigned(stores.input, [1])
+    assert later.load("big")[0].sample_count == 6 and later.orphan_parts == 0  # type: ignore[index]
+    assert stores.quarantined == 0
+
+
+def test_a_restore_longer_than_the_assignment_budget_finishes_before_the_first_load(
+        stores: Stores, caplog: pytest.LogCaptureFixture) -> None:
+    """The assignment callback returns after the budget; the restore goes on, and the first load
+    (or any other call of the store) waits for it instead of seeing a partial cache."""
+    writer = stores.new("a")
+    writer.partitions_assigned(stores.input, [0, 1, 2, 3])
+    metrics = [f"m{i}" for i in range(40)]
+    for i, metric in enumerate(metrics):
+        writer.save(header(stores.input, metric, i % 4, 10 + i), metric.encode() * 100)
+    reader = stores.new("b", assign_budget=0.0)
+    with caplog.at_level(logging.INFO, logger="pensu.kafka_checkpoint"):
+        started = time.monotonic()
+        reader.partitions_assigned(stores.input, [0, 1, 2, 3])
+        returned_after = time.monotonic() - started
+        assert "goes on in the background" in caplog.text
+        counts = {m: reader.load(m)[0].sample_count for m in metrics}  # type: ignore[index]
+    assert counts == {m: 10 + i for i, m in enumerate(metrics)}
+    assert returned_after < 0.5 and reader.restored_records == len(metrics)
+    assert len(list(reader.entries())) == len(metrics)
+
+
+def test_an_instance_that_lost_a_partition_cannot_overwrite_the_new_owners_checkpoints(
+        stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old owner still believes it owns partition 2 (it stalled; librdkafka has not told it
+    yet) while a new owner restored it and saved: the old owner's saves are refused until the
+    partition is assigned to it again; the new owner's are not disturbed."""
+    monkeypatch.setattr("pensu.kafka_ownership.OWNER_CHECK_INTERVAL_S", 0.0)
+    old = stores.new("old")
+    old.partitions_assigned(stores.input, [2, 3])
+    old.save(header(stores.input, "m", 2, 10), b"old-10")
+    new = stores.new("new")
+    new.partitions_assigned(stores.input, [2])  # the group moved partition 2 while `old` stalled
+    new.save(header(stores.input, "m", 2, 15), b"new-15")
+    with pytest.raises(CheckpointError, match="assigned to another instance"):
+        old.save(header(stores.input, "m", 2, 12), b"old-12")
+    with pytest.raises(CheckpointError, match="assigned to another instance"):
+        old.delete("m")
+    old.save(header(stores.input, "other", 3, 4), b"still-owned")  # partition 3 is still its own
+    zombie = Producer({"bootstrap.servers": stores.kafka.bootstrap_servers})
+    zombie.produce(stores.topic, key=b"gone", value=None, partition=2)  # another's write, but no fence
+    assert zombie.flush(30) == 0
+    new.save(header(stores.input, "m", 2, 16), b"new-16")  # only a newer fence stops an owner
+    reader = stores.new("reader")
+    reader.refresh(stores.input, [2, 3])  # a reader, not an owner
+    assert reader.load("m")[1] == b"new-16" and reader.load("other")[1] == b"still-owned"  # type: ignore[index]
+    # A lost partition's hand-over (refresh) is the registry's call (superseded check), not fenced;
+    # its read fence claims nothing, so the owner keeps writing.
+    old.refresh(stores.input, [2])
+    assert old.load("m")[1] == b"new-16"  # type: ignore[index]
+    new.save(header(stores.input, "m", 2, 17), b"new-17")
+    # Safety net: an owner fenced out but never told it lost the partition claims it back later.
+    monkeypatch.setattr("pensu.kafka_ownership.RECLAIM_AFTER_S", 0.5)
+    stores.new("intruder").partitions_assigned(stores.input, [2])
+    with pytest.raises(CheckpointError, match="assigned to another instance"):
+        new.save(header(stores.input, "m", 2, 18), b"new-18")
+    time.sleep(0.6)
+    new.save(header(stores.input, "m", 2, 18), b"new-18")
+    last = stores.new("last")
+    last.refresh(stores.input, [2])
+    assert last.load("m")[1] == b"new-18"  # type: ignore[index]
 
 
 @pytest.mark.slow

@@ -71,3 +71,20 @@ def test_pipeline_learns_new_data_from_a_new_cluster_and_logs_skips_once(
     assert counts["sample"] == 30 + 20
     skip_logs = [r.getMessage() for r in caplog.records if "already learned" in r.getMessage()]
     assert len(skip_logs) == 1 and "timestamp" in skip_logs[0] and "cluster-b" in skip_logs[0]
+
+
+def test_checkpoint_ahead_compares_offsets_only_within_one_provable_incarnation() -> None:
+    from pensu.provenance import checkpoint_ahead
+    src = "metrics:0"
+    # Same provable incarnation: offsets decide, whatever the timestamps say.
+    assert checkpoint_ahead({src: (20, 0)}, {src: A}, 100.0, {src: (10, 0)}, {src: A}, 200.0)
+    assert not checkpoint_ahead({src: (10, 0)}, {src: A}, 300.0, {src: (10, 0)}, {src: A}, 200.0)
+    assert checkpoint_ahead({src: (10, 2)}, {src: A}, 100.0, {src: (10, 1)}, {src: A}, 200.0)  # a later line
+    # Another incarnation, or one without topic ids: the last timestamps decide.
+    for stored_origin, local_origin in ((A, A_RECREATED), (MOCK, MOCK), (None, A)):
+        so = {} if stored_origin is None else {src: stored_origin}
+        assert not checkpoint_ahead({src: (900, 0)}, so, 100.0, {src: (5, 0)}, {src: local_origin}, 200.0)
+        assert checkpoint_ahead({src: (5, 0)}, so, 300.0, {src: (900, 0)}, {src: local_origin}, 200.0)
+    # A source the local analyzer never read: only a newer timestamp makes the stored one ahead.
+    assert checkpoint_ahead({"metrics:1": (3, 0)}, {"metrics:1": A}, 300.0, {src: (9, 0)}, {src: A}, 200.0)
+    assert not checkpoint_ahead({"metrics:1": (3, 0)}, {"metrics:1": A}, 100.0, {src: (9, 0)}, {src: A}, 200.0)

@@ -226,3 +226,55 @@ def test_a_failing_disk_logs_one_line_per_interval_not_one_per_model(tmp_path: P
     assert counts["save_failed"] == 8
     lines = [r.getMessage() for r in caplog.records if "could not checkpoint" in r.getMessage()]
     assert len(lines) == 1 and "'a'" in lines[0]
+
+
+def _learn_from(registry: ModelRegistry, metric: str, samples: list[tuple[float, float]], first_offset: int,
+                origin: str) -> None:
+    for i, (ts, value) in enumerate(samples):
+        registry.get(metric).process(ts, value, "metrics:0", first_offset + i, 0, origin)
+        registry.mark_dirty(metric)
+
+
+def test_lost_partition_superseded_check_compares_offsets_only_within_one_topic_incarnation(tmp_path: Path) -> None:
+    """The topic was recreated (new topic id) while an instance stalled: the stored checkpoint's
+    offsets belong to the old incarnation and prove nothing about the new one's, so the
+    timestamps decide, as in the restart-safety check (bare offsets got both cases wrong)."""
+    samples = series(80)
+    old_topic, new_topic = "cluster-a/topic-1", "cluster-a/topic-2"
+    # 1. Stored: learned samples 0..39 at offsets 1000.. of the old incarnation. The instance in
+    #    memory continued on the recreated topic (offsets from 0) with samples 40..69: its state is
+    #    newer, although its offsets are lower. It must be saved, not dropped.
+    store = LocalCheckpointStore(tmp_path / "one")
+    owner = ModelRegistry(store, fast_config(), capacity=10)
+    _learn_from(owner, "m", samples[:40], 1000, old_topic)
+    owner.save_dirty()
+    _learn_from(owner, "m", samples[40:70], 0, new_topic)
+    assert owner.release(["m"], unless_superseded=True) == 1
+    assert store.load("m")[0].sample_count == 70  # type: ignore[index]
+    # 2. The other way round: the stored checkpoint (another owner, recreated topic, low offsets)
+    #    learned newer samples than the stalled instance's model (old incarnation, high offsets).
+    store = LocalCheckpointStore(tmp_path / "two")
+    stalled = ModelRegistry(store, fast_config(), capacity=10)
+    _learn_from(stalled, "m", samples[:30], 1000, old_topic)
+    new_owner = ModelRegistry(store, fast_config(), capacity=10)
+    _learn_from(new_owner, "m", samples[:30], 1000, old_topic)
+    _learn_from(new_owner, "m", samples[30:60], 0, new_topic)
+    assert new_owner.release(["m"]) == 1
+    assert stalled.release(["m"], unless_superseded=True) == 1 and "m" not in stalled
+    assert store.load("m")[0].sample_count == 60  # type: ignore[index]  # not overwritten with 30
+
+
+def test_lost_partition_superseded_check_uses_offsets_within_one_provable_incarnation(tmp_path: Path) -> None:
+    """Same incarnation (cluster id and topic id known): offsets decide, even against timestamps."""
+    samples = series(60)
+    topic = "cluster-a/topic-1"
+    store = LocalCheckpointStore(tmp_path)
+    stalled = ModelRegistry(store, fast_config(), capacity=10)
+    _learn_from(stalled, "m", samples[:30], 0, topic)  # offsets 0..29
+    new_owner = ModelRegistry(store, fast_config(), capacity=10)
+    # The new owner learned offsets 0..39 but of samples with older timestamps (a back-filled
+    # stream): by timestamp it would look behind; by offset it is provably ahead.
+    _learn_from(new_owner, "m", [(ts - 3600 * 24 * 365, v) for ts, v in samples[:40]], 0, topic)
+    assert new_owner.release(["m"]) == 1
+    assert stalled.release(["m"], unless_superseded=True) == 1
+    assert store.load("m")[0].sample_count == 40  # type: ignore[index]

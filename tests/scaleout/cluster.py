@@ -187,7 +187,7 @@ def checkpoint_counts(models_dir: Path, metrics: list[str], env: dict[str, str] 
         store = KafkaCheckpointStore(models_dir / "counts-reader", settings.checkpoint_kafka_topic,
                                      settings.metrics_kafka_topic, settings.checkpoint_kafka_quarantine_topic)
         store.connect({"bootstrap.servers": settings.kafka_bootstrap_servers})
-        store.partitions_assigned(settings.metrics_kafka_topic, [0, 1, 2, 3])
+        store.refresh(settings.metrics_kafka_topic, [0, 1, 2, 3])  # a reader: claims no partition
     else:
         store = LocalCheckpointStore(models_dir)
     try:
