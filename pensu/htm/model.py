@@ -243,8 +243,10 @@ class HtmModel:
         confidence = 0.0
         step = 0
         if self.predictor is not None:
-            features = self.tm.active_cells
-            context_start = self.tm.num_cells if self.week_encoder is not None else _NO_CONTEXT
+            by_column = self.params.predictor.features == "columns"  # type: ignore[union-attr]
+            features = columns if by_column else self.tm.active_cells
+            width = self.tm.num_columns if by_column else self.tm.num_cells
+            context_start = width if self.week_encoder is not None else _NO_CONTEXT
             if self.week_encoder is not None:
                 # time-of-week bits after the cells: the predictor learns them at its context rate
                 features = np.concatenate([np.asarray(features, dtype=np.int32),

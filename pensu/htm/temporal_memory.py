@@ -129,6 +129,20 @@ def _ensure_rows(a, need):
 
 
 @njit(cache=True)
+def _link_set(a, at, nxt):
+    """Store free-list link `nxt` (-1 = end) in a[at], a[at+1] as two 16-bit halves (any int dtype)."""
+    v = nxt + 1
+    a[at] = v & 0xFFFF
+    a[at + 1] = (v >> 16) & 0xFFFF
+
+
+@njit(cache=True)
+def _link_get(a, at):
+    """The free-list link stored by `_link_set`."""
+    return ((np.int64(a[at + 1]) << 16) | np.int64(a[at])) - 1
+
+
+@njit(cache=True)
 def _syn_class(cap, ip):
     """Index of the smallest synapse block class holding `cap` synapses."""
     for c in range(ip[_P_NCLS]):
@@ -142,7 +156,7 @@ def _syn_alloc(cls, ip, meta, pre, perm):
     """Take a synapse block of class `cls`; return (start, pre, perm) with pools grown if needed."""
     head = meta[_M_SYN_FREE + cls]
     if head >= 0:
-        meta[_M_SYN_FREE + cls] = pre[head]
+        meta[_M_SYN_FREE + cls] = _link_get(pre, head)
         return head, pre, perm
     size = ip[_P_CLASSES + cls]
     start = meta[_M_POOL_TOP]
@@ -189,7 +203,7 @@ def _idx_add(c, entry, ip, colx, ctab, meta, iseg):
         head = meta[_M_IDX_FREE + cls]
         if head >= 0:
             start = head
-            meta[_M_IDX_FREE + cls] = iseg[head]
+            meta[_M_IDX_FREE + cls] = _link_get(iseg, head)
         else:
             start = meta[_M_IDX_TOP]
             meta[_M_IDX_TOP] = start + new_cap
@@ -199,7 +213,7 @@ def _idx_add(c, entry, ip, colx, ctab, meta, iseg):
             iseg[start + i] = iseg[old + i]
         if cap > 0:
             oc = _idx_class(cap)
-            iseg[old] = meta[_M_IDX_FREE + oc]
+            _link_set(iseg, old, meta[_M_IDX_FREE + oc])
             meta[_M_IDX_FREE + oc] = old
         ctab[row, _XSTART] = start
         ctab[row, _XCAP] = new_cap
@@ -209,20 +223,20 @@ def _idx_add(c, entry, ip, colx, ctab, meta, iseg):
 
 
 @njit(cache=True)
-def _idx_find(c, key, cpc, colx, ctab, iseg):
-    """Position of the entry for synapse `key` (= segment << shift | k) in cell `c`'s list."""
+def _idx_find(c, g, cpc, colx, ctab, iseg):
+    """Position of segment `g`'s entry in cell `c`'s list (a segment reaches a cell at most once)."""
     row = _cell_row(c, cpc, colx)
     start = ctab[row, _XSTART]
     for i in range(start, start + ctab[row, _XCOUNT]):
-        if iseg[i] >> 1 == key:
+        if np.int64(iseg[i]) >> 1 == g:
             return i
     raise AssertionError("presynaptic index lacks a synapse")
 
 
 @njit(cache=True)
-def _idx_remove(c, key, cpc, colx, ctab, iseg):
-    """Remove synapse `key` from cell `c`'s list (the last entry takes its place)."""
-    i = _idx_find(c, key, cpc, colx, ctab, iseg)
+def _idx_remove(c, g, cpc, colx, ctab, iseg):
+    """Remove segment `g`'s entry from cell `c`'s list (the last entry takes its place)."""
+    i = _idx_find(c, g, cpc, colx, ctab, iseg)
     row = _cell_row(c, cpc, colx)
     last = ctab[row, _XSTART] + ctab[row, _XCOUNT] - 1
     iseg[i] = iseg[last]
@@ -234,16 +248,12 @@ def _idx_remove(c, key, cpc, colx, ctab, iseg):
 def _destroy_synapse(g, k, ip, segi, pre, perm, colx, ctab, iseg, meta):
     """Destroy synapse `k` of segment `g`; the segment's last synapse moves into its place."""
     cpc = ip[_P_CPC]
-    sh = ip[_P_SHIFT]
     start = segi[g, _START]
     last = segi[g, _COUNT] - 1
-    _idx_remove(pre[start + k], (g << sh) | k, cpc, colx, ctab, iseg)
-    if k != last:
-        c2 = pre[start + last]
-        pre[start + k] = c2
+    _idx_remove(pre[start + k], g, cpc, colx, ctab, iseg)
+    if k != last:  # index entries name the segment, not the position: nothing to re-point
+        pre[start + k] = pre[start + last]
         perm[start + k] = perm[start + last]
-        i = _idx_find(c2, (g << sh) | last, cpc, colx, ctab, iseg)
-        iseg[i] = (((g << sh) | k) << 1) | (iseg[i] & 1)
     segi[g, _COUNT] = last
     meta[_M_NSYN] -= 1
 
@@ -252,13 +262,12 @@ def _destroy_synapse(g, k, ip, segi, pre, perm, colx, ctab, iseg, meta):
 def _destroy_segment(g, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta):
     """Destroy segment `g` with its synapses and free its slot and block."""
     cpc = ip[_P_CPC]
-    sh = ip[_P_SHIFT]
     start = segi[g, _START]
     n = segi[g, _COUNT]
     for k in range(n):
-        _idx_remove(pre[start + k], (g << sh) | k, cpc, colx, ctab, iseg)
+        _idx_remove(pre[start + k], g, cpc, colx, ctab, iseg)
     cls = _syn_class(segi[g, _CAP], ip)
-    pre[start] = meta[_M_SYN_FREE + cls]
+    _link_set(pre, start, meta[_M_SYN_FREE + cls])
     meta[_M_SYN_FREE + cls] = start
     nseg[segi[g, _CELL]] -= 1
     segi[g, _CELL] = -1
@@ -328,11 +337,10 @@ def _adapt(g, inc, dec, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx,
         return
     # Pass 2: flip the index's connected bit of live synapses that crossed `conn` ...
     cpc = ip[_P_CPC]
-    sh = ip[_P_SHIFT]
     for t in range(n_events):
         k = events[t]
         if perm[start + k] >= eps:
-            j = _idx_find(pre[start + k], (g << sh) | k, cpc, colx, ctab, iseg)
+            j = _idx_find(pre[start + k], g, cpc, colx, ctab, iseg)
             iseg[j] ^= 1
     # ... then destroy dead ones, highest first: destroying k moves the last synapse into k,
     # which going downwards is never one still pending.
@@ -347,7 +355,6 @@ def _adapt(g, inc, dec, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx,
 @njit(cache=True)
 def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, ctab, iseg, meta):
     """Grow up to `n_desired` synapses from segment `g` to random previous winners it lacks."""
-    sh = ip[_P_SHIFT]
     max_syn = ip[_P_MAXSYN]
     start = segi[g, _START]
     n = segi[g, _COUNT]
@@ -389,7 +396,7 @@ def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, cta
             pre[new_start + k] = pre[start + k]
             perm[new_start + k] = perm[start + k]
         old_cls = _syn_class(cap, ip)
-        pre[start] = meta[_M_SYN_FREE + old_cls]
+        _link_set(pre, start, meta[_M_SYN_FREE + old_cls])
         meta[_M_SYN_FREE + old_cls] = start
         start = new_start
         segi[g, _START] = start
@@ -404,7 +411,7 @@ def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, cta
         pos = n + i
         pre[start + pos] = c
         perm[start + pos] = init
-        ctab, iseg = _idx_add(c, (((g << sh) | pos) << 1) | bit, ip, colx, ctab, meta, iseg)
+        ctab, iseg = _idx_add(c, (g << 1) | bit, ip, colx, ctab, meta, iseg)
     segi[g, _COUNT] = n + n_new
     meta[_M_NSYN] += n_new
     return pre, perm, ctab, iseg
@@ -435,7 +442,6 @@ def _activate_dendrites(act, learn, prev_touched, ip, segi, segl, cnt, colx, cta
     for g in prev_touched:
         cnt[g] = 0
     cpc = ip[_P_CPC]
-    sh1 = ip[_P_SHIFT] + 1
     total = 0
     for c in act:
         row = _cell_row(c, cpc, colx)
@@ -450,7 +456,7 @@ def _activate_dendrites(act, learn, prev_touched, ip, segi, segl, cnt, colx, cta
         start = ctab[row, _XSTART]
         for i in range(start, start + ctab[row, _XCOUNT]):
             e = iseg[i]
-            g = e >> sh1
+            g = np.int64(e) >> 1
             v = cnt[g]
             if v == 0:
                 touched[nt] = g
@@ -647,7 +653,7 @@ def _compact(ip, segi, pre, perm, colx, ctab, iseg, meta):
     for t in range(m):
         g = np.int32(keys[t] & 0xFFFFFFFF)
         total += ip[_P_CLASSES + _syn_class(segi[g, _COUNT], ip)]
-    new_pre = np.zeros(total + total // 16 + 256, dtype=np.int32)
+    new_pre = np.zeros(total + total // 16 + 256, dtype=pre.dtype)
     new_perm = np.zeros(total + total // 16 + 256, dtype=np.float32)
     pos = 0
     for t in range(m):
@@ -669,7 +675,7 @@ def _compact(ip, segi, pre, perm, colx, ctab, iseg, meta):
     for r in range(rows):
         if ctab[r, _XCOUNT] > 0:
             total += _IDX_BASE << _idx_class(ctab[r, _XCOUNT])
-    new_iseg = np.zeros(total + total // 16 + 256, dtype=np.int32)
+    new_iseg = np.zeros(total + total // 16 + 256, dtype=iseg.dtype)
     pos = 0
     for col in range(colx.shape[0]):
         t0 = colx[col]
@@ -715,12 +721,11 @@ def _gather(order, segi, pre, perm):
 
 
 @njit(cache=True)
-def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta):
+def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta, pre_like, iseg_like):
     """Lay out restored segments in slots 0..n-1; build pools and the presynaptic index.
 
-    Returns (pre, perm, ctab, iseg)."""
+    Returns (pre, perm, ctab, iseg); pools take the dtypes of `pre_like` and `iseg_like`."""
     cpc = ip[_P_CPC]
-    sh = ip[_P_SHIFT]
     conn = np.float32(fp[_F_CONN])
     n = cells.shape[0]
     pool = 0
@@ -732,7 +737,7 @@ def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta):
         segi[g, _CAP] = ip[_P_CLASSES + cls]
         nseg[cells[g]] += 1
         pool += ip[_P_CLASSES + cls]
-    pre = np.zeros(pool + pool // 8 + 64, dtype=np.int32)
+    pre = np.zeros(pool + pool // 8 + 64, dtype=pre_like.dtype)
     perm = np.zeros(pool + pool // 8 + 64, dtype=np.float32)
     fan = np.zeros(nseg.shape[0], dtype=np.int64)
     j = 0
@@ -766,14 +771,14 @@ def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta):
             ctab[row, _XSTART] = total
             ctab[row, _XCAP] = cap
             total += cap
-    iseg = np.zeros(total + total // 8 + 64, dtype=np.int32)
+    iseg = np.zeros(total + total // 8 + 64, dtype=iseg_like.dtype)
     for g in range(n):
         start = segi[g, _START]
         for k in range(counts[g]):
             c = pre[start + k]
             row = colx[c // cpc] * cpc + c % cpc
             bit = 1 if perm[start + k] >= conn else 0
-            iseg[ctab[row, _XSTART] + ctab[row, _XCOUNT]] = (((g << sh) | k) << 1) | bit
+            iseg[ctab[row, _XSTART] + ctab[row, _XCOUNT]] = (g << 1) | bit
             ctab[row, _XCOUNT] += 1
     meta[_M_POOL_TOP] = pool
     meta[_M_IDX_TOP] = total
@@ -790,8 +795,6 @@ def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta):
 def _check(ip, fp, segi, nseg, pre, perm, colx, ctab, iseg, meta):
     """Return an error code (0 = consistent) for the structure's invariants."""
     cpc = ip[_P_CPC]
-    sh = ip[_P_SHIFT]
-    mask = (1 << sh) - 1
     conn = np.float32(fp[_F_CONN])
     ncells = nseg.shape[0]
     counted = np.zeros(ncells, dtype=np.int64)
@@ -827,11 +830,14 @@ def _check(ip, fp, segi, nseg, pre, perm, colx, ctab, iseg, meta):
             continue
         start = ctab[row, _XSTART]
         for i in range(start, start + ctab[row, _XCOUNT]):
-            g = iseg[i] >> (sh + 1)
-            k = (iseg[i] >> 1) & mask
-            if g >= meta[_M_SEG_TOP] or segi[g, _CELL] < 0 or k >= segi[g, _COUNT]:
+            g = np.int64(iseg[i]) >> 1
+            if g >= meta[_M_SEG_TOP] or segi[g, _CELL] < 0:
                 return 5
-            if pre[segi[g, _START] + k] != c:
+            k = -1
+            for j in range(segi[g, _COUNT]):
+                if pre[segi[g, _START] + j] == c:
+                    k = j
+            if k < 0:
                 return 6
             if (iseg[i] & 1) != (1 if perm[segi[g, _START] + k] >= conn else 0):
                 return 7
@@ -874,7 +880,6 @@ class TemporalMemory:
         self.params = params
         self.seed = int(seed)
         self.num_cells = self.num_columns * params.cells_per_column
-        shift = max(1, int(params.max_synapses_per_segment - 1).bit_length())
         # Block classes 32, 48, 64, 96, 128, ... (powers of two and 1.5×): less slack than doubling.
         classes = []
         size = _SYN_BASE
@@ -884,7 +889,7 @@ class TemporalMemory:
         classes.append(params.max_synapses_per_segment)
         self._ip = np.array([self.num_columns, params.cells_per_column, params.activation_threshold,
                              params.min_threshold, params.max_new_synapse_count,
-                             params.max_segments_per_cell, params.max_synapses_per_segment, shift,
+                             params.max_segments_per_cell, params.max_synapses_per_segment, 0,
                              len(classes), *classes], dtype=np.int64)
         self._fp = np.array([params.initial_permanence, params.connected_permanence,
                              params.permanence_increment, params.permanence_decrement,
@@ -907,15 +912,15 @@ class TemporalMemory:
         self._cnt = np.zeros(segments, dtype=np.int32)
         nseg_dtype = np.uint8 if p.max_segments_per_cell <= 255 else np.uint16
         self._nseg = np.zeros(self.num_cells, dtype=nseg_dtype)
-        self._pre = np.zeros(pool, dtype=np.int32)
+        self._pre = np.zeros(pool, dtype=_cell_dtype(self.num_cells))
         self._perm = np.zeros(pool, dtype=np.float32)
         self._colx = np.full(self.num_columns, -1, dtype=np.int32)
         self._ctab = np.zeros((0, 3), dtype=np.int32)
-        self._iseg = np.zeros(index, dtype=np.int32)
+        self._iseg = np.zeros(index, dtype=_entry_dtype(segments))
 
     def _grow_segments(self, need: int) -> None:
         """Make room for at least `need` segment slots."""
-        limit = 1 << (30 - int(self._ip[_P_SHIFT]))  # a slot number must fit an index entry
+        limit = _MAX_SEGMENTS  # a slot number must fit an int32 index entry
         if need > limit:
             raise ValueError(f"TemporalMemory cannot hold more than {limit} segments")
         old = self._segi.shape[0]
@@ -927,6 +932,8 @@ class TemporalMemory:
         cnt = np.zeros(n, dtype=np.int32)
         cnt[:old] = self._cnt
         self._segi, self._segl, self._cnt = segi, segl, cnt
+        if self._iseg.dtype != _entry_dtype(n):  # more slots than 16-bit entries can name
+            self._iseg = self._iseg.astype(_entry_dtype(n))
 
     # -- stepping -------------------------------------------------------------------------
     def compute(self, active_columns: np.ndarray, learn: bool = True) -> float:
@@ -1120,7 +1127,7 @@ class TemporalMemory:
         tm._alloc(segments=n + n // 4 + 64, pool=0, index=0)
         tm._pre, tm._perm, tm._ctab, tm._iseg = _build(
             cells, sizes.astype(np.int32), pre.astype(np.int32), perm, tm._ip, tm._fp, tm._segi, tm._nseg,
-            tm._colx, tm._meta)
+            tm._colx, tm._meta, tm._pre, tm._iseg)
         tm._segl[:n, _ORD] = np.arange(n, dtype=np.int64)
         tm._segl[:n, _LAST] = last
         tm._meta[_M_NEXT_ORD] = n
@@ -1138,8 +1145,16 @@ class TemporalMemory:
 
 
 def _cell_dtype(num_cells: int) -> type:
-    """Smallest unsigned dtype holding a cell index (serialized presynaptic cells)."""
+    """Smallest dtype holding a cell index (presynaptic cells, in memory and serialized)."""
     return np.uint16 if num_cells <= 1 << 16 else np.int32
+
+
+_MAX_SEGMENTS = 1 << 30  # entries are int32 (segment << 1 | connected)
+
+
+def _entry_dtype(segment_slots: int) -> type:
+    """Index entry dtype for this many segment slots: uint16 while slot << 1 | 1 fits."""
+    return np.uint16 if segment_slots <= 1 << 15 else np.int32
 
 
 def _check_params(num_columns: int, p: TemporalMemoryParams) -> None:
