@@ -51,7 +51,7 @@ from pensu.htm.likelihood import (
     log_likelihood,
 )
 from pensu.htm.predictor import Predictor, PredictorParams
-from pensu.htm.serialization import require
+from pensu.htm.serialization import params_dict, require
 from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
 from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
@@ -278,7 +278,7 @@ class HtmModel:
     def get_state(self) -> dict[str, Any]:
         """Return the model's full state as msgpack-native values."""
         return {
-            "params": params_to_dict(self.params),
+            "params": params_dict(self.params),
             "seed": self.seed,
             "iteration": self.iteration,
             "warmup": [list(pair) for pair in self._warmup],

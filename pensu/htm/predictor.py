@@ -43,14 +43,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 from numba import njit
 
 from pensu.errors import ConfigurationError, CorruptData
-from pensu.htm.serialization import pack_array, require, unpack_array
+from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
 
 _MAP_CHUNK = 4096  # the cell -> row map grows in chunks of this many cells
 _NO_ROW = -1
@@ -530,7 +530,7 @@ class Predictor:
     def get_state(self) -> dict[str, Any]:
         """Return the full state as msgpack-native values."""
         return {
-            "params": {**asdict(self.params), "steps": list(self.params.steps)},
+            "params": params_dict(self.params),
             "buckets": pack_array(self._buckets),
             "means": pack_array(self._means),
             "counts": pack_array(self._counts),

@@ -41,7 +41,6 @@ Shared wiring
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from collections import OrderedDict
@@ -53,7 +52,7 @@ from numba import njit
 
 from pensu.errors import CorruptData
 from pensu.htm.rng import new_rng_state, rng_next, rng_randint, rng_uniform
-from pensu.htm.serialization import pack_array, require, unpack_array
+from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
 
 PERM_SCALE = 65534  # permanence 1.0 in fixed-point units (stored value = 1 + units)
 WEAK_COLUMN_PERIOD = 50  # learning iterations between weak-column bumps
@@ -495,7 +494,7 @@ class SpatialPooler:
         """Return the pooler's state as msgpack-native values (touched rows only)."""
         n = self._n_rows
         return {
-            "params": dataclasses.asdict(self.params),
+            "params": params_dict(self.params),
             "input_size": self.input_size,
             "seed": self.seed,
             "learn_iteration": self.learn_iteration,

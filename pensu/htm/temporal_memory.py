@@ -43,7 +43,6 @@ steps): walking every synapse against an active-cell mask is on par only for sma
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -52,7 +51,7 @@ from numba import njit
 
 from pensu.errors import CorruptData
 from pensu.htm.rng import new_rng_state, rng_randint
-from pensu.htm.serialization import pack_array, require, unpack_array
+from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
 
 EPSILON = 1e-5  # synapses whose permanence falls below this are destroyed (htm.core's value)
 _OWNER = "TemporalMemory"
@@ -823,27 +822,44 @@ def _check(ip, fp, segi, nseg, pre, perm, colx, ctab, iseg, meta):
     for c in range(ncells):
         if counted[c] != nseg[c] or nseg[c] > ip[_P_MAXSEG]:
             return 4
-    entries = 0
+    # Index against synapses in O(synapses): group the synapses by presynaptic cell (counting
+    # sort), then per cell mark the segments its index list names and check every synapse of
+    # that cell is marked, with the right connected bit, and that the counts agree.
+    top = meta[_M_SEG_TOP]
+    fan = np.zeros(ncells + 1, dtype=np.int64)
+    for g in range(top):
+        if segi[g, _CELL] >= 0:
+            for i in range(segi[g, _START], segi[g, _START] + segi[g, _COUNT]):
+                fan[pre[i] + 1] += 1
+    for c in range(ncells):
+        fan[c + 1] += fan[c]
+    fill = fan[:ncells].copy()
+    by_cell = np.empty(syns, dtype=np.int64)  # segment << 1 | connected, grouped by presynaptic cell
+    for g in range(top):
+        if segi[g, _CELL] >= 0:
+            for i in range(segi[g, _START], segi[g, _START] + segi[g, _COUNT]):
+                by_cell[fill[pre[i]]] = (np.int64(g) << 1) | (1 if perm[i] >= conn else 0)
+                fill[pre[i]] += 1
+    mark = np.full(top, -1, dtype=np.int64)  # cell << 1 | connected bit of the entry naming g
     for c in range(ncells):
         row = _cell_row(c, cpc, colx)
-        if row < 0:
+        n = 0 if row < 0 else ctab[row, _XCOUNT]
+        if n != fan[c + 1] - fan[c]:
+            return 8
+        if n == 0:
             continue
         start = ctab[row, _XSTART]
-        for i in range(start, start + ctab[row, _XCOUNT]):
+        for i in range(start, start + n):
             g = np.int64(iseg[i]) >> 1
-            if g >= meta[_M_SEG_TOP] or segi[g, _CELL] < 0:
+            if g >= top or segi[g, _CELL] < 0:
                 return 5
-            k = -1
-            for j in range(segi[g, _COUNT]):
-                if pre[segi[g, _START] + j] == c:
-                    k = j
-            if k < 0:
+            mark[g] = (np.int64(c) << 1) | (np.int64(iseg[i]) & 1)
+        for j in range(fan[c], fan[c + 1]):
+            g = by_cell[j] >> 1
+            if mark[g] >> 1 != c:
                 return 6
-            if (iseg[i] & 1) != (1 if perm[segi[g, _START] + k] >= conn else 0):
+            if (mark[g] & 1) != (by_cell[j] & 1):
                 return 7
-            entries += 1
-    if entries != syns:
-        return 8
     return 0
 
 
@@ -1068,7 +1084,7 @@ class TemporalMemory:
         order = live[np.argsort(self._segl[live, _ORD], kind="stable")].astype(np.int32)
         pre, perm = _gather(order, self._segi, self._pre, self._perm)
         return {
-            "params": dataclasses.asdict(self.params),
+            "params": params_dict(self.params),
             "num_columns": self.num_columns,
             "seed": self.seed,
             "iteration": int(self._meta[_M_ITER]),
