@@ -33,8 +33,10 @@ from pensu.htm.serialization import require
 from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
-FORMAT_VERSION = 3  # 2: adds the decision's episode state; 3: pending predictions carry their band
-READABLE_VERSIONS = (1, 2, 3)  # before 3, pending predictions load with no band
+# 2: adds the decision's episode state; 3: pending predictions carry their band; 4: the models'
+# state is model format 4 (pensu.htm.model: predictor features, float32 likelihood window)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)  # before 3, pending predictions load with no band
 _INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
 
 

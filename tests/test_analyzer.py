@@ -241,9 +241,9 @@ def test_version_1_checkpoints_restore_with_no_episode_open() -> None:
     first = MetricAnalyzer("m", fast_config())
     run(first, samples[:303])
     envelope = msgpack.unpackb(first.to_bytes(), raw=False, strict_map_key=False)
-    assert envelope["version"] == 3
+    assert envelope["version"] == 4
     del envelope["analyzer"]["decision"]
-    with pytest.raises(CorruptData):  # versions 2 and 3 must carry the decision state
+    with pytest.raises(CorruptData):  # versions 2 to 4 must carry the decision state
         MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), Thresholds())
     envelope["version"] = 1
     restored = MetricAnalyzer.from_bytes(msgpack.packb(envelope, use_bin_type=True), Thresholds())

@@ -59,8 +59,10 @@ FORMAT_TAG = "pensu-htm-model"
 # 2: predictor forecasting options (change target, context bits, bands) and history values.
 # 3: the contextual detector's state. Older payloads still load: their parameters take the
 # defaults, which behave as the version that wrote them (no contextual detector before 3).
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: the predictor's `features` parameter ("columns" in the forecast head; absent = "cells", as
+# before) and the likelihood window as float32 (float64 windows load and are narrowed).
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 RESOLUTION_DIVISOR = 130.0
 MIN_RESOLUTION = 0.001
 FLAT_WARMUP_FACTOR = 10
