@@ -132,6 +132,10 @@ class AnomalyLikelihood:
         self._iteration += 1
         return likelihood
 
+    def memory_bytes(self) -> int:
+        """Bytes held in this instance's arrays (the window of raw scores and values)."""
+        return int(self._raw.nbytes + self._values.nbytes)
+
     # -- estimation -----------------------------------------------------------------------
     def _window(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the records in the window, oldest first."""

@@ -271,7 +271,7 @@ class HtmModel:
     def memory_bytes(self) -> int:
         """Approximate bytes held in this model's arrays."""
         total = 0
-        for part in (self.sp, self.tm, self.predictor):
+        for part in (self.sp, self.tm, self.predictor, self.likelihood):
             if part is not None:
                 total += int(part.memory_bytes())
         return total + 16 * len(self._warmup)
