@@ -88,7 +88,7 @@ def _collect(obj: Any, prefix: str, into: dict[str, int], depth: int) -> None:
     """Walk an object's attributes for numpy arrays (and those of its tables/dicts), summing nbytes."""
     items = vars(obj).items() if hasattr(obj, "__dict__") else []
     for key, value in items:
-        if key == "_wiring":  # shared by every pooler of the process, not this metric's
+        if key in ("_wiring", "_flags"):  # shared by every instance of the process, not this metric's
             continue
         name = f"{prefix}{key}"
         if isinstance(value, np.ndarray):
