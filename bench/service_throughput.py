@@ -145,7 +145,7 @@ def engine_only(settings: object, metrics: int, warm_samples: int, timed_samples
 
 
 def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetch_wait_ms: int,
-             profile: int = 0) -> None:
+             profile: int = 0, sync_interval: float = 1.0) -> None:
     """Run one scenario and print its figures."""
     with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory() as models:
         env = {
@@ -157,6 +157,8 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
             # A configured range skips the warm-up, so every timed sample runs both models.
             "PENSU_METRIC_RANGES": '{"bench\\\\.": [0, 100]}',
             "PENSU_KAFKA_CONSUMER_OPT_FETCH_WAIT_MAX_MS": str(fetch_wait_ms),
+            # group commit of checkpoint files (0: two fsyncs per save, as before this setting)
+            "PENSU_CHECKPOINT_SYNC_INTERVAL": str(sync_interval),
         }
         settings = load_settings(env)
         service = PensuService(settings)
@@ -179,7 +181,8 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
         elapsed = reader.last_at - started
         samples = (got - base) // 3
         rate = samples / elapsed
-        print(f"metrics={metrics} cap={cap} resident={len(service.models)}: {samples} samples in {elapsed:.1f}s "
+        print(f"metrics={metrics} cap={cap} sync interval={sync_interval}s resident={len(service.models)}: "
+              f"{samples} samples in {elapsed:.1f}s "
               f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.2f})")
         if cap >= metrics:
             engine = engine_only(settings, metrics, warm_samples, timed_samples)
@@ -223,8 +226,11 @@ def main() -> None:
     parser.add_argument("--timed-samples", type=int, default=5)
     parser.add_argument("--fetch-wait-ms", type=int, default=10, help="fetch.wait.max.ms of both consumers")
     parser.add_argument("--profile", type=int, default=0, help="print this many cProfile entries of the service thread")
+    parser.add_argument("--sync-interval", type=float, default=1.0,
+                        help="PENSU_CHECKPOINT_SYNC_INTERVAL (0: fsync every checkpoint save)")
     args = parser.parse_args()
-    scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples, args.fetch_wait_ms, args.profile)
+    scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples, args.fetch_wait_ms, args.profile,
+             args.sync_interval)
 
 
 if __name__ == "__main__":
