@@ -296,3 +296,29 @@ def test_full_cell_evicts_its_least_recently_used_segment():
     assert len(kept) == 2
     assert kept[0] <= set(c.tolist()) and kept[1] <= set(d.tolist())  # a's segment, the oldest, is gone
     tm.check_invariants()
+
+
+def test_index_entries_widen_past_32768_segment_slots_without_changing_outputs():
+    steps = noisy_steps(300, seed=21, width=40)
+    narrow = TemporalMemory(COLUMNS, PARAMS, seed=22)
+    wide = TemporalMemory(COLUMNS, PARAMS, seed=22)
+    for cols in steps[:100]:
+        narrow.compute(cols)
+        wide.compute(cols)
+    assert narrow._iseg.dtype == np.uint16  # few segment slots: 16-bit entries
+    wide._grow_segments(40_000)  # more slots than a 16-bit entry can name
+    assert wide._iseg.dtype == np.int32
+    wide.check_invariants()
+    assert _trace(narrow, steps[100:]) == _trace(wide, steps[100:])
+    wide.check_invariants()
+
+
+def test_models_with_more_than_65536_cells_keep_int32_cells():
+    tm = TemporalMemory(4096, PARAMS, seed=23)  # 131,072 cells
+    steps = noisy_steps(200, seed=24, columns=4096, width=80)
+    for cols in steps[:150]:
+        tm.compute(cols)
+    assert tm._pre.dtype == np.int32 and tm.num_synapses() > 0
+    tm.check_invariants()
+    restored = TemporalMemory.from_state(msgpack.unpackb(msgpack.packb(tm.get_state(), use_bin_type=True), raw=False))
+    assert _trace(tm, steps[150:]) == _trace(restored, steps[150:])
