@@ -86,7 +86,7 @@ def activity_costs(tm: TemporalMemory, repeats: int = 50) -> tuple[float, float]
         tm._refresh()
 
     def walk_pass() -> None:
-        tmmod._full_walk(tm._act, tm.num_cells, tm._segi, tm._pre, tm._perm, top, tmmod.perm_units(tm.params.connected_permanence))
+        tmmod._full_walk(tm._act, tm.num_cells, tm._segi, tm._pre, tm._perm, top, tm.params.connected_permanence)
 
     out = []
     for fn in (index_pass, walk_pass):

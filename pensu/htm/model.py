@@ -60,8 +60,7 @@ FORMAT_TAG = "pensu-htm-model"
 # 3: the contextual detector's state. Older payloads still load: their parameters take the
 # defaults, which behave as the version that wrote them (no contextual detector before 3).
 # 4: the predictor's `features` parameter ("columns" in the forecast head; absent = "cells", as
-# before), the likelihood window as float32 (float64 windows load and are narrowed) and the TM's
-# permanences as uint16 fixed point (float32 ones load and are rounded to whole units).
+# before) and the likelihood window as float32 (float64 windows load and are narrowed).
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 RESOLUTION_DIVISOR = 130.0

@@ -22,9 +22,7 @@ Layout (memory is per resident model, so nothing is preallocated per potential s
       (ordinal, last_used_iteration)`` int64 and ``cnt[slot]`` (this step's active potential
       synapses in the low 16 bits, active connected ones above); free slots form a linked list.
     * synapses: a pool of ``pre`` (presynaptic cell: uint16 when the model has at most 65,536
-      cells, else int32) and ``perm`` (uint16 fixed point, PERM_UNITS = 65,535 is 1.0: the
-      increments round to whole units, 0.04 → 2,621, 0.008 → 524, 0.001 → 66, and a synapse
-      dies below one unit, 1.5e-5, where htm.core's epsilon is 1e-5); a segment owns one block whose capacity grows
+      cells, else int32) and ``perm`` (float32); a segment owns one block whose capacity grows
       through size classes (32, 48, 64, 96, 128 by default); freed blocks go to per-class free
       lists (linked through ``pre``, a link split over two 16-bit slots).
     * presynaptic index: per cell a list of entries ``segment << 1 | connected`` in blocks that
@@ -62,7 +60,6 @@ from pensu.htm.rng import new_rng_state, rng_randint
 from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
 
 EPSILON = 1e-5  # synapses whose permanence falls below this are destroyed (htm.core's value)
-PERM_UNITS = 65535  # permanence 1.0 in the uint16 fixed point of the synapse pool
 _OWNER = "TemporalMemory"
 _IDX_BASE = 4  # smallest presynaptic-list block (entries)
 COMPACT_RATIO = 1.25  # compact when a pool's high-water mark exceeds this × its last compacted size ...
@@ -323,39 +320,38 @@ def _adapt(g, inc, dec, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx,
     """+inc on synapses to previously active cells, −dec on the rest; drop dead synapses/segment.
 
     `events` is scratch of at least max_synapses_per_segment + 1 int32."""
-    conn = fp[_F_CONN]
+    conn = np.float32(fp[_F_CONN])
+    eps = np.float32(EPSILON)
     start = segi[g, _START]
     n = segi[g, _COUNT]
-    # Pass 1, a tight loop: new permanences (fixed-point units; 0 = dead); note the rare
-    # synapses that die or cross `conn`.
+    # Pass 1, a tight loop: new permanences; note the rare synapses that die or cross `conn`.
     n_events = 0
     for k in range(n):
         i = start + k
-        old = np.int64(perm[i])
+        old = perm[i]
         if flags[pre[i]] & _PREV_ACT:
-            new = min(old + inc, PERM_UNITS)
+            new = np.float32(min(float(old) + inc, 1.0))
         else:
-            new = min(old - dec, PERM_UNITS)
-        new = max(new, 0)
+            new = np.float32(min(float(old) - dec, 1.0))
         perm[i] = new
         lo = min(old, new)
         hi = max(old, new)
         events[n_events] = k  # branch-free: kept only when the synapse died or crossed
-        n_events += (lo < 1) | ((lo < conn) & (hi >= conn))
+        n_events += (lo < eps) | ((lo < conn) & (hi >= conn))
     if n_events == 0:
         return
     # Pass 2: flip the index's connected bit of live synapses that crossed `conn` ...
     cpc = ip[_P_CPC]
     for t in range(n_events):
         k = events[t]
-        if perm[start + k] >= 1:
+        if perm[start + k] >= eps:
             j = _idx_find(pre[start + k], g, cpc, colx, ctab, iseg)
             iseg[j] ^= 1
     # ... then destroy dead ones, highest first: destroying k moves the last synapse into k,
     # which going downwards is never one still pending.
     for t in range(n_events - 1, -1, -1):
         k = events[t]
-        if perm[start + k] < 1:
+        if perm[start + k] < eps:
             _destroy_synapse(g, k, ip, segi, pre, perm, colx, ctab, iseg, meta)
     if segi[g, _COUNT] == 0:
         _destroy_segment(g, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta)
@@ -385,7 +381,7 @@ def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, cta
         # Make room by dropping the weakest synapses, never those to previous winners.
         for _ in range(overrun):
             weakest = -1
-            wp = PERM_UNITS + 1
+            wp = np.float32(2.0)
             for k in range(segi[g, _COUNT]):
                 if not flags[pre[start + k]] & _PREV_WIN and perm[start + k] < wp:
                     wp = perm[start + k]
@@ -410,8 +406,8 @@ def _grow(g, n_desired, prev_win, flags, rng, ip, fp, segi, pre, perm, colx, cta
         start = new_start
         segi[g, _START] = start
         segi[g, _CAP] = ip[_P_CLASSES + cls]
-    init = fp[_F_INIT]
-    bit = 1 if init >= fp[_F_CONN] else 0
+    init = np.float32(fp[_F_INIT])
+    bit = 1 if init >= np.float32(fp[_F_CONN]) else 0
     for i in range(n_new):
         j = i + rng_randint(rng, nc - i)
         c = cands[j]
@@ -536,8 +532,8 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
         # Matching segments of inactive columns before this one are punished.
         while im < mseg.shape[0] and segi[mseg[im], _CELL] // cpc < col:
             g = mseg[im]
-            if learn and pdec > 0 and segi[g, _CELL] >= 0:
-                _adapt(g, -pdec, np.int64(0), flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
+            if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
+                _adapt(g, -pdec, 0.0, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
             im += 1
         while ia < aseg.shape[0] and segi[aseg[ia], _CELL] // cpc < col:
             ia += 1
@@ -608,8 +604,8 @@ def _compute(columns, learn, prev_act, prev_win, seglists, flags, rng, ip, fp, s
                                               ip, fp, segi, pre, perm, colx, ctab, iseg, meta)
     while im < mseg.shape[0]:
         g = mseg[im]
-        if learn and pdec > 0 and segi[g, _CELL] >= 0:
-            _adapt(g, -pdec, np.int64(0), flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
+        if learn and pdec > 0.0 and segi[g, _CELL] >= 0:
+            _adapt(g, -pdec, 0.0, flags, events, ip, fp, segi, cnt, nseg, pre, perm, colx, ctab, iseg, meta)
         im += 1
     for c in prev_act:
         flags[c] = 0
@@ -631,6 +627,7 @@ def _full_walk(act, num_cells, segi, pre, perm, n_slots, conn):
         active[c] = True
     pot = np.zeros(n_slots, dtype=np.int32)
     con = np.zeros(n_slots, dtype=np.int32)
+    c32 = np.float32(conn)
     for g in range(n_slots):
         if segi[g, _CELL] < 0:
             continue
@@ -638,7 +635,7 @@ def _full_walk(act, num_cells, segi, pre, perm, n_slots, conn):
         for i in range(start, start + segi[g, _COUNT]):
             if active[pre[i]]:
                 pot[g] += 1
-                if perm[i] >= conn:
+                if perm[i] >= c32:
                     con[g] += 1
     return pot, con
 
@@ -662,7 +659,7 @@ def _compact(ip, segi, pre, perm, colx, ctab, iseg, meta):
         g = np.int32(keys[t] & 0xFFFFFFFF)
         total += ip[_P_CLASSES + _syn_class(segi[g, _COUNT], ip)]
     new_pre = np.zeros(total + total // 16 + 256, dtype=pre.dtype)
-    new_perm = np.zeros(total + total // 16 + 256, dtype=perm.dtype)
+    new_perm = np.zeros(total + total // 16 + 256, dtype=np.float32)
     pos = 0
     for t in range(m):
         g = np.int32(keys[t] & 0xFFFFFFFF)
@@ -717,7 +714,7 @@ def _gather(order, segi, pre, perm):
     for g in order:
         total += segi[g, _COUNT]
     out_pre = np.empty(total, dtype=np.int32)
-    out_perm = np.empty(total, dtype=perm.dtype)
+    out_perm = np.empty(total, dtype=np.float32)
     n = 0
     for g in order:
         start = segi[g, _START]
@@ -734,7 +731,7 @@ def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta, pre_l
 
     Returns (pre, perm, ctab, iseg); pools take the dtypes of `pre_like` and `iseg_like`."""
     cpc = ip[_P_CPC]
-    conn = fp[_F_CONN]
+    conn = np.float32(fp[_F_CONN])
     n = cells.shape[0]
     pool = 0
     for g in range(n):
@@ -746,7 +743,7 @@ def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta, pre_l
         nseg[cells[g]] += 1
         pool += ip[_P_CLASSES + cls]
     pre = np.zeros(pool + pool // 8 + 64, dtype=pre_like.dtype)
-    perm = np.zeros(pool + pool // 8 + 64, dtype=in_perm.dtype)
+    perm = np.zeros(pool + pool // 8 + 64, dtype=np.float32)
     fan = np.zeros(nseg.shape[0], dtype=np.int64)
     j = 0
     for g in range(n):
@@ -806,7 +803,7 @@ def _check(ip, fp, segi, nseg, pre, perm, colx, ctab, iseg, meta, with_index):
     `with_index=False` skips the presynaptic index (codes 5-8): right after `_build` made it
     from the very synapses it would be checked against (half the cost of a restore)."""
     cpc = ip[_P_CPC]
-    conn = fp[_F_CONN]
+    conn = np.float32(fp[_F_CONN])
     ncells = nseg.shape[0]
     counted = np.zeros(ncells, dtype=np.int64)
     seen = np.zeros(ncells, dtype=np.bool_)
@@ -824,7 +821,7 @@ def _check(ip, fp, segi, nseg, pre, perm, colx, ctab, iseg, meta, with_index):
             return 1
         start = segi[g, _START]
         for i in range(start, start + n):
-            if seen[pre[i]] or not (1 <= perm[i] <= PERM_UNITS):
+            if seen[pre[i]] or not (0.0 < perm[i] <= 1.0):
                 return 2
             seen[pre[i]] = True
         for i in range(start, start + n):
@@ -921,10 +918,9 @@ class TemporalMemory:
                              params.min_threshold, params.max_new_synapse_count,
                              params.max_segments_per_cell, params.max_synapses_per_segment, 0,
                              len(classes), *classes], dtype=np.int64)
-        # permanences in fixed-point units (int64 for the kernels; the pool holds uint16)
-        self._fp = np.array([perm_units(params.initial_permanence), perm_units(params.connected_permanence),
-                             perm_units(params.permanence_increment), perm_units(params.permanence_decrement),
-                             perm_units(params.predicted_segment_decrement)], dtype=np.int64)
+        self._fp = np.array([params.initial_permanence, params.connected_permanence,
+                             params.permanence_increment, params.permanence_decrement,
+                             params.predicted_segment_decrement], dtype=np.float64)
         self._rng = new_rng_state(self.seed, stream=2)
         self._flags = _flags_for(self.num_cells)
         self._act = _empty_i32()
@@ -944,7 +940,7 @@ class TemporalMemory:
         nseg_dtype = np.uint8 if p.max_segments_per_cell <= 255 else np.uint16
         self._nseg = np.zeros(self.num_cells, dtype=nseg_dtype)
         self._pre = np.zeros(pool, dtype=_cell_dtype(self.num_cells))
-        self._perm = np.zeros(pool, dtype=np.uint16)
+        self._perm = np.zeros(pool, dtype=np.float32)
         self._colx = np.full(self.num_columns, -1, dtype=np.int32)
         self._ctab = np.zeros((0, 3), dtype=np.int32)
         self._iseg = np.zeros(index, dtype=_entry_dtype(segments))
@@ -1065,15 +1061,9 @@ class TemporalMemory:
         return int(self._segi[segment, _CELL])
 
     def synapses_for_segment(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
-        """(presynaptic cells int32, permanences float64) of a segment, copies in stored order."""
+        """(presynaptic cells int32, permanences float32) of a segment, copies in stored order."""
         start, count = int(self._segi[segment, _START]), int(self._segi[segment, _COUNT])
-        return (self._pre[start:start + count].astype(np.int32),
-                self._perm[start:start + count].astype(np.float64) / PERM_UNITS)
-
-    def synapse_units(self, segment: int) -> np.ndarray:
-        """A segment's permanences in fixed-point units (uint16, 1.0 = PERM_UNITS), a copy."""
-        start, count = int(self._segi[segment, _START]), int(self._segi[segment, _COUNT])
-        return self._perm[start:start + count].copy()
+        return self._pre[start:start + count].copy(), self._perm[start:start + count].copy()
 
     def segment_activity(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(segment handles, active potential, active connected synapse counts) for the next step."""
@@ -1086,7 +1076,7 @@ class TemporalMemory:
         """Like `segment_activity` but by walking every synapse (slow; a cross-check and benchmark)."""
         top = int(self._meta[_M_SEG_TOP])
         pot, con = _full_walk(self._act, self.num_cells, self._segi, self._pre, self._perm, top,
-                              int(self._fp[_F_CONN]))
+                              self.params.connected_permanence)
         hit = np.flatnonzero(pot > 0).astype(np.int32)
         return hit, pot[hit], con[hit]
 
@@ -1142,7 +1132,7 @@ class TemporalMemory:
         ok = (arrays["rng"].dtype == np.uint64 and arrays["rng"].shape == (1,) and iteration >= 0
               and cells.dtype == np.int32 and cells.shape == (n,) and last.dtype == np.int64
               and last.shape == (n,) and sizes.ndim == 1 and sizes.shape == (n,) and sizes.dtype.kind in "iu"
-              and pre.ndim == 1 and pre.dtype.kind in "iu" and perm.dtype in (np.float32, np.uint16)
+              and pre.ndim == 1 and pre.dtype.kind in "iu" and perm.dtype == np.float32
               and perm.shape == pre.shape)
         if not ok:
             raise CorruptData(f"{_OWNER}: state arrays have wrong types or shapes")
@@ -1154,11 +1144,7 @@ class TemporalMemory:
             raise CorruptData(f"{_OWNER}: segment table out of range")
         if int(sizes.sum()) != pre.shape[0] or (pre.size and (pre.min() < 0 or pre.max() >= tm.num_cells)):
             raise CorruptData(f"{_OWNER}: synapse arrays do not match the segment table")
-        if perm.dtype == np.float32:  # model format <= 3: float permanences
-            if not np.all((perm > 0.0) & (perm <= 1.0)):
-                raise CorruptData(f"{_OWNER}: permanence out of range")
-            perm = np.clip(np.rint(perm.astype(np.float64) * PERM_UNITS), 1, PERM_UNITS).astype(np.uint16)
-        elif perm.size and perm.min() < 1:
+        if not np.all((perm > 0.0) & (perm <= 1.0)):
             raise CorruptData(f"{_OWNER}: permanence out of range")
         for key in ("active_cells", "winner_cells"):
             a = arrays[key]
@@ -1183,11 +1169,6 @@ class TemporalMemory:
         tm._act, tm._win = act, win
         tm._refresh()
         return tm
-
-
-def perm_units(permanence: float) -> int:
-    """A permanence (or permanence change) in whole fixed-point units of the synapse pool."""
-    return int(round(float(permanence) * PERM_UNITS))
 
 
 def _cell_dtype(num_cells: int) -> type:
@@ -1217,5 +1198,5 @@ def _check_params(num_columns: int, p: TemporalMemoryParams) -> None:
                  "permanence_decrement", "predicted_segment_decrement"):
         if not 0.0 <= getattr(p, name) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]")
-    if p.initial_permanence < EPSILON or perm_units(p.initial_permanence) < 1:
+    if p.initial_permanence < EPSILON:
         raise ValueError("initial_permanence must be positive")

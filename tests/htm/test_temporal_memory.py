@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pensu.errors import CorruptData
-from pensu.htm.temporal_memory import PERM_UNITS, TemporalMemory, TemporalMemoryParams, perm_units
+from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
 COLUMNS = 2048
 PARAMS = TemporalMemoryParams()
@@ -110,8 +110,7 @@ def test_first_transition_grows_one_segment_per_column_to_previous_winners():
         (segment,) = tm.segments_for_cell(int(cell))
         pre, perm = tm.synapses_for_segment(segment)
         assert set(pre.tolist()) <= prev_winners and len(set(pre.tolist())) == pre.size
-        assert np.all(tm.synapse_units(segment) == perm_units(PARAMS.initial_permanence))  # 15,728 of 65,535
-        assert np.allclose(perm, PARAMS.initial_permanence, atol=1 / PERM_UNITS)
+        assert np.all(perm == np.float32(PARAMS.initial_permanence))
 
 
 def test_caps_on_segments_per_cell_and_synapses_per_segment_hold():
@@ -136,17 +135,16 @@ def test_punishment_lowers_matching_segments_in_inactive_columns():
     tm.compute(b)  # grows segments on b's winners to a's winners (permanence 0.24: matching, not active)
     b_cell = int(tm.winner_cells[0])
     (segment,) = tm.segments_for_cell(b_cell)
-    pre_before, units_before = tm.synapses_for_segment(segment)[0], tm.synapse_units(segment)
+    pre_before, perm_before = tm.synapses_for_segment(segment)
     tm.reset()
     tm.compute(a)  # b's segments now match (bursting a activates all a cells)
     matching, potential, _ = tm.segment_activity()
     assert potential[np.searchsorted(matching, segment)] >= PARAMS.min_threshold
     tm.compute(c)  # b's columns stay inactive: its matching segments are punished
-    pre_after, units_after = tm.synapses_for_segment(segment)[0], tm.synapse_units(segment)
+    pre_after, perm_after = tm.synapses_for_segment(segment)
     assert np.array_equal(pre_before, pre_after)
-    # 0.001 is 66 units of 1/65,535
-    expected = units_before.astype(np.int64) - perm_units(PARAMS.predicted_segment_decrement)
-    assert perm_units(PARAMS.predicted_segment_decrement) == 66 and np.array_equal(units_after, expected)
+    expected = (perm_before.astype(np.float64) - PARAMS.predicted_segment_decrement).astype(np.float32)
+    assert np.array_equal(perm_after, expected)
 
 
 def test_no_punishment_without_decrement_or_learning():
@@ -254,7 +252,7 @@ def test_missing_or_corrupt_state_raises_corrupt_data():
         dict(state, params=dict(state["params"], cells_per_column="x")),
         dict(state, permanences=dict(state["permanences"], data=b"\x00")),
         mutate("presynaptic", lambda a: np.full_like(a, 255 * 8)),  # beyond the cell count
-        mutate("permanences", lambda a: np.where(np.arange(a.size) == 0, 0, a).astype(a.dtype)),
+        mutate("permanences", lambda a: np.where(np.arange(a.size) == 0, np.float32(1.5), a)),
         mutate("segment_cells", lambda a: np.full_like(a, -1)),
         mutate("segment_sizes", lambda a: a + 1),
         mutate("presynaptic", lambda a: np.full_like(a, a[0])),  # repeated presynaptic cells
@@ -324,20 +322,3 @@ def test_models_with_more_than_65536_cells_keep_int32_cells():
     tm.check_invariants()
     restored = TemporalMemory.from_state(msgpack.unpackb(msgpack.packb(tm.get_state(), use_bin_type=True), raw=False))
     assert _trace(tm, steps[150:]) == _trace(restored, steps[150:])
-
-
-def test_float_permanences_of_format_3_states_load_as_fixed_point():
-    tm = TemporalMemory(COLUMNS, PARAMS, seed=31)
-    steps = noisy_steps(240, seed=32)
-    for cols in steps[:200]:
-        tm.compute(cols)
-    state = msgpack.unpackb(msgpack.packb(tm.get_state()))
-    units = np.frombuffer(state["permanences"]["data"], dtype=np.uint16)
-    as_float = (units.astype(np.float64) / PERM_UNITS).astype(np.float32)  # what format 3 stored
-    old = dict(state, permanences={"dtype": "<f4", "shape": [units.size], "data": as_float.tobytes()})
-    restored = TemporalMemory.from_state(old)
-    assert msgpack.packb(restored.get_state()) == msgpack.packb(tm.get_state())
-    assert _trace(restored, steps[200:]) == _trace(tm, steps[200:])
-    too_high = np.where(np.arange(units.size) == 0, np.float32(1.5), as_float).astype(np.float32)
-    with pytest.raises(CorruptData):
-        TemporalMemory.from_state(dict(old, permanences=dict(old["permanences"], data=too_high.tobytes())))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from pensu.htm.rng import new_rng_state, rng_randint
-from pensu.htm.temporal_memory import PERM_UNITS, TemporalMemory, TemporalMemoryParams, perm_units
+from pensu.htm.temporal_memory import EPSILON, TemporalMemory, TemporalMemoryParams
 
-U = perm_units  # permanences are fixed point: whole units of 1/65,535, as the pool stores them
+F32 = np.float32
 
 
 @dataclasses.dataclass
@@ -25,7 +25,7 @@ class Seg:
     ordinal: int
     last_used: int
     pre: list[int] = dataclasses.field(default_factory=list)
-    perm: list[int] = dataclasses.field(default_factory=list)
+    perm: list[np.float32] = dataclasses.field(default_factory=list)
     alive: bool = True
 
 
@@ -53,13 +53,12 @@ class ReferenceTM:
         s.pre.pop()
         s.perm.pop()
 
-    def adapt(self, s: Seg, inc: int, dec: int, prev_act: set[int]) -> None:
+    def adapt(self, s: Seg, inc: float, dec: float, prev_act: set[int]) -> None:
         for k in range(len(s.pre)):
-            old = s.perm[k]
-            new = min(old + inc, PERM_UNITS) if s.pre[k] in prev_act else min(old - dec, PERM_UNITS)
-            s.perm[k] = max(new, 0)
+            old = float(s.perm[k])
+            s.perm[k] = F32(min(old + inc, 1.0)) if s.pre[k] in prev_act else F32(min(old - dec, 1.0))
         for k in range(len(s.pre) - 1, -1, -1):
-            if s.perm[k] < 1:  # below one unit (1.5e-5, htm.core's epsilon is 1e-5): destroyed
+            if s.perm[k] < F32(EPSILON):
                 self.destroy_synapse(s, k)
         if not s.pre:
             s.alive = False
@@ -84,7 +83,7 @@ class ReferenceTM:
             j = i + rng_randint(self.rng, len(cands) - i)
             cands[i], cands[j] = cands[j], cands[i]
             s.pre.append(cands[i])
-            s.perm.append(U(self.p.initial_permanence))
+            s.perm.append(F32(self.p.initial_permanence))
 
     def create_segment(self, cell: int) -> Seg:
         if self.nseg(cell) >= self.p.max_segments_per_cell:
@@ -108,7 +107,7 @@ class ReferenceTM:
             if col not in active_cols:
                 for s in mine_m:
                     if learn and p.predicted_segment_decrement > 0 and s.alive:
-                        self.adapt(s, -U(p.predicted_segment_decrement), 0, prev_act)
+                        self.adapt(s, -p.predicted_segment_decrement, 0.0, prev_act)
                 continue
             mine_a = [s for s in self.active if s.cell // cpc == col]
             if mine_a:
@@ -119,7 +118,7 @@ class ReferenceTM:
                         win.append(s.cell)
                     if learn:
                         pot = self.pot[s.ordinal]
-                        self.adapt(s, U(p.permanence_increment), U(p.permanence_decrement), prev_act)
+                        self.adapt(s, p.permanence_increment, p.permanence_decrement, prev_act)
                         if s.alive and max_new - pot > 0:
                             self.grow(s, max_new - pot)
                 continue
@@ -129,7 +128,7 @@ class ReferenceTM:
                 win.append(best.cell)
                 if learn:
                     pot = self.pot[best.ordinal]
-                    self.adapt(best, U(p.permanence_increment), U(p.permanence_decrement), prev_act)
+                    self.adapt(best, p.permanence_increment, p.permanence_decrement, prev_act)
                     if best.alive and max_new - pot > 0:
                         self.grow(best, max_new - pot)
             else:
@@ -142,7 +141,7 @@ class ReferenceTM:
                     self.grow(self.create_segment(winner), min(max_new, len(self.prev_win)))
         # Dendrite activity for the next step, by walking every synapse.
         act_set = set(act)
-        conn = U(p.connected_permanence)
+        conn = F32(p.connected_permanence)
         self.active, self.matching, self.pot = [], [], {}
         for s in sorted((s for s in self.segs if s.alive), key=lambda s: (s.cell, s.ordinal)):
             pot = sum(1 for c in s.pre if c in act_set)
@@ -166,7 +165,7 @@ class ReferenceTM:
 
     def synapses(self) -> list[tuple[int, list[int], list[float]]]:
         live = sorted((s for s in self.segs if s.alive), key=lambda s: (s.cell, s.ordinal))
-        return [(s.cell, list(s.pre), [q / PERM_UNITS for q in s.perm]) for s in live]
+        return [(s.cell, list(s.pre), [float(q) for q in s.perm]) for s in live]
 
 
 def tm_synapses(tm: TemporalMemory, num_cells: int) -> list[tuple[int, list[int], list[float]]]:
