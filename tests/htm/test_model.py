@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
 from pensu.htm.model import HtmModel, ModelParams, resolution_for_range
-from pensu.htm.presets import preset_params
+from pensu.htm.presets import forecast_predictor, preset_params
 
 
 def feed(model: HtmModel, values, start: float = 1.4e9):
@@ -64,3 +65,21 @@ def test_format_1_model_still_loads_and_behaves_as_before():
     a = feed(model, values[60:], start=1.4e9 + 60 * 300.0)
     b = feed(restored, values[60:], start=1.4e9 + 60 * 300.0)
     assert a == b
+
+
+def test_forecast_head_on_columns_keeps_one_weight_row_per_column_or_context_bit():
+    """The forecast head learns from active columns (+ time of week), so its weight table is
+    bounded by the columns, not by the cells ever active (docs/scaling.md, Memory per metric)."""
+    params = preset_params("small", warmup_samples=20, predictor=forecast_predictor(1))
+    model = HtmModel(params, seed=5)
+    rng = np.random.default_rng(6)
+    feed(model, list(np.sin(np.arange(600) / 9.0) * 10 + rng.normal(0, 2, 600)))
+    assert model.predictor is not None and model.tm is not None
+    table = model.predictor._tables[1]
+    columns = params.sp.column_count
+    cells = np.flatnonzero(table.cell_row >= 0)
+    assert table.rows_used == cells.size > 0
+    assert cells[cells < columns].size <= columns and cells.max() < columns + model.week_encoder.size
+    cell_features = HtmModel(params.replace(predictor=dataclasses.replace(forecast_predictor(1), features="cells")), seed=5)
+    feed(cell_features, list(np.sin(np.arange(600) / 9.0) * 10 + np.random.default_rng(6).normal(0, 2, 600)))
+    assert cell_features.predictor._tables[1].rows_used > 3 * table.rows_used  # one row per cell ever active
