@@ -8,6 +8,14 @@ Two phases per scenario:
 
     python bench/service_throughput.py                      # 1,000 metrics resident
     python bench/service_throughput.py --metrics 10000 --cap 1000   # swapping
+    python bench/service_throughput.py --profile 25         # + where the service thread's time goes
+
+Engine-only rate: the same samples (same metrics, values and timestamps, same settings) fed
+straight to `MetricAnalyzer.process` in this process, no Kafka, no registry, all resident; the
+service's rate divided by it is the share the engine gets end to end. `--profile N` runs the
+service thread under cProfile during the throughput phase and prints the N largest cumulative
+and own-time entries (profiling slows it; the rates printed are from the same profiled run
+only when --profile is given).
 
 Latency note: the mock broker holds an empty Fetch for the full fetch.wait.max.ms (librdkafka
 default 500 ms) even when records arrive meanwhile, where a real broker answers as soon as
@@ -18,7 +26,10 @@ fetch.min.bytes are there; both consumers here (the service's and the reader) th
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import math
+import pstats
 import os
 import sys
 import tempfile
@@ -115,7 +126,26 @@ class OutputReader:
         self._thread.join(10)
 
 
-def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetch_wait_ms: int) -> None:
+def engine_only(settings: object, metrics: int, warm_samples: int, timed_samples: int) -> float:
+    """Samples/s of the bare analyzers (built as the service builds them) on the same samples."""
+    from pensu.analyzer import MetricAnalyzer
+    from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
+
+    config = analyzer_config(settings)  # type: ignore[arg-type]
+    per_metric = RangeAwareConfig(config, settings.metric_ranges).for_metric  # type: ignore[attr-defined]
+    analyzers = [MetricAnalyzer(f"bench.m{m}.value", per_metric(f"bench.m{m}.value")) for m in range(metrics)]
+    for i in range(warm_samples):
+        for m, analyzer in enumerate(analyzers):
+            analyzer.process(START + 60 * i, value(m, i))
+    started = time.perf_counter()
+    for i in range(warm_samples, warm_samples + timed_samples):
+        for m, analyzer in enumerate(analyzers):
+            analyzer.process(START + 60 * i, value(m, i))
+    return metrics * timed_samples / (time.perf_counter() - started)
+
+
+def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetch_wait_ms: int,
+             profile: int = 0, sync_interval: float = 1.0) -> None:
     """Run one scenario and print its figures."""
     with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory() as models:
         env = {
@@ -127,11 +157,15 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
             # A configured range skips the warm-up, so every timed sample runs both models.
             "PENSU_METRIC_RANGES": '{"bench\\\\.": [0, 100]}',
             "PENSU_KAFKA_CONSUMER_OPT_FETCH_WAIT_MAX_MS": str(fetch_wait_ms),
+            # group commit of checkpoint files (0: two fsyncs per save, as before this setting)
+            "PENSU_CHECKPOINT_SYNC_INTERVAL": str(sync_interval),
         }
         settings = load_settings(env)
         service = PensuService(settings)
         service.start()
-        thread = threading.Thread(target=service.run, daemon=True)
+        profiler = cProfile.Profile() if profile else None
+        run = service.run if profiler is None else (lambda: profiler.runcall(service.run))
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         out_topic = settings.reported_anomalies_kafka_topic
         # Warm every model (and compile kernels) before timing.
@@ -147,8 +181,13 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
         elapsed = reader.last_at - started
         samples = (got - base) // 3
         rate = samples / elapsed
-        print(f"metrics={metrics} cap={cap} resident={len(service.models)}: {samples} samples in {elapsed:.1f}s "
-              f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()})")
+        print(f"metrics={metrics} cap={cap} sync interval={sync_interval}s resident={len(service.models)}: "
+              f"{samples} samples in {elapsed:.1f}s "
+              f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.2f})")
+        if cap >= metrics:
+            engine = engine_only(settings, metrics, warm_samples, timed_samples)
+            print(f"  engine only (same samples, bare analyzers, no Kafka): {engine:.0f} samples/s → service "
+                  f"reaches {100 * rate / engine:.0f} % of it (load {os.getloadavg()[0]:.2f})")
 
         slow_rate = max(1.0, rate / 2)
         n_lat = max(1, int(min(20 * slow_rate, 3 * metrics)) // metrics)
@@ -162,6 +201,12 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
               f"p99={np.percentile(tail, 99):.0f} ms (input create time → output read back)")
         service.request_stop()
         thread.join(120)
+        if profiler is not None:
+            for order in ("cumulative", "tottime"):
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(profile)
+                print(f"\n--- service thread, top {profile} by {order} (whole run: warm-up, timed and latency phases) ---")
+                print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:20000])
 
 
 def _free_port() -> int:
@@ -180,8 +225,12 @@ def main() -> None:
     parser.add_argument("--warm-samples", type=int, default=3)
     parser.add_argument("--timed-samples", type=int, default=5)
     parser.add_argument("--fetch-wait-ms", type=int, default=10, help="fetch.wait.max.ms of both consumers")
+    parser.add_argument("--profile", type=int, default=0, help="print this many cProfile entries of the service thread")
+    parser.add_argument("--sync-interval", type=float, default=1.0,
+                        help="PENSU_CHECKPOINT_SYNC_INTERVAL (0: fsync every checkpoint save)")
     args = parser.parse_args()
-    scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples, args.fetch_wait_ms)
+    scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples, args.fetch_wait_ms, args.profile,
+             args.sync_interval)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ from pensu.htm.serialization import require
 from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
-FORMAT_VERSION = 4  # 2: adds the decision's episode state; 3: pending predictions carry their band; 4: episode notes
+# 2: adds the decision's episode state; 3: pending predictions carry their band; 4: episode notes,
+# and the models' state is model format 4 (pensu.htm.model: predictor features, float32 likelihood window)
+FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)  # before 3, pending predictions load with no band; before 4, no episode notes
 _INTERVAL_WINDOW = 9  # recent timestamp deltas kept to estimate the metric's interval
 

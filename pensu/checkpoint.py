@@ -8,10 +8,22 @@ File layout (all integers big-endian):
 Files are named by the sha256 of the metric name and fanned out into 256 subdirectories
 (first two hex digits), so no metric name, however hostile, can steer a path, and a million
 files stay listable. A file that cannot be trusted is moved to `<dir>/quarantine/`.
+
+Group commit (`LocalCheckpointStore(sync_interval_s=...)`, `PENSU_CHECKPOINT_SYNC_INTERVAL`):
+by default every save is durable when it returns (fsync of the file, rename, fsync of its
+directory: ~2 ms on the development machine, which alone capped swapping at ~500 models/s).
+With an interval > 0 a save writes and renames at once (atomic and immediately visible to
+`load`) and the file system is synced (`syncfs`) at the first save after the interval has
+passed and at `close()` (service shutdown); the kernel writes dirty pages back by itself within
+~30 s between. A process crash loses nothing (the page cache survives it); a host crash can
+lose the saves of the last interval: such a file is then the previous checkpoint, or fails its
+checksum and is quarantined (the model restarts fresh), as after any torn write.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import logging
@@ -228,9 +240,15 @@ class CheckpointStore(ABC):
 class LocalCheckpointStore(CheckpointStore):
     """Checkpoints as files under one directory (fan-out by hash prefix)."""
 
-    def __init__(self, directory: Path, durable: bool = True) -> None:
+    def __init__(self, directory: Path, durable: bool = True, sync_interval_s: float = 0.0) -> None:
+        if not sync_interval_s >= 0.0:
+            raise ValueError("sync_interval_s must be >= 0")
         self.directory = Path(directory)
         self.durable = durable  # False: no fsyncs (a cache of a store that is durable elsewhere)
+        # > 0: group commit, one file-system sync per interval instead of two fsyncs per save
+        self.sync_interval_s = float(sync_interval_s)
+        self._unsynced = 0  # saves since the last sync (group commit)
+        self._last_sync = time.monotonic()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -260,27 +278,48 @@ class LocalCheckpointStore(CheckpointStore):
 
     def _write_atomically(self, path: Path, blob: bytes) -> None:
         parent = path.parent
+        each = self.durable and self.sync_interval_s == 0.0  # durable before returning
         if not parent.is_dir():
             parent.mkdir(parents=True, exist_ok=True)  # parents: the root may have been recreated
-            _fsync_directory(self.directory)  # make the new subdirectory itself durable
+            if each:
+                _fsync_directory(self.directory)  # make the new subdirectory itself durable
         fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=parent)
         renamed = False
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(blob)
                 handle.flush()
-                if self.durable:
+                if each:
                     os.fsync(handle.fileno())
             os.replace(temp_name, path)
             renamed = True
-            if self.durable:
+            if each:
                 _fsync_directory(parent)
+            elif self.durable:
+                self._unsynced += 1
+                if time.monotonic() - self._last_sync >= self.sync_interval_s:
+                    self.sync()
         finally:
             if not renamed:
                 try:
                     os.unlink(temp_name)
                 except OSError:
                     log.warning("could not remove temporary checkpoint file %s", temp_name)
+
+    def sync(self) -> None:
+        """Make every save so far durable (group commit; a no-op when nothing is pending)."""
+        if not self._unsynced:
+            return
+        try:
+            _sync_filesystem(self.directory)
+        except OSError as exc:
+            raise CheckpointError(_one_line(f"cannot sync checkpoint directory: {exc}")) from exc
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        """Sync pending group-committed saves."""
+        self.sync()
 
     def load(self, metric: str) -> tuple[CheckpointHeader, bytes] | None:
         """Read and verify the metric's checkpoint; quarantine it and raise if it is bad."""
@@ -376,6 +415,24 @@ class LocalCheckpointStore(CheckpointStore):
                 except FileNotFoundError:
                     continue
         return removed
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_SYNCFS = getattr(_LIBC, "syncfs", None)  # Linux: sync one file system, not every one
+
+
+def _sync_filesystem(directory: Path) -> None:
+    """Flush the file system holding `directory` (all its files and directory entries)."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:

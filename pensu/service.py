@@ -137,7 +137,7 @@ class PensuService:
             return KafkaCheckpointStore(self.settings.models_dir / "kafka-cache", self.settings.checkpoint_kafka_topic,
                                         self._input_topic(), self.settings.checkpoint_kafka_quarantine_topic,
                                         on_quarantined=self.metrics.checkpoints_quarantined.inc)
-        return LocalCheckpointStore(self.settings.models_dir)
+        return LocalCheckpointStore(self.settings.models_dir, sync_interval_s=self.settings.checkpoint_sync_interval)
 
     # -- events ---------------------------------------------------------------------------
     def _on_sample(self, seconds: float) -> None:

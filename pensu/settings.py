@@ -215,6 +215,11 @@ class Settings(BaseSettings):
         "local", description="Where checkpoints live: 'local' (files in PENSU_MODELS_DIR; shared volume for "
                              "several instances) or 'kafka' (compacted topic PENSU_CHECKPOINT_KAFKA_TOPIC on the "
                              "input cluster, PENSU_MODELS_DIR only a cache). docs/scaling.md: Checkpoint store.")
+    checkpoint_sync_interval: float = Field(
+        0.0, ge=0, allow_inf_nan=False,
+        description="Seconds between file-system syncs of local checkpoints; 0 syncs every save before it returns. "
+                    "Above 0 (group commit) swapping runs at disk speed, but a host crash can lose that many seconds "
+                    "of saves. docs/scaling.md: Swapping.")
     checkpoint_kafka_topic: str = _topic(
         "pensu.checkpoints", "Compacted topic of checkpoints with PENSU_CHECKPOINT_STORE=kafka (created with the "
                              "input topic's partition count).")

@@ -413,3 +413,97 @@ def test_remove_stale_temp_files(store: LocalCheckpointStore) -> None:
     os.utime(stale, (1_000, 1_000))
     assert store.remove_stale_temp_files(older_than_s=3600) == 1
     assert not stale.exists() and fresh.exists() and store.load("m") is not None
+
+
+# --- group commit ---------------------------------------------------------------------------
+
+def test_group_commit_syncs_once_per_interval_not_per_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pensu.checkpoint as checkpoint
+
+    fsyncs: list[int] = []
+    syncs: list[Path] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+    monkeypatch.setattr(checkpoint, "_sync_filesystem", lambda directory: syncs.append(directory))
+    grouped = LocalCheckpointStore(tmp_path / "grouped", sync_interval_s=3600.0)
+    for i in range(20):
+        grouped.save(header(f"m{i}", count=i), b"payload %d" % i)
+    assert fsyncs == [] and syncs == []  # within the interval: written and renamed, not synced
+    loaded = grouped.load("m7")  # visible at once
+    assert loaded is not None and loaded[1] == b"payload 7"
+    grouped.close()  # shutdown makes them durable, with one file-system sync
+    assert syncs == [grouped.directory] and fsyncs == []
+    grouped.close()
+    assert len(syncs) == 1  # nothing pending: no second sync
+
+    every = LocalCheckpointStore(tmp_path / "every")  # default: each save durable before it returns
+    every.save(header("m", count=1), b"x")
+    assert len(fsyncs) >= 2  # the file and its directory
+
+
+def test_group_commit_syncs_at_the_first_save_after_the_interval(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import pensu.checkpoint as checkpoint
+
+    syncs: list[Path] = []
+    monkeypatch.setattr(checkpoint, "_sync_filesystem", lambda directory: syncs.append(directory))
+    grouped = LocalCheckpointStore(tmp_path, sync_interval_s=1e-9)
+    grouped.save(header("a"), b"1")
+    grouped.save(header("b"), b"2")
+    assert len(syncs) == 2
+
+
+def test_group_commit_sync_failure_is_a_checkpoint_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pensu.checkpoint as checkpoint
+
+    def failing(directory: Path) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(checkpoint, "_sync_filesystem", failing)
+    grouped = LocalCheckpointStore(tmp_path, sync_interval_s=3600.0)
+    grouped.save(header("a"), b"1")
+    with pytest.raises(CheckpointError, match="cannot sync"):
+        grouped.sync()
+    with pytest.raises(ValueError):
+        LocalCheckpointStore(tmp_path, sync_interval_s=-1.0)
+
+
+def test_real_filesystem_sync_runs(tmp_path: Path) -> None:
+    from pensu.checkpoint import _sync_filesystem
+
+    _sync_filesystem(tmp_path)  # syncfs(2) on Linux (else os.sync): must not raise
+
+
+# --- earlier analyzer formats ---------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "data"
+
+
+def test_format_3_analyzer_checkpoint_still_loads_and_continues() -> None:
+    """A checkpoint written by the format-3 build (tests/data, `small` preset, 170 samples) loads
+    and continues as that build continued it: same raw anomaly scores and forecasts (its
+    predictor keeps cell features), likelihoods equal to float32 precision (format 4 keeps the
+    likelihood window as float32)."""
+    import gzip
+    import json
+
+    from pensu.analyzer import FORMAT_VERSION as ANALYZER_FORMAT, MetricAnalyzer, Thresholds
+
+    blob = gzip.decompress((FIXTURES / "analyzer-format3-small.ckpt.gz").read_bytes())
+    expected = json.loads((FIXTURES / "analyzer-format3-small.json").read_text())
+    assert msgpack.unpackb(blob, raw=False)["version"] == 3 < ANALYZER_FORMAT
+    analyzer = MetricAnalyzer.from_bytes(blob, Thresholds(), expected_metric="fixture.v3")
+    assert analyzer.anomaly_model.predictor is not None
+    assert analyzer.anomaly_model.predictor.params.features == "cells"
+    ts = expected["first_timestamp"]
+    for value, (raw, likelihood, final, forecast, lower, upper, reported) in zip(expected["values"],
+                                                                                  expected["outputs"]):
+        out = analyzer.process(ts, value)
+        ts += expected["interval"]
+        assert out.anomaly_score == raw
+        assert (out.forecast, out.forecast_lower, out.forecast_upper) == (forecast, lower, upper)
+        assert out.anomaly_likelihood == pytest.approx(likelihood, rel=1e-6, abs=1e-9)
+        assert out.final_score == pytest.approx(final, rel=1e-6, abs=1e-9)
+        assert out.reported == reported
+    again = MetricAnalyzer.from_bytes(analyzer.to_bytes(), Thresholds())  # and re-saves as format 4
+    assert msgpack.unpackb(analyzer.to_bytes(), raw=False)["version"] == ANALYZER_FORMAT
+    assert again.sample_count == analyzer.sample_count

@@ -24,11 +24,11 @@ often and costs 2–12 points.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pensu.errors import ConfigurationError, CorruptData
-from pensu.htm.serialization import require
+from pensu.htm.serialization import params_dict, require
 
 
 _BIN_LIMIT = 1e15
@@ -135,7 +135,7 @@ class ContextualAnomaly:
     # -- serialization ------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         """The full state as msgpack-native values (pairs sorted, so equal states pack equally)."""
-        return {"params": asdict(self.params), "origin": self.origin, "step": self.step_size,
+        return {"params": params_dict(self.params), "origin": self.origin, "step": self.step_size,
                 "seen": [list(p) for p in sorted(self._seen)], "recent": list(self._recent),
                 "resting": self._resting, "count": self._count}
 

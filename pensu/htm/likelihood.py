@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from pensu.errors import ConfigurationError, CorruptData
-from pensu.htm.serialization import pack_array, require, unpack_array
+from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
 
 MEAN_FLOOR = 0.03
 VARIANCE_FLOOR = 0.0003
@@ -86,8 +86,10 @@ class AnomalyLikelihood:
     def __init__(self, params: AnomalyLikelihoodParams) -> None:
         self.params = params
         size = params.historic_window_size
-        self._raw = np.zeros(size, dtype=np.float64)
-        self._values = np.zeros(size, dtype=np.float64)
+        # float32: half the memory and checkpoint of float64 (8,640 records: 69 kB instead of 138 kB
+        # per metric); the fit sums in float64, and NAB and the tests are unchanged by it.
+        self._raw = np.zeros(size, dtype=np.float32)
+        self._values = np.zeros(size, dtype=np.float32)
         self._head = 0  # ring position the next record is written to
         self._recent: deque[float] = deque(maxlen=params.averaging_window)
         self._iteration = 0
@@ -130,6 +132,10 @@ class AnomalyLikelihood:
         self._iteration += 1
         return likelihood
 
+    def memory_bytes(self) -> int:
+        """Bytes held in this instance's arrays (the window of raw scores and values)."""
+        return int(self._raw.nbytes + self._values.nbytes)
+
     # -- estimation -----------------------------------------------------------------------
     def _window(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the records in the window, oldest first."""
@@ -150,7 +156,7 @@ class AnomalyLikelihood:
         if len(raw) == 0 or self._distribution is None:
             return None
         tail_raw = raw[-self.params.averaging_window:]
-        return tail_probability(float(np.mean(tail_raw)), *self._distribution)
+        return tail_probability(float(np.mean(tail_raw, dtype=np.float64)), *self._distribution)
 
     def _estimate(self) -> tuple[float, float]:
         """Fit the normal distribution of moving-average raw scores over the window."""
@@ -159,7 +165,7 @@ class AnomalyLikelihood:
         if len(raw) <= skip:
             return (NULL_MEAN, NULL_VARIANCE)
         averages = moving_averages(raw, self.params.averaging_window)[skip:]
-        if float(np.var(values[skip:])) < FLAT_VARIANCE:
+        if float(np.var(values[skip:], dtype=np.float64)) < FLAT_VARIANCE:
             return (NULL_MEAN, NULL_VARIANCE)
         mean = max(float(np.mean(averages)), MEAN_FLOOR)
         variance = max(float(np.var(averages)), VARIANCE_FLOOR)
@@ -170,7 +176,7 @@ class AnomalyLikelihood:
         """Return the full state as msgpack-native values."""
         raw, values = self._window()
         return {
-            "params": asdict(self.params),
+            "params": params_dict(self.params),
             "iteration": self._iteration,
             "raw": pack_array(raw),
             "values": pack_array(values),
@@ -197,8 +203,9 @@ class AnomalyLikelihood:
         raw = unpack_array(require(state, "raw", owner), f"{owner}.raw")
         values = unpack_array(require(state, "values", owner), f"{owner}.values")
         filled = min(iteration, params.historic_window_size)
+        # float64 before model format 4, float32 since
         if iteration < 0 or raw.shape != (filled,) or values.shape != (filled,) \
-                or raw.dtype != np.float64 or values.dtype != np.float64 \
+                or raw.dtype not in (np.float32, np.float64) or values.dtype != raw.dtype \
                 or len(recent) > params.averaging_window:
             raise CorruptData(f"{owner}: window does not match iteration {iteration}")
         model = cls(params)
@@ -258,7 +265,7 @@ class SpatialAnomaly:
 
     def get_state(self) -> dict[str, Any]:
         """Return the full state as msgpack-native values."""
-        return {"params": asdict(self.params), "min": self.min_value, "max": self.max_value,
+        return {"params": params_dict(self.params), "min": self.min_value, "max": self.max_value,
                 "count": self.count}
 
     @classmethod

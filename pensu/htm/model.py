@@ -51,7 +51,7 @@ from pensu.htm.likelihood import (
     log_likelihood,
 )
 from pensu.htm.predictor import Predictor, PredictorParams
-from pensu.htm.serialization import require
+from pensu.htm.serialization import params_dict, require
 from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
 from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
@@ -59,8 +59,10 @@ FORMAT_TAG = "pensu-htm-model"
 # 2: predictor forecasting options (change target, context bits, bands) and history values.
 # 3: the contextual detector's state. Older payloads still load: their parameters take the
 # defaults, which behave as the version that wrote them (no contextual detector before 3).
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: the predictor's `features` parameter ("columns" in the forecast head; absent = "cells", as
+# before) and the likelihood window as float32 (float64 windows load and are narrowed).
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 RESOLUTION_DIVISOR = 130.0
 MIN_RESOLUTION = 0.001
 FLAT_WARMUP_FACTOR = 10
@@ -243,8 +245,10 @@ class HtmModel:
         confidence = 0.0
         step = 0
         if self.predictor is not None:
-            features = self.tm.active_cells
-            context_start = self.tm.num_cells if self.week_encoder is not None else _NO_CONTEXT
+            by_column = self.params.predictor.features == "columns"  # type: ignore[union-attr]
+            features = columns if by_column else self.tm.active_cells
+            width = self.tm.num_columns if by_column else self.tm.num_cells
+            context_start = width if self.week_encoder is not None else _NO_CONTEXT
             if self.week_encoder is not None:
                 # time-of-week bits after the cells: the predictor learns them at its context rate
                 features = np.concatenate([np.asarray(features, dtype=np.int32),
@@ -267,7 +271,7 @@ class HtmModel:
     def memory_bytes(self) -> int:
         """Approximate bytes held in this model's arrays."""
         total = 0
-        for part in (self.sp, self.tm, self.predictor):
+        for part in (self.sp, self.tm, self.predictor, self.likelihood):
             if part is not None:
                 total += int(part.memory_bytes())
         return total + 16 * len(self._warmup)
@@ -276,7 +280,7 @@ class HtmModel:
     def get_state(self) -> dict[str, Any]:
         """Return the model's full state as msgpack-native values."""
         return {
-            "params": params_to_dict(self.params),
+            "params": params_dict(self.params),
             "seed": self.seed,
             "iteration": self.iteration,
             "warmup": [list(pair) for pair in self._warmup],

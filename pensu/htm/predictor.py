@@ -43,14 +43,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 from numba import njit
 
 from pensu.errors import ConfigurationError, CorruptData
-from pensu.htm.serialization import pack_array, require, unpack_array
+from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
 
 _MAP_CHUNK = 4096  # the cell -> row map grows in chunks of this many cells
 _NO_ROW = -1
@@ -81,6 +81,11 @@ class PredictorParams:
     # encoder over 7 days of `time_of_week_width` bits and radius `time_of_week_radius` days.
     time_of_week_width: int = 0
     time_of_week_radius: float = 0.06
+    # What the model feeds as features: "cells" (the TM's active cells) or "columns" (its active
+    # columns, i.e. the spatial pooler's winners). Columns: 2,048 rows at most instead of one per
+    # cell ever active (~36,000 after 20,000 samples), and no worse forecasts (bench/forecast.py,
+    # docs/scaling.md). Checkpoints written before the option existed keep "cells".
+    features: str = "cells"
 
     def __post_init__(self) -> None:
         steps = tuple(int(s) for s in self.steps)
@@ -105,6 +110,8 @@ class PredictorParams:
         if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
             raise ConfigurationError("PredictorParams.band must be two quantiles 0 <= lower <= upper <= 1")
         object.__setattr__(self, "band", band)
+        if self.features not in ("cells", "columns"):
+            raise ConfigurationError("PredictorParams.features must be 'cells' or 'columns'")
         if int(self.time_of_week_width) < 0 or not float(self.time_of_week_radius) > 0.0:
             raise ConfigurationError("PredictorParams.time_of_week_width must be >= 0 and its radius > 0")
 
@@ -523,7 +530,7 @@ class Predictor:
     def get_state(self) -> dict[str, Any]:
         """Return the full state as msgpack-native values."""
         return {
-            "params": {**asdict(self.params), "steps": list(self.params.steps)},
+            "params": params_dict(self.params),
             "buckets": pack_array(self._buckets),
             "means": pack_array(self._means),
             "counts": pack_array(self._counts),

@@ -7,6 +7,9 @@ Every HTM component exposes `get_state() -> dict` holding only msgpack-native va
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,7 +27,7 @@ def pack_array(array: np.ndarray) -> dict[str, Any]:
 
 def unpack_array(packed: Any, name: str = "array") -> np.ndarray:
     """Rebuild an array packed by `pack_array` as a writable copy; raise `CorruptData` if malformed."""
-    if not isinstance(packed, Mapping):
+    if type(packed) is not dict and not isinstance(packed, Mapping):  # dict first: the ABC check is slow
         raise CorruptData(f"{name}: expected a packed array, got {type(packed).__name__}")
     try:
         dtype = np.dtype(packed["dtype"])
@@ -34,7 +37,7 @@ def unpack_array(packed: Any, name: str = "array") -> np.ndarray:
         raise CorruptData(f"{name}: malformed packed array ({exc})") from exc
     if dtype.kind not in _ALLOWED_KINDS or not isinstance(data, (bytes, bytearray)):
         raise CorruptData(f"{name}: unsupported dtype {dtype.str!r} or data type")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # np.prod costs more than the rest of this function
     if any(s < 0 for s in shape) or count * dtype.itemsize != len(data):
         raise CorruptData(f"{name}: {len(data)} bytes do not fit shape {shape} of {dtype.str}")
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
@@ -42,6 +45,37 @@ def unpack_array(packed: Any, name: str = "array") -> np.ndarray:
 
 def require(state: Any, key: str, owner: str) -> Any:
     """Return `state[key]`, raising `CorruptData` naming `owner` when it is missing."""
-    if not isinstance(state, Mapping) or key not in state:
+    if (type(state) is not dict and not isinstance(state, Mapping)) or key not in state:
         raise CorruptData(f"{owner}: state lacks {key!r}")
     return state[key]
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    """`dataclasses.asdict(params)` of a frozen params dataclass, as a fresh copy.
+
+    Every checkpoint packs its components' parameters; `asdict` walks them recursively and cost
+    ~0.25 ms per analyzer save (a third of `to_bytes` for a young model). Parameters are frozen
+    and hashable, so the conversion is cached and each call copies only the dicts (callers may
+    edit what they get)."""
+    return _copy_dicts(_params_dict_cached(params))
+
+
+@functools.lru_cache(maxsize=256)
+def _params_dict_cached(params: Any) -> dict[str, Any]:
+    return _to_native(params)
+
+
+def _to_native(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_native(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_native(v) for v in value]
+    return value
+
+
+def _copy_dicts(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy_dicts(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_dicts(v) for v in value]
+    return value

@@ -41,7 +41,6 @@ Shared wiring
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from collections import OrderedDict
@@ -53,7 +52,7 @@ from numba import njit
 
 from pensu.errors import CorruptData
 from pensu.htm.rng import new_rng_state, rng_next, rng_randint, rng_uniform
-from pensu.htm.serialization import pack_array, require, unpack_array
+from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
 
 PERM_SCALE = 65534  # permanence 1.0 in fixed-point units (stored value = 1 + units)
 WEAK_COLUMN_PERIOD = 50  # learning iterations between weak-column bumps
@@ -422,12 +421,13 @@ class SpatialPooler:
             row_col = np.full(capacity, -1, dtype=np.int32)
             row_col[: self._n_rows] = self._row_col[: self._n_rows]
             self._rows, self._row_col = rows, row_col
-        for c in new:
-            r = self._n_rows
-            self._rows[r] = self._initial_row(int(c))
-            self._row_col[r] = c
-            self._row_of[c] = r
-            self._n_rows += 1
+        # One fancy-indexed copy instead of a Python loop (44 µs per young model's step).
+        first = self._n_rows
+        rows = np.arange(first, first + new.size, dtype=np.int32)
+        self._rows[first:first + new.size] = self._wiring.initial_rows[new]
+        self._row_col[first:first + new.size] = new
+        self._row_of[new] = rows
+        self._n_rows += new.size
 
     # -- stepping ---------------------------------------------------------------------------
     def compute(self, active_inputs: np.ndarray, learn: bool = True) -> np.ndarray:
@@ -495,7 +495,7 @@ class SpatialPooler:
         """Return the pooler's state as msgpack-native values (touched rows only)."""
         n = self._n_rows
         return {
-            "params": dataclasses.asdict(self.params),
+            "params": params_dict(self.params),
             "input_size": self.input_size,
             "seed": self.seed,
             "learn_iteration": self.learn_iteration,

@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
 from pensu.htm.model import HtmModel, ModelParams, resolution_for_range
-from pensu.htm.presets import preset_params
+from pensu.htm.presets import forecast_predictor, preset_params
 
 
 def feed(model: HtmModel, values, start: float = 1.4e9):
@@ -20,20 +21,6 @@ def test_warmup_range_sets_resolution_with_padding(padding):
     assert all(o.warming_up for o in outs[:-1]) and not outs[-1].warming_up
     assert model.resolution == pytest.approx(resolution_for_range(10.0 - 26.0 * padding, 36.0 + 26.0 * padding))
     assert model.resolution == pytest.approx(26.0 * (1 + 2 * padding) / 130.0)
-
-
-def test_padding_survives_a_round_trip_and_outputs_continue_identically():
-    params = preset_params("small", warmup_samples=10, warmup_range_padding=0.25)
-    rng = np.random.default_rng(4)
-    values = list(np.sin(np.arange(60) / 5.0) * 10 + rng.normal(0, 0.5, 60))
-    model = HtmModel(params, seed=8)
-    feed(model, values[:40])
-    restored = HtmModel.from_bytes(model.to_bytes())
-    assert restored.params.warmup_range_padding == 0.25
-    a = feed(model, values[40:], start=1.4e9 + 40 * 300.0)
-    b = feed(restored, values[40:], start=1.4e9 + 40 * 300.0)
-    assert a == b
-    assert not any(math.isnan(o.anomaly_score) for o in a)
 
 
 def test_forecast_model_round_trips_exactly_with_its_band():
@@ -78,3 +65,21 @@ def test_format_1_model_still_loads_and_behaves_as_before():
     a = feed(model, values[60:], start=1.4e9 + 60 * 300.0)
     b = feed(restored, values[60:], start=1.4e9 + 60 * 300.0)
     assert a == b
+
+
+def test_forecast_head_on_columns_keeps_one_weight_row_per_column_or_context_bit():
+    """The forecast head learns from active columns (+ time of week), so its weight table is
+    bounded by the columns, not by the cells ever active (docs/scaling.md, Memory per metric)."""
+    params = preset_params("small", warmup_samples=20, predictor=forecast_predictor(1))
+    model = HtmModel(params, seed=5)
+    rng = np.random.default_rng(6)
+    feed(model, list(np.sin(np.arange(600) / 9.0) * 10 + rng.normal(0, 2, 600)))
+    assert model.predictor is not None and model.tm is not None
+    table = model.predictor._tables[1]
+    columns = params.sp.column_count
+    cells = np.flatnonzero(table.cell_row >= 0)
+    assert table.rows_used == cells.size > 0
+    assert cells[cells < columns].size <= columns and cells.max() < columns + model.week_encoder.size
+    cell_features = HtmModel(params.replace(predictor=dataclasses.replace(forecast_predictor(1), features="cells")), seed=5)
+    feed(cell_features, list(np.sin(np.arange(600) / 9.0) * 10 + np.random.default_rng(6).normal(0, 2, 600)))
+    assert cell_features.predictor._tables[1].rows_used > 3 * table.rows_used  # one row per cell ever active
