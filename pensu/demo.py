@@ -183,8 +183,9 @@ def run_demo(duration: float = 0.0, models_dir: Path | None = None) -> int:
         try:
             while not stop.is_set() and (not duration or time.monotonic() - started < duration):
                 message = viewer.poll(0.5)
-                if message is not None and message.error() is None:
-                    report = json.loads(message.value())
+                payload = message.value() if message is not None and message.error() is None else None
+                if payload is not None:
+                    report = json.loads(payload)
                     match = None
                     if report.get("event") != "resolved":  # a resolution closes a report already judged
                         match = judge.judge(str(report["metric"]), float(report["timestamp"]))

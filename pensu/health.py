@@ -19,7 +19,7 @@ import socketserver
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
@@ -325,6 +325,15 @@ def _bind(what: str, host: str, port: int, make: Callable[[tuple[str, int]], Any
         raise ConfigurationError(f"cannot listen for {what} on {host}:{port}: {why}") from exc
 
 
+class _Limits(TypedDict):
+    """Per-connection limits shared by the ping and HTTP servers."""
+
+    max_line: int
+    first_timeout: float
+    idle_timeout: float
+    max_connections: int
+
+
 class HealthServer:
     """The TCP ping server and the optional HTTP health/metrics server, on daemon threads."""
 
@@ -339,8 +348,8 @@ class HealthServer:
         self._status = _StatusSource(status)
         self._info = info
         self._route = route
-        self._limits = dict(max_line=max_line_bytes, first_timeout=first_line_timeout_s,
-                            idle_timeout=idle_timeout_s, max_connections=max_connections)
+        self._limits = _Limits(max_line=max_line_bytes, first_timeout=first_line_timeout_s,
+                               idle_timeout=idle_timeout_s, max_connections=max_connections)
         self._ping: _PingServer | None = None
         self._http: _HttpServer | None = None
         self._threads: list[threading.Thread] = []
@@ -385,7 +394,7 @@ class HealthServer:
                     thread.start()
                     self._threads.append(thread)
             log.info("health: ping on %s:%d, HTTP %s", *self.ping_address,
-                     "disabled" if http is None else "on %s:%d" % _host_port(http.server_address))
+                     "disabled" if http is None else "on {}:{}".format(*_host_port(http.server_address)))
 
     def stop(self) -> None:
         """Stop accepting, close the listening sockets, cut open connections and join the threads."""

@@ -92,7 +92,7 @@ def test_forget_partition_drops_only_that_series() -> None:
     m.consumer_lag.labels(topic="metrics", partition="1").set(2)
     m.forget_partition("metrics", 0)
     m.forget_partition("metrics", 7)  # never reported: harmless
-    lag = {dict(l)["partition"] for n, l in samples(registry) if n == "pensu_consumer_lag"}
+    lag = {dict(labels)["partition"] for n, labels in samples(registry) if n == "pensu_consumer_lag"}
     assert lag == {"1"}
 
 
