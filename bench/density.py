@@ -26,8 +26,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from nab_data import NAB_DATA, load_series  # noqa: E402
+
 from pensu.analyzer import MetricAnalyzer  # noqa: E402
 from pensu.checkpoint import CheckpointHeader, LocalCheckpointStore  # noqa: E402
 from pensu.errors import LineRejected  # noqa: E402

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from nab_data import NAB_DATA, load_series  # noqa: E402
+
 from pensu.errors import LineRejected  # noqa: E402
 from pensu.replay import build_analyzer  # noqa: E402
 

@@ -16,8 +16,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pensu.htm.model import HtmModel  # noqa: E402
 from nab_data import NAB_DATA, load_series  # noqa: E402
+
+from pensu.htm.model import HtmModel  # noqa: E402
 from pensu.htm.presets import prediction_params, preset_params  # noqa: E402
 
 WARMUP = 2000
@@ -52,7 +53,8 @@ def measure(name: str, model: HtmModel, rows: list[tuple[float, float]]) -> None
     print(f"{name:<18} steps={len(arr):>6}  median={np.median(arr):8.1f} µs  p99={np.percentile(arr, 99):8.1f} µs  "
           f"mean={arr.mean():8.1f} µs")
     if size is not None:
-        print(f"{'':<18} after {SIZE_AT} samples: serialized={size / 1e6:.2f} MB  in-array memory={memory / 1e6:.2f} MB  "
+        print(f"{'':<18} after {SIZE_AT} samples: serialized={size / 1e6:.2f} MB  "
+              f"in-array memory={memory / 1e6:.2f} MB  "
               f"to_bytes={save_ms:.2f} ms  from_bytes={restore_ms:.2f} ms")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +16,7 @@ def load_rows(path: Path) -> list[tuple[str, float, float]]:
     rows = []
     with path.open() as fh:
         for row in csv.DictReader(fh):
-            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
             rows.append((row["timestamp"], ts.timestamp(), float(row["value"])))
     return rows
 

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pensu.htm.predictor import Predictor, PredictorParams  # noqa: E402
 from nab_data import NAB_DATA, load_series  # noqa: E402
+
+from pensu.htm.predictor import Predictor, PredictorParams  # noqa: E402
 
 COLUMNS, CELLS_PER_COLUMN, ACTIVE_COLUMNS = 2048, 32, 40
 

@@ -29,8 +29,8 @@ import argparse
 import cProfile
 import io
 import math
-import pstats
 import os
+import pstats
 import sys
 import tempfile
 import threading
@@ -52,7 +52,8 @@ START = 1_700_000_000
 
 def value(metric_index: int, i: int) -> float:
     """A noisy daily-ish wave per metric."""
-    return round(50 + 30 * math.sin(2 * math.pi * (i + metric_index) / 288) + (metric_index * 7919 + i * 104729) % 11, 3)
+    wave = 30 * math.sin(2 * math.pi * (i + metric_index) / 288)
+    return round(50 + wave + (metric_index * 7919 + i * 104729) % 11, 3)
 
 
 def produce(bootstrap: str, topic: str, metrics: int, start: int, count: int, rate: float = 0.0) -> int:
@@ -205,7 +206,8 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
             for order in ("cumulative", "tottime"):
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(profile)
-                print(f"\n--- service thread, top {profile} by {order} (whole run: warm-up, timed and latency phases) ---")
+                print(f"\n--- service thread, top {profile} by {order} "
+                      "(whole run: warm-up, timed and latency phases) ---")
                 print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:20000])
 
 

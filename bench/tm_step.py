@@ -23,7 +23,7 @@ import csv
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgpack
@@ -49,7 +49,7 @@ def sp_columns(path: Path, steps: int, range_samples: int = 150) -> list[np.ndar
     rows = []
     with path.open() as fh:
         for row in csv.DictReader(fh):
-            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
             rows.append((ts.timestamp(), float(row["value"])))
     rows = rows[:steps]
     values = [v for _, v in rows[:range_samples or len(rows)]]

@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def nab_rows(count: int) -> list[tuple[float, float]]:
     rows = []
     with NAB_FILE.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
             rows.append((ts.timestamp(), float(row["value"])))
             if len(rows) == count:
                 break
@@ -102,7 +102,8 @@ def main() -> None:
                 gate._learn("nab.machine_temperature", history[i:i + LEARN_BATCH])
             seconds = time.perf_counter() - started
             print(f"2. history learning: {len(history)} samples in {seconds:.2f} s = {len(history) / seconds:.0f} "
-                  f"samples/s; one {LEARN_BATCH}-sample chunk holds the loop {seconds / len(history) * LEARN_BATCH * 1e3:.0f} ms")
+                  f"samples/s; one {LEARN_BATCH}-sample chunk holds the loop "
+                  f"{seconds / len(history) * LEARN_BATCH * 1e3:.0f} ms")
         finally:
             gate.close()
 
@@ -121,10 +122,12 @@ def main() -> None:
         errors = [abs(a.predicted_value - a.value) for a in xs if a.predicted_value is not None]
         err = f"{statistics.mean(errors):.2f}" if errors else "-"
         return (f"{sum(a.warming_up for a in xs)} / {sum(a.predicted_value is not None for a in xs)} / {err} / "
-                f"{statistics.mean(a.anomaly_score for a in xs):.3f} / {statistics.mean(a.final_score for a in xs):.3f}")
+                f"{statistics.mean(a.anomaly_score for a in xs):.3f} / "
+                f"{statistics.mean(a.final_score for a in xs):.3f}")
 
     for lo in range(0, len(live), 150):
-        print(f"   {lo:4d}-{min(lo + 150, len(live)) - 1:<4d} | {row('warm', w[lo:lo + 150])} | {row('cold', c[lo:lo + 150])}")
+        hi = min(lo + 150, len(live))
+        print(f"   {lo:4d}-{hi - 1:<4d} | {row('warm', w[lo:hi])} | {row('cold', c[lo:hi])}")
 
 if __name__ == "__main__":
     main()

@@ -41,9 +41,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -79,7 +79,7 @@ class Alert:
         return {"labels": dict(self.labels), "annotations": dict(self.annotations), "starts_at": self.starts_at}
 
     @classmethod
-    def from_state(cls, state: object) -> "Alert":
+    def from_state(cls, state: object) -> Alert:
         """An alert from `to_state()` output; ValueError when it is not one."""
         if not isinstance(state, dict):
             raise ValueError("an alert is a map")
@@ -107,7 +107,7 @@ class Alert:
 
 def rfc3339(ts: float) -> str:
     """A Unix timestamp as RFC 3339 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def severity_label(final_score: float) -> str:

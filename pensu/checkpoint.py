@@ -33,9 +33,10 @@ import struct
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any
 
 import msgpack
 
@@ -257,9 +258,10 @@ class LocalCheckpointStore(CheckpointStore):
 
     def path_for(self, metric: str) -> Path:
         """Return the file path that holds (or would hold) the metric's checkpoint."""
-        return self._key_path(checkpoint_key(metric))
+        return self.key_path(checkpoint_key(metric))
 
-    def _key_path(self, key: str) -> Path:
+    def key_path(self, key: str) -> Path:
+        """Return the file path of the checkpoint listed under `key` (see `entries`)."""
         # Keys are 64 lowercase hex digits by construction; reject anything else defensively.
         if len(key) != 2 * _DIGEST_SIZE or key.strip("0123456789abcdef"):
             raise ValueError(f"not a checkpoint key: {key!r}")
@@ -348,7 +350,7 @@ class LocalCheckpointStore(CheckpointStore):
     def delete_key(self, key: str) -> None:
         """Remove the checkpoint stored under `key`; a missing file is not an error."""
         try:
-            os.unlink(self._key_path(key))
+            os.unlink(self.key_path(key))
         except FileNotFoundError:
             pass
         except OSError as exc:

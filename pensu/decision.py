@@ -42,8 +42,9 @@ samples (`expected_range`, the one place to switch to a band).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from pensu.errors import CorruptData
 from pensu.htm.likelihood import log_likelihood
@@ -248,7 +249,7 @@ class EpisodeTracker:
         }
 
     @classmethod
-    def from_state(cls, metric: str, config: DecisionConfig, state: Mapping[str, Any] | None) -> "EpisodeTracker":
+    def from_state(cls, metric: str, config: DecisionConfig, state: Mapping[str, Any] | None) -> EpisodeTracker:
         """Rebuild a tracker from `get_state()` output; None (an older checkpoint) gives a fresh one."""
         tracker = cls(metric, config)
         if state is None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import Consumer
@@ -78,7 +77,7 @@ class ReportJudge:
 
 
 def _clock_text(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _format_report(report: dict[str, object], match: Anomaly | None, generator: SyntheticMetrics) -> str:

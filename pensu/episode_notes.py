@@ -59,7 +59,7 @@ class EpisodeNotes:
                 "alert": None if self.alert is None else self.alert.to_state()}
 
     @classmethod
-    def from_state(cls, state: Any) -> "EpisodeNotes":
+    def from_state(cls, state: Any) -> EpisodeNotes:
         """Notes from `to_state()` output; ValueError naming the bad field."""
         if not isinstance(state, dict):
             raise ValueError("episode notes must be a map")

@@ -39,9 +39,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from pensu.analyzer import Analysis
 from pensu.decision import OPENED, RESOLVED
@@ -133,7 +134,7 @@ def parse_time(value: Any, field: str) -> float:
         except ValueError:
             raise FeedbackRejected(f"{field}: expected Unix seconds or an ISO 8601 time, got {value!r}") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     raise FeedbackRejected(f"{field}: expected Unix seconds or an ISO 8601 time, got {value!r}")
 

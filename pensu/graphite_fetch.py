@@ -14,8 +14,8 @@ import http.client
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 from pensu import __version__
 from pensu.warm_start import History, HistoryRequest, WarmStartError, parse_render_json

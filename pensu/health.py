@@ -17,9 +17,10 @@ import re
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, TypedDict
+from typing import Any, TypedDict
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest

@@ -49,16 +49,22 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import msgpack
-from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer,
-                             TopicPartition)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pensu.checkpoint import (CheckpointCorrupt, CheckpointEntry, CheckpointHeader, CheckpointStore,
-                              LocalCheckpointStore, decode_checkpoint, encode_checkpoint)
+from pensu.checkpoint import (
+    CheckpointCorrupt,
+    CheckpointEntry,
+    CheckpointHeader,
+    CheckpointStore,
+    LocalCheckpointStore,
+    decode_checkpoint,
+    encode_checkpoint,
+)
 from pensu.errors import CheckpointError
 from pensu.kafka_ownership import FENCE_KEY, READ_FENCE_PREFIX, PartitionClaims
 
@@ -285,7 +291,7 @@ class KafkaCheckpointStore(CheckpointStore):
     def delete_key(self, key: str) -> None:
         """Delete the checkpoint cached under `key` (as listed by `entries`)."""
         self._wait_for_restore()
-        path = self.cache._key_path(key)
+        path = self.cache.key_path(key)
         try:
             blob = path.read_bytes()
         except OSError:

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pensu.analyzer import Analysis
 from pensu.carbon import format_line

@@ -26,8 +26,8 @@ offset only within one provable incarnation, otherwise by the models' last times
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 __all__ = ["TopicIncarnation", "ReplayVerdict", "replay_verdict", "checkpoint_ahead", "UNKNOWN_ORIGIN"]
 
@@ -51,7 +51,7 @@ class TopicIncarnation:
         return f"{self.cluster_id or '?'}/{self.topic_id or '?'}"
 
     @classmethod
-    def from_key(cls, key: str | None) -> "TopicIncarnation":
+    def from_key(cls, key: str | None) -> TopicIncarnation:
         """Parse `key()` text; None or malformed text is an unknown origin."""
         if not key or "/" not in key:
             return cls()

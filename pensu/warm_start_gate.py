@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -45,7 +44,7 @@ from pensu.kafka_io import DeliveryTracker
 from pensu.pipeline import MessageResult, Pipeline, value_encodable
 from pensu.registry import ModelRegistry
 from pensu.settings import Settings
-from pensu.warm_start import History, HistoryRequest, WarmStartBook, WarmStartError, history_request
+from pensu.warm_start import History, HistoryRequest, WarmStartBook, history_request
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class WarmStartGate:
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: ModelRegistry, pipeline: Pipeline,
-                      prom: CollectorRegistry, learns: Callable[[str, float], bool]) -> "WarmStartGate | None":
+                      prom: CollectorRegistry, learns: Callable[[str, float], bool]) -> WarmStartGate | None:
         """A gate when PENSU_GRAPHITE_URL is set, else None (warm start off)."""
         if settings.graphite_url is None:
             return None

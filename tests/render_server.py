@@ -64,7 +64,7 @@ class RenderServer:
         datapoints = [[points.get(ts), ts] for ts in range(first, until + 1, self.step)]
         return json.dumps([{"target": target, "tags": {"name": target}, "datapoints": datapoints}]).encode()
 
-    def __enter__(self) -> "RenderServer":
+    def __enter__(self) -> RenderServer:
         self._thread.start()
         return self
 

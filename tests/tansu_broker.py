@@ -121,7 +121,7 @@ class TansuBroker:
         except OSError:
             pass
 
-    def __enter__(self) -> "TansuBroker":
+    def __enter__(self) -> TansuBroker:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,14 @@ import msgpack
 import pytest
 
 from pensu.checkpoint import (
-    FORMAT_VERSION, MAGIC, CheckpointCorrupt, CheckpointHeader, LocalCheckpointStore,
-    checkpoint_key, decode_checkpoint, encode_checkpoint,
+    FORMAT_VERSION,
+    MAGIC,
+    CheckpointCorrupt,
+    CheckpointHeader,
+    LocalCheckpointStore,
+    checkpoint_key,
+    decode_checkpoint,
+    encode_checkpoint,
 )
 from pensu.errors import CheckpointError
 
@@ -193,7 +199,8 @@ def test_wrong_magic(store: LocalCheckpointStore) -> None:
 
 def rebuild(version: int, header_bytes: bytes, payload: bytes) -> bytes:
     """Lay bytes out in the documented format with a valid checksum (tests the decoder, not the encoder)."""
-    body = struct.pack(">8sHI", MAGIC, version, len(header_bytes)) + header_bytes + struct.pack(">Q", len(payload)) + payload
+    body = (struct.pack(">8sHI", MAGIC, version, len(header_bytes)) + header_bytes
+            + struct.pack(">Q", len(payload)) + payload)
     return body + hashlib.sha256(body).digest()
 
 
@@ -375,7 +382,7 @@ def test_entries_lists_checkpoints_only(store: LocalCheckpointStore) -> None:
     (store.directory / "README").write_bytes(b"x")
     listed = {e.key: e for e in store.entries()}
     assert set(listed) == {checkpoint_key(n) for n in "abc"}
-    assert all(e.size == store.path_for(n).stat().st_size for n, e in zip("abc", [listed[checkpoint_key(n)] for n in "abc"]))
+    assert all(listed[checkpoint_key(n)].size == store.path_for(n).stat().st_size for n in "abc")
 
 
 def test_enforce_limit_deletes_oldest_idle_first(store: LocalCheckpointStore) -> None:
@@ -486,7 +493,8 @@ def test_format_3_analyzer_checkpoint_still_loads_and_continues() -> None:
     import gzip
     import json
 
-    from pensu.analyzer import FORMAT_VERSION as ANALYZER_FORMAT, MetricAnalyzer, Thresholds
+    from pensu.analyzer import FORMAT_VERSION as ANALYZER_FORMAT
+    from pensu.analyzer import MetricAnalyzer, Thresholds
 
     blob = gzip.decompress((FIXTURES / "analyzer-format3-small.ckpt.gz").read_bytes())
     expected = json.loads((FIXTURES / "analyzer-format3-small.json").read_text())

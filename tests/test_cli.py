@@ -73,7 +73,8 @@ def test_generate_produces_parseable_keyed_lines(kafka: KafkaCluster) -> None:
 @pytest.mark.slow
 def test_run_with_embedded_bootstrap_starts_an_embedded_broker_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    env = {"PENSU_KAFKA_BOOTSTRAP_SERVERS": "embedded", "PENSU_PING_LISTEN_HOST": "127.0.0.1", "PENSU_PING_LISTEN_PORT": str(port), "PENSU_HTTP_PORT": "0",
+    env = {"PENSU_KAFKA_BOOTSTRAP_SERVERS": "embedded", "PENSU_PING_LISTEN_HOST": "127.0.0.1",
+           "PENSU_PING_LISTEN_PORT": str(port), "PENSU_HTTP_PORT": "0",
            "PENSU_MODELS_DIR": str(tmp_path / "models"), "PYTHONUNBUFFERED": "1"}
     proc = popen_run(env)
     try:

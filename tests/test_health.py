@@ -6,7 +6,7 @@ import http.client
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter

@@ -7,14 +7,13 @@ import logging
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 from confluent_kafka import Producer
 
-import msgpack
-
 from pensu.checkpoint import CheckpointHeader, encode_checkpoint
-from pensu.kafka_checkpoint import MANIFEST_MAGIC, PART_SEPARATOR, KafkaCheckpointStore, _part_key
 from pensu.errors import CheckpointError
+from pensu.kafka_checkpoint import MANIFEST_MAGIC, PART_SEPARATOR, KafkaCheckpointStore, _part_key
 from tests.conftest import KafkaCluster, free_port
 from tests.scaleout.cluster import kafka_store_env
 from tests.service_harness import ServiceThread, carbon_by_metric, carbon_of, expected_records, lines_for, service_env

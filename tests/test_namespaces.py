@@ -7,8 +7,7 @@ from dataclasses import replace
 from pensu.analyzer import Analysis
 from pensu.carbon import parse_line
 from pensu.decision import OPENED, RESOLVED
-from pensu.namespaces import (IDLE_SECONDS, NamespaceTracker, aligned, instance_node, namespace_of,
-                              part_metric_name)
+from pensu.namespaces import IDLE_SECONDS, NamespaceTracker, aligned, instance_node, namespace_of, part_metric_name
 from tests.test_alerting import analysis
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -48,7 +48,8 @@ def replay_rows(tmp_path: Path, env: dict[str, str], samples: list[tuple[float, 
     return rows, err.getvalue()
 
 
-@pytest.mark.parametrize("extra", [{}, {"PENSU_EPISODE_QUIET_SAMPLES": "0", "PENSU_ANOMALY_LIKELIHOOD_THRESHOLD": "0.999"},
+@pytest.mark.parametrize("extra", [{},
+                                   {"PENSU_EPISODE_QUIET_SAMPLES": "0", "PENSU_ANOMALY_LIKELIHOOD_THRESHOLD": "0.999"},
                                    {"PENSU_EPISODE_SUPPRESSION_SAMPLES": "200", "PENSU_EPISODE_QUIET_SAMPLES": "3"}],
                          ids=["defaults", "per-sample", "suppression"])
 def test_reported_column_is_the_service_analyzers_decision(tmp_path: Path, extra: dict[str, str]) -> None:
@@ -80,7 +81,7 @@ def test_alerts_per_day_are_printed(tmp_path: Path) -> None:
     rows, err = replay_rows(tmp_path, FAST, samples)
     days: dict[str, int] = {}
     for (ts, _), row in zip(samples, rows):
-        day = datetime.fromtimestamp(ts, timezone.utc).date().isoformat()
+        day = datetime.fromtimestamp(ts, UTC).date().isoformat()
         days[day] = days.get(day, 0) + int(row["reported"])
     total = sum(days.values())
     assert f"alerts per day: {total} alerts over {len(days)} days" in err
@@ -120,7 +121,7 @@ def test_feedback_rules_apply_to_replay_as_in_the_service(tmp_path: Path) -> Non
     rules = write_rules(tmp_path / "rules.jsonl", [
         {"id": "deploy", "kind": "mute", "pattern": "web\\.", "until": samples[450][0] + 1, "reason": "deploy"},
         {"id": "outage", "kind": "maintenance", "pattern": "web\\.", "start": samples[500][0],
-         "end": datetime.fromtimestamp(samples[510][0], timezone.utc).isoformat(), "learn": False},
+         "end": datetime.fromtimestamp(samples[510][0], UTC).isoformat(), "learn": False},
         {"id": "old", "kind": "ignore_below", "pattern": "web\\.", "threshold": -5000},
         {"id": "old", "kind": "delete"},  # a later record with the same id deletes it, as on the topic
     ])

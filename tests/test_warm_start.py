@@ -6,9 +6,16 @@ import json
 
 import pytest
 
-from pensu.warm_start import (History, HistoryRequest, WarmStartBook, WarmStartError, history_request,
-                              parse_render_json, render_target)
-from pensu.warm_start import Phase
+from pensu.warm_start import (
+    History,
+    HistoryRequest,
+    Phase,
+    WarmStartBook,
+    WarmStartError,
+    history_request,
+    parse_render_json,
+    render_target,
+)
 
 FIRST_TS = 1_700_000_000.0
 

@@ -23,8 +23,7 @@ from pensu.settings import load_settings
 from pensu.warm_start import history_request
 from tests.conftest import KafkaCluster, free_port
 from tests.service_harness import http_get, lines_for, running_service, service_env, stop_service
-from tests.stack.graphite_stack import GraphiteWeb
-from tests.stack.graphite_stack import graphite, graphite_web_python_fixture  # noqa: F401 - fixtures
+from tests.stack.graphite_stack import GraphiteWeb, graphite, graphite_web_python_fixture  # noqa: F401 - fixtures
 from tests.stack.test_graphite_web import NAB_FILE, nab_series, shifted_to_now
 from tests.support import series
 

@@ -24,12 +24,12 @@ often and costs 2–12 points.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from pensu.errors import ConfigurationError, CorruptData
 from pensu.htm.serialization import params_dict, require
-
 
 _BIN_LIMIT = 1e15
 
@@ -140,7 +140,7 @@ class ContextualAnomaly:
                 "resting": self._resting, "count": self._count}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "ContextualAnomaly":
+    def from_state(cls, state: Mapping[str, Any]) -> ContextualAnomaly:
         """Rebuild a detector from `get_state()` output."""
         owner = "ContextualAnomaly"
         try:

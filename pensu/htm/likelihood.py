@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -186,7 +187,7 @@ class AnomalyLikelihood:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "AnomalyLikelihood":
+    def from_state(cls, state: Mapping[str, Any]) -> AnomalyLikelihood:
         """Rebuild an AnomalyLikelihood from `get_state()` output."""
         owner = "AnomalyLikelihood"
         try:
@@ -269,7 +270,7 @@ class SpatialAnomaly:
                 "count": self.count}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "SpatialAnomaly":
+    def from_state(cls, state: Mapping[str, Any]) -> SpatialAnomaly:
         """Rebuild a SpatialAnomaly from `get_state()` output."""
         owner = "SpatialAnomaly"
         try:

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -274,7 +275,7 @@ class _StepTable:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], slots: int, n_classes: int) -> "_StepTable":
+    def from_state(cls, state: Mapping[str, Any], slots: int, n_classes: int) -> _StepTable:
         """Rebuild a table, checking every index it holds."""
         owner = "Predictor.table"
         cells = unpack_array(require(state, "cells", owner), f"{owner}.cells")
@@ -369,7 +370,7 @@ class _Calibration:
                 "scale": self.scale, "low": self.low, "high": self.high}
 
     @classmethod
-    def from_state(cls, step: int, state: Mapping[str, Any]) -> "_Calibration":
+    def from_state(cls, step: int, state: Mapping[str, Any]) -> _Calibration:
         calibration = cls(step)
         try:
             pending = [(float(e), float(f)) for e, f in state["pending"]]
@@ -542,7 +543,7 @@ class Predictor:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "Predictor":
+    def from_state(cls, state: Mapping[str, Any]) -> Predictor:
         """Rebuild a Predictor from `get_state()` output."""
         owner = "Predictor"
         try:

@@ -14,7 +14,8 @@ turns any preset into a prediction model (predictor head, no likelihood).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pensu.htm.contextual import ContextualAnomalyParams
 from pensu.htm.encoders import DateEncoderParams

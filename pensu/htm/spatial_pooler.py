@@ -44,8 +44,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -508,8 +509,14 @@ class SpatialPooler:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "SpatialPooler":
+    def from_state(cls, state: Mapping[str, Any]) -> SpatialPooler:
         """Rebuild a pooler from `get_state()` output; raise `CorruptData` if it is inconsistent."""
+        sp = cls.__new__(cls)
+        cls._restore(sp, state)  # the restore is written as a method of the object it fills
+        return sp
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Fill a bare `cls.__new__` object from `get_state()` output (see `from_state`)."""
         raw_params = require(state, "params", _OWNER)
         try:
             params = SpatialPoolerParams(**raw_params)
@@ -517,8 +524,7 @@ class SpatialPooler:
             seed = int(require(state, "seed", _OWNER))
             learn_iteration = int(require(state, "learn_iteration", _OWNER))
             min_overlap_duty = float(require(state, "min_overlap_duty", _OWNER))
-            sp = cls.__new__(cls)
-            sp._setup(input_size, params, seed)
+            self._setup(input_size, params, seed)
         except (TypeError, ValueError) as exc:
             raise CorruptData(f"{_OWNER}: bad parameters ({exc})") from exc
         n_cols = params.column_count
@@ -538,26 +544,25 @@ class SpatialPooler:
             raise CorruptData(f"{_OWNER}: row column ids out of range or repeated")
         # A stored row must keep exactly the potential pool its column's seed generates.
         if n:
-            foreign = np.flatnonzero(((rows == 0) != (sp._wiring.initial_rows[row_columns] == 0)).any(axis=1))
+            foreign = np.flatnonzero(((rows == 0) != (self._wiring.initial_rows[row_columns] == 0)).any(axis=1))
             if foreign.size:
                 raise CorruptData(f"{_OWNER}: column {int(row_columns[foreign[0]])} has a foreign potential pool")
-        if (boost_raw is None) != (sp.boost is None):
+        if (boost_raw is None) != (self.boost is None):
             raise CorruptData(f"{_OWNER}: boost state does not match boost_strength")
         if boost_raw is not None:
             boost = unpack_array(boost_raw, "boost")
             if boost.dtype != np.float32 or boost.shape != (n_cols,):
                 raise CorruptData(f"{_OWNER}: boost has the wrong type or shape")
-            sp.boost = boost
-        sp.learn_iteration = learn_iteration
-        sp.min_overlap_duty = min_overlap_duty
-        sp._rows = rows
-        sp._row_col = row_columns.copy()
-        sp._n_rows = n
-        sp._row_of[row_columns] = np.arange(n, dtype=np.int32)
-        sp.overlap_duty = overlap_duty
-        sp.active_duty = active_duty
-        sp._rebuild_bitmap()
-        return sp
+            self.boost = boost
+        self.learn_iteration = learn_iteration
+        self.min_overlap_duty = min_overlap_duty
+        self._rows = rows
+        self._row_col = row_columns.copy()
+        self._n_rows = n
+        self._row_of[row_columns] = np.arange(n, dtype=np.int32)
+        self.overlap_duty = overlap_duty
+        self.active_duty = active_duty
+        self._rebuild_bitmap()
 
 
 def _check_params(input_size: int, params: SpatialPoolerParams) -> None:

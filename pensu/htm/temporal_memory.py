@@ -49,8 +49,9 @@ steps): walking every synapse against an active-cell mask is on par only for sma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -1111,16 +1112,21 @@ class TemporalMemory:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "TemporalMemory":
+    def from_state(cls, state: Mapping[str, Any]) -> TemporalMemory:
         """Rebuild a TM from `get_state()` output; raise `CorruptData` if it is inconsistent."""
+        tm = cls.__new__(cls)
+        cls._restore(tm, state)  # the restore is written as a method of the object it fills
+        return tm
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Fill a bare `cls.__new__` object from `get_state()` output (see `from_state`)."""
         raw_params = require(state, "params", _OWNER)
         try:
             params = TemporalMemoryParams(**raw_params)
             num_columns = int(require(state, "num_columns", _OWNER))
             seed = int(require(state, "seed", _OWNER))
             iteration = int(require(state, "iteration", _OWNER))
-            tm = cls.__new__(cls)
-            tm._setup(num_columns, params, seed)
+            self._setup(num_columns, params, seed)
         except (TypeError, ValueError) as exc:
             raise CorruptData(f"{_OWNER}: bad parameters ({exc})") from exc
         arrays = {key: unpack_array(require(state, key, _OWNER), key) for key in (
@@ -1138,37 +1144,36 @@ class TemporalMemory:
             raise CorruptData(f"{_OWNER}: state arrays have wrong types or shapes")
         sizes = sizes.astype(np.int64)
         pre = pre.astype(np.int64)
-        if n and (cells.min() < 0 or cells.max() >= tm.num_cells or sizes.min() < 1
+        if n and (cells.min() < 0 or cells.max() >= self.num_cells or sizes.min() < 1
                   or sizes.max() > params.max_synapses_per_segment or last.max() > iteration
                   or np.bincount(cells, minlength=1).max() > params.max_segments_per_cell):
             raise CorruptData(f"{_OWNER}: segment table out of range")
-        if int(sizes.sum()) != pre.shape[0] or (pre.size and (pre.min() < 0 or pre.max() >= tm.num_cells)):
+        if int(sizes.sum()) != pre.shape[0] or (pre.size and (pre.min() < 0 or pre.max() >= self.num_cells)):
             raise CorruptData(f"{_OWNER}: synapse arrays do not match the segment table")
         if not np.all((perm > 0.0) & (perm <= 1.0)):
             raise CorruptData(f"{_OWNER}: permanence out of range")
         for key in ("active_cells", "winner_cells"):
             a = arrays[key]
             if (a.dtype != np.int32 or a.ndim != 1
-                    or (a.size and (a.min() < 0 or a.max() >= tm.num_cells or np.any(np.diff(a) <= 0)))):
+                    or (a.size and (a.min() < 0 or a.max() >= self.num_cells or np.any(np.diff(a) <= 0)))):
                 raise CorruptData(f"{_OWNER}: {key} must be sorted unique cell indices")
-        tm._alloc(segments=n + n // 4 + 64, pool=0, index=0)
-        tm._pre, tm._perm, tm._ctab, tm._iseg = _build(
-            cells, sizes.astype(np.int32), pre.astype(np.int32), perm, tm._ip, tm._fp, tm._segi, tm._nseg,
-            tm._colx, tm._meta, tm._pre, tm._iseg)
-        tm._segl[:n, _ORD] = np.arange(n, dtype=np.int64)
-        tm._segl[:n, _LAST] = last
-        tm._meta[_M_NEXT_ORD] = n
-        tm._meta[_M_ITER] = iteration
-        tm._rng = arrays["rng"]
-        if _check(tm._ip, tm._fp, tm._segi, tm._nseg, tm._pre, tm._perm, tm._colx, tm._ctab, tm._iseg,
-                  tm._meta, False):
+        self._alloc(segments=n + n // 4 + 64, pool=0, index=0)
+        self._pre, self._perm, self._ctab, self._iseg = _build(
+            cells, sizes.astype(np.int32), pre.astype(np.int32), perm, self._ip, self._fp, self._segi, self._nseg,
+            self._colx, self._meta, self._pre, self._iseg)
+        self._segl[:n, _ORD] = np.arange(n, dtype=np.int64)
+        self._segl[:n, _LAST] = last
+        self._meta[_M_NEXT_ORD] = n
+        self._meta[_M_ITER] = iteration
+        self._rng = arrays["rng"]
+        if _check(self._ip, self._fp, self._segi, self._nseg, self._pre, self._perm, self._colx, self._ctab, self._iseg,
+                  self._meta, False):
             raise CorruptData(f"{_OWNER}: a segment repeats a presynaptic cell")
         act, win = arrays["active_cells"], arrays["winner_cells"]
         act.flags.writeable = False
         win.flags.writeable = False
-        tm._act, tm._win = act, win
-        tm._refresh()
-        return tm
+        self._act, self._win = act, win
+        self._refresh()
 
 
 def _cell_dtype(num_cells: int) -> type:

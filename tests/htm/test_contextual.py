@@ -9,7 +9,7 @@ import pytest
 from pensu.errors import ConfigurationError, CorruptData
 from pensu.htm.contextual import ContextualAnomaly, ContextualAnomalyParams
 from pensu.htm.likelihood import log_likelihood
-from pensu.htm.model import HtmModel, RESOLUTION_DIVISOR
+from pensu.htm.model import RESOLUTION_DIVISOR, HtmModel
 from pensu.htm.presets import preset_params
 
 
@@ -115,7 +115,8 @@ def test_model_grid_comes_from_the_warm_up_and_a_firing_raises_the_final_score()
     assert model.contextual.origin == lo
     assert model.contextual.step_size * params.contextual.levels == pytest.approx(model.resolution * RESOLUTION_DIVISOR)
     for o in outs:
-        expected = 1.0 if o.spatial_anomaly else max(o.log_likelihood, params.contextual.score if o.contextual_anomaly else 0.0)
+        contextual = params.contextual.score if o.contextual_anomaly else 0.0
+        expected = 1.0 if o.spatial_anomaly else max(o.log_likelihood, contextual)
         assert o.anomaly_score == expected
     assert any(o.contextual_anomaly for o in outs[30:])  # the first contexts after the warm-up are new
 

@@ -1,10 +1,9 @@
 import dataclasses
-import math
 
 import numpy as np
 import pytest
 
-from pensu.htm.model import HtmModel, ModelParams, resolution_for_range
+from pensu.htm.model import HtmModel, resolution_for_range
 from pensu.htm.presets import forecast_predictor, preset_params
 
 
@@ -80,6 +79,7 @@ def test_forecast_head_on_columns_keeps_one_weight_row_per_column_or_context_bit
     cells = np.flatnonzero(table.cell_row >= 0)
     assert table.rows_used == cells.size > 0
     assert cells[cells < columns].size <= columns and cells.max() < columns + model.week_encoder.size
-    cell_features = HtmModel(params.replace(predictor=dataclasses.replace(forecast_predictor(1), features="cells")), seed=5)
+    cell_params = params.replace(predictor=dataclasses.replace(forecast_predictor(1), features="cells"))
+    cell_features = HtmModel(cell_params, seed=5)
     feed(cell_features, list(np.sin(np.arange(600) / 9.0) * 10 + np.random.default_rng(6).normal(0, 2, 600)))
     assert cell_features.predictor._tables[1].rows_used > 3 * table.rows_used  # one row per cell ever active

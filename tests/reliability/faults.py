@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tests.service_harness import http_get
 
@@ -52,7 +52,7 @@ class BrokerProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def __enter__(self) -> "BrokerProcess":
+    def __enter__(self) -> BrokerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -74,8 +74,8 @@ def outage_broker() -> Iterator[tuple[str, TansuBroker | BrokerProcess]]:
         yield "mock", mock
 
 
-def test_broker_unreachable_at_start_and_lost_mid_stream(tmp_path: Path,
-                                                         outage_broker: tuple[str, TansuBroker | BrokerProcess]) -> None:
+def test_broker_unreachable_at_start_and_lost_mid_stream(
+        tmp_path: Path, outage_broker: tuple[str, TansuBroker | BrokerProcess]) -> None:
     models = tmp_path / "models"
     samples = {m: [(ts, v + 3 * i) for ts, v in series(N)] for i, m in enumerate(METRICS)}
 

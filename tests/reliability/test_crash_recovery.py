@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pensu.carbon import parse_line
 from pensu.checkpoint import LocalCheckpointStore
 from pensu.settings import load_settings
 from tests.conftest import KafkaCluster
 from tests.reliability.faults import http_get, prom_value, spawn_logged, stop_process, wait_until
-from tests.service_harness import carbon_of, expected_records, lines_for, service_env
+from tests.service_harness import expected_records, lines_for, service_env
 from tests.support import series
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -77,7 +76,8 @@ def test_sigkill_mid_stream_then_restart(kafka: KafkaCluster, tmp_path: Path) ->
     second = spawn_logged(env, tmp_path / "second.log")
     try:
         ready_after = wait_until(lambda: _ready(port), 90, "readiness after restart", interval=0.05)
-        anomaly_topic, prediction_topic = settings.reported_anomalies_kafka_topic, settings.prediction_metrics_kafka_topic
+        anomaly_topic = settings.reported_anomalies_kafka_topic
+        prediction_topic = settings.prediction_metrics_kafka_topic
         expected = {m: expected_records(settings, m, samples[m]) for m in METRICS}
         want = {topic: {(r.key, r.value) for m in METRICS for r in expected[m] if r.topic == topic}
                 for topic in (anomaly_topic, prediction_topic)}

@@ -2,8 +2,8 @@
 
 Each instance is a separate process (as in production) sharing the group id and either the
 checkpoint directory (the local store) or the checkpoint topic (`PENSU_CHECKPOINT_STORE=kafka`,
-each instance with a directory of its own, as on separate machines); outputs are attributed to instances through the `pensu-instance`
-header every output record carries.
+each instance with a directory of its own, as on separate machines); outputs are attributed to
+instances through the `pensu-instance` header every output record carries.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ class Group:
             parts.append(f"--- {i.name} rc={rc} status={i.status() if rc is None else None}\n{i.log_tail(1500)}")
         return "\n".join(parts)
 
-    def __enter__(self) -> "Group":
+    def __enter__(self) -> Group:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from pensu.checkpoint import CheckpointCorrupt, decode_checkpoint
@@ -20,8 +21,6 @@ from pensu.kafka_checkpoint import FENCE_KEY, MANIFEST_MAGIC, PART_SEPARATOR
 from pensu.settings import load_settings
 from tests.conftest import KafkaCluster
 from tests.scaleout.cluster import Group, RoundProducer, checkpoint_counts, group_env, kafka_store_env, metric_names
-
-import msgpack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

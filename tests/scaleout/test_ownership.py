@@ -11,11 +11,11 @@ from tests.conftest import KafkaCluster
 from tests.scaleout.cluster import (
     METRIC_COUNT,
     Group,
+    RoundProducer,
     by_metric,
     expected_lines,
     group_env,
     instance_runs,
-    RoundProducer,
     lines,
     metric_names,
     outputs_of,

@@ -3,8 +3,8 @@ carbon-cache / graphite-web processes (tests/stack/graphite_stack.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -12,8 +12,7 @@ from pensu.carbon import DEFAULT_NAME_TEMPLATE, OUTPUT_KINDS, output_metric_name
 from pensu.generator import DEFAULT_SERIES
 from pensu.namespaces import PART_KINDS, namespace_of, part_metric_name, rate_metric_name
 from pensu.settings import Settings, load_settings
-from tests.stack.graphite_stack import Carbon, carbon_tools, running_carbon
-from tests.stack.graphite_stack import graphite, graphite_web_python_fixture  # noqa: F401 - fixtures
+from tests.stack.graphite_stack import Carbon, carbon_tools, graphite, graphite_web_python_fixture, running_carbon  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")

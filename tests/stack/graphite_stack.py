@@ -27,9 +27,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -86,7 +87,8 @@ def _imports(python: str, module: str) -> bool:
 
 def _python_with_whisper() -> str | None:
     candidates = []
-    fetch = shutil.which("whisper-fetch") or ("/usr/bin/whisper-fetch" if os.path.exists("/usr/bin/whisper-fetch") else None)
+    system_fetch = "/usr/bin/whisper-fetch"
+    fetch = shutil.which("whisper-fetch") or (system_fetch if os.path.exists(system_fetch) else None)
     if fetch:
         first = Path(fetch).read_text(errors="replace").splitlines()[0]
         if first.startswith("#!"):
@@ -218,7 +220,8 @@ class Carbon:
         return {m: None if raw[str(self.whisper_path(m))] is None
                 else {int(ts): v for ts, v in raw[str(self.whisper_path(m))]} for m in metrics}
 
-    def wait_stored(self, expected: dict[str, dict[int, float]], timeout: float = WRITE_TIMEOUT) -> dict[str, dict[int, float]]:
+    def wait_stored(self, expected: dict[str, dict[int, float]],
+                    timeout: float = WRITE_TIMEOUT) -> dict[str, dict[int, float]]:
         """Poll whisper until every expected (metric, timestamp) is stored; fail after `timeout`."""
         names = sorted(expected)
         start = min(min(points) for points in expected.values()) - 1
@@ -334,7 +337,8 @@ class GraphiteWeb:
     carbon: Carbon
     log: Path
 
-    def get(self, path: str, params: dict[str, Any] | list[tuple[str, Any]], timeout: float = 60.0) -> tuple[int, str, bytes]:
+    def get(self, path: str, params: dict[str, Any] | list[tuple[str, Any]],
+            timeout: float = 60.0) -> tuple[int, str, bytes]:
         """Status, content type and body of GET <url><path>?<params>."""
         query = urllib.parse.urlencode(params, doseq=True)
         try:
@@ -384,7 +388,8 @@ def running_graphite_web(python: str, carbon: Carbon, root: Path) -> Iterator[Gr
             deadline = time.monotonic() + GRAPHITE_WEB_START_TIMEOUT
             while True:
                 if proc.poll() is not None:
-                    pytest.fail(f"graphite-web exited {proc.returncode}: {out_path.read_text(errors='replace')[-2000:]}")
+                    output = out_path.read_text(errors="replace")[-2000:]
+                    pytest.fail(f"graphite-web exited {proc.returncode}: {output}")
                 with contextlib.suppress(OSError):
                     with urllib.request.urlopen(f"{web.url}/version/", timeout=5) as resp:
                         if resp.status == 200:

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def nab_series(path: Path, count: int) -> list[tuple[int, float]]:
     rows = []
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            ts = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
             rows.append((int(ts.timestamp()), float(row["value"])))
             if len(rows) == count:
                 break

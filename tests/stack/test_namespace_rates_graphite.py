@@ -21,8 +21,8 @@ import pytest
 
 from pensu.carbon import parse_line
 from pensu.namespaces import NamespaceTracker
-from tests.stack.stack_files import GRAFANA_DASHBOARD
 from tests.stack.graphite_stack import clean_env, graphite_web_python
+from tests.stack.stack_files import GRAFANA_DASHBOARD
 from tests.test_alerting import analysis
 from tests.test_namespaces import Clock, opening
 
