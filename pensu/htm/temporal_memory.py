@@ -909,7 +909,7 @@ class TemporalMemory:
         self.seed = int(seed)
         self.num_cells = self.num_columns * params.cells_per_column
         # Block classes 32, 48, 64, 96, 128, ... (powers of two and 1.5×): less slack than doubling.
-        classes = []
+        classes: list[int] = []
         size = _SYN_BASE
         while size < params.max_synapses_per_segment and len(classes) < 7:
             classes.append(size)
@@ -1047,7 +1047,7 @@ class TemporalMemory:
 
     def memory_bytes(self) -> int:
         """Bytes held in this instance's arrays (capacities, not just live data)."""
-        arrays = [self._meta, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm, self._colx,
+        arrays: list[np.ndarray] = [self._meta, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm, self._colx,
                   self._ctab, self._iseg, self._act, self._win, self._lists, self._ip, self._fp, self._rng]
         return int(sum(a.nbytes for a in arrays))
 
@@ -1176,17 +1176,17 @@ class TemporalMemory:
         self._refresh()
 
 
-def _cell_dtype(num_cells: int) -> type:
+def _cell_dtype(num_cells: int) -> np.dtype[Any]:
     """Smallest dtype holding a cell index (presynaptic cells, in memory and serialized)."""
-    return np.uint16 if num_cells <= 1 << 16 else np.int32
+    return np.dtype(np.uint16 if num_cells <= 1 << 16 else np.int32)
 
 
 _MAX_SEGMENTS = 1 << 30  # entries are int32 (segment << 1 | connected)
 
 
-def _entry_dtype(segment_slots: int) -> type:
+def _entry_dtype(segment_slots: int) -> np.dtype[Any]:
     """Index entry dtype for this many segment slots: uint16 while slot << 1 | 1 fits."""
-    return np.uint16 if segment_slots <= 1 << 15 else np.int32
+    return np.dtype(np.uint16 if segment_slots <= 1 << 15 else np.int32)
 
 
 def _check_params(num_columns: int, p: TemporalMemoryParams) -> None:
