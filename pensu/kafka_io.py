@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -163,15 +163,10 @@ def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int
                 log.info("topic %s not created (%s); relying on broker auto-creation", topic, exc)
 
 
-class DeliveryTracker:
-    """Counts the not-yet-answered output records of one consumed batch."""
+class Tracker(Protocol):
+    """What `OutputProducer.send` counts a record against (`pensu.delivery.Batch`)."""
 
-    __slots__ = ("positions", "pending", "created")
-
-    def __init__(self, positions: dict[tuple[str, int], int]) -> None:
-        self.positions = positions  # (topic, partition) -> next offset to commit
-        self.pending = 0
-        self.created = time.monotonic()
+    pending: int
 
 
 class OutputProducer:
@@ -194,17 +189,15 @@ class OutputProducer:
         self._producer = Producer(merged)
         self._on_delivery_error = on_delivery_error
         self._on_delivered = on_delivered
-        self.failed = 0
 
     def _delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self.failed += 1
             self._on_delivery_error(msg.topic() or "?", err)
         else:
             self._on_delivered(msg.topic() or "?")
 
     def send(self, record: OutputRecord, should_stop: Callable[[], bool] = lambda: False,
-             tracker: "DeliveryTracker | None" = None) -> None:
+             tracker: Tracker | None = None) -> None:
         """Queue one record, waiting for room when the local queue is full.
 
         With a `tracker`, its `pending` count covers this record until the broker answers
@@ -240,24 +233,26 @@ class OutputProducer:
     def __len__(self) -> int:
         return len(self._producer)
 
+    def deliver_all(self, should_stop: Callable[[], bool],
+                    on_waiting: Callable[[bool], None] = lambda waiting: None,
+                    slice_seconds: float = 1.0) -> bool:
+        """Flush until every queued record is answered; False if asked to stop first.
 
-def wait_for_delivery(producer: OutputProducer, should_stop: Callable[[], bool],
-                      on_waiting: Callable[[bool], None] = lambda waiting: None,
-                      slice_seconds: float = 1.0) -> bool:
-    """Flush until every queued record is acknowledged; False if asked to stop first."""
-    started = time.monotonic()
-    waiting = False
-    while producer.flush(slice_seconds) > 0:
-        if not waiting and time.monotonic() - started > 5:
-            waiting = True
-            on_waiting(True)
-            log.warning("waiting for the broker to acknowledge %d output records", len(producer))
-        if should_stop():
-            return False
-    if waiting:
-        on_waiting(False)
-        log.info("outputs acknowledged after %.1f s", time.monotonic() - started)
-    return True
+        `on_waiting(True)` once the flush has taken more than 5 s, `on_waiting(False)` when it ends.
+        """
+        started = time.monotonic()
+        waiting = False
+        while self.flush(slice_seconds) > 0:
+            if not waiting and time.monotonic() - started > 5:
+                waiting = True
+                on_waiting(True)
+                log.warning("waiting for the broker to acknowledge %d output records", len(self))
+            if should_stop():
+                return False
+        if waiting:
+            on_waiting(False)
+            log.info("outputs acknowledged after %.1f s", time.monotonic() - started)
+        return True
 
 
 def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticMetrics", backfill: int,

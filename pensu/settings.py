@@ -44,6 +44,7 @@ from pensu.carbon import DEFAULT_NAME_TEMPLATE, validate_name_template
 from pensu.decision import (DEFAULT_LIKELIHOOD_THRESHOLD, DEFAULT_QUIET_SAMPLES, DEFAULT_SCORE_THRESHOLD,
                             DEFAULT_SUPPRESSION_SAMPLES)
 from pensu.errors import ConfigurationError
+from pensu.htm.presets import PRESETS
 
 __all__ = [
     "ModelPreset",
@@ -57,7 +58,9 @@ __all__ = [
 
 ENV_PREFIX = "PENSU_"
 EMBEDDED = "embedded"  # PENSU_KAFKA_BOOTSTRAP_SERVERS value asking for the in-process test broker
-ModelPreset = Literal["nab", "nupic", "small"]
+# The preset names have one source, pensu.htm.presets.PRESETS (a tuple subscript of Literal is
+# the same as listing its items; type checkers see it as a plain str).
+ModelPreset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # Prefix of pass-through librdkafka options -> which client(s) receive them.
@@ -471,27 +474,46 @@ class Settings(BaseSettings):
         return {k: v.get_secret_value() if isinstance(v, SecretStr) else v
                 for k, v in pairs.items() if v is not None}
 
-    def consumer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
-        """librdkafka consumer configuration: typed settings, security, then pass-through options."""
-        conf = self._common_config(self.kafka_consumer_client_id, instance_id, time_started,
-                                   self.consumer_servers())
-        conf.update({
-            "group.id": self.kafka_consumer_group_id,
-            "session.timeout.ms": self.kafka_session_timeout_ms,
-            # Offsets are committed by the service only after outputs are delivered.
-            "enable.auto.commit": False,
+    def consumer_config(self, instance_id: str, time_started: str, *, servers: str | None = None,
+                        group_suffix: str = "") -> dict[str, Any]:
+        """The one librdkafka consumer configuration, layered in this order (later wins):
+
+        1. defaults an operator may change with a pass-through option;
+        2. connection: client.id, bootstrap.servers (`servers` replaces the configured ones,
+           e.g. the embedded broker), security settings, then PENSU_KAFKA_OPT_*;
+        3. PENSU_KAFKA_CONSUMER_OPT_*;
+        4. keys owned by a typed setting or fixed by Pensu (pass-through refuses them).
+
+        `group_suffix` names a separate consumer group (the repartition stage's). Callers add
+        only callables (logger, error_cb).
+        """
+        return {
+            # 1. defaults
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
-        })
-        conf.update(self._kafka_options.get("consumer", {}))
-        return conf
+            # An input topic created after start-up is noticed within this (librdkafka: 5 min).
+            "topic.metadata.refresh.interval.ms": 30000,
+            # 2. and 3.
+            **self._common_config(self.kafka_consumer_client_id, instance_id, time_started,
+                                  servers or self.consumer_servers()),
+            **self._kafka_options.get("consumer", {}),
+            # 4. Offsets are committed by Pensu only after outputs are delivered.
+            "group.id": self.kafka_consumer_group_id + group_suffix,
+            "session.timeout.ms": self.kafka_session_timeout_ms,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
 
-    def producer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
-        """librdkafka producer configuration: typed settings, security, then pass-through options."""
-        conf = self._common_config(self.kafka_producer_client_id, instance_id, time_started,
-                                   self.producer_servers())
-        conf.update(self._kafka_options.get("producer", {}))
-        return conf
+    def producer_config(self, instance_id: str, time_started: str, *, servers: str | None = None) -> dict[str, Any]:
+        """The librdkafka producer configuration: connection (`servers` replaces the configured
+        bootstrap servers), security, PENSU_KAFKA_OPT_*, then PENSU_KAFKA_PRODUCER_OPT_*.
+
+        `pensu.kafka_io.OutputProducer` puts its delivery defaults (idempotence, unbounded retry)
+        under these; callers add only callables (logger, error_cb).
+        """
+        return {**self._common_config(self.kafka_producer_client_id, instance_id, time_started,
+                                      servers or self.producer_servers()),
+                **self._kafka_options.get("producer", {})}
 
     def kafka_options(self) -> dict[str, str]:
         """The pass-through variables these settings picked up: env var name -> value."""
@@ -518,6 +540,7 @@ _RESERVED_OPTIONS: dict[str, str] = {
     "ssl.key.location": "use PENSU_KAFKA_SSL_KEY_LOCATION",
     "ssl.key.password": "use PENSU_KAFKA_SSL_KEY_PASSWORD",
     "enable.auto.commit": "Pensu commits offsets itself, after outputs are delivered",
+    "enable.auto.offset.store": "Pensu commits offsets itself, after outputs are delivered",
 }
 
 
