@@ -91,8 +91,8 @@ class PensuService:
         self.feedback = FeedbackFilter()  # rules from PENSU_FEEDBACK_KAFKA_TOPIC and POST /feedback
         self.feedback_log: FeedbackLog | None = None
         self.formatter = OutputFormatter(
-            OutputTopics(settings.reported_anomalies_kafka_topic, settings.prediction_metrics_kafka_topic,
-                         settings.anomalies_metrics_kafka_topic),
+            OutputTopics(settings.anomaly_scores_kafka_topic, settings.prediction_metrics_kafka_topic,
+                         settings.anomaly_reports_kafka_topic),
             settings.metric_names_template, configs.thresholds, settings.instance_id,
             report_fields=self.namespaces.report_fields, other_output_prefixes=(RATE_PREFIX,))
         self.pipeline = Pipeline(
@@ -259,8 +259,8 @@ class PensuService:
         self.metrics.ready.set(0)
 
     def _ensure_topics(self, consumer_conf: dict, producer_conf: dict) -> None:
-        outputs = [self.settings.reported_anomalies_kafka_topic, self.settings.prediction_metrics_kafka_topic,
-                   self.settings.anomalies_metrics_kafka_topic]
+        outputs = [self.settings.anomaly_scores_kafka_topic, self.settings.prediction_metrics_kafka_topic,
+                   self.settings.anomaly_reports_kafka_topic]
         inputs = [self.settings.metrics_kafka_topic, self._input_topic()]
         same = consumer_conf.get("bootstrap.servers") == producer_conf.get("bootstrap.servers")
         for config, topics in ([(producer_conf, inputs + outputs)] if same

@@ -155,12 +155,23 @@ class Settings(BaseSettings):
 
     # --- Topics -------------------------------------------------------------------------
     metrics_kafka_topic: str = _topic("metrics", "Input topic of carbon lines.")
-    reported_anomalies_kafka_topic: str = _topic(
-        "pensu.htm.anomaly_metrics", "Output topic of anomaly score, likelihood and direction lines.")
+    # The original Pensu's names of the next two read backwards (REPORTED_ANOMALIES carried the
+    # score lines, ANOMALIES_METRICS the JSON reports); they are still read, with a deprecation
+    # line (RENAMED_VARIABLES), and the new name wins when both are set.
+    anomaly_scores_kafka_topic: str = Field(
+        "pensu.htm.anomaly_metrics",
+        validation_alias=AliasChoices("PENSU_ANOMALY_SCORES_KAFKA_TOPIC", "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"),
+        description="Output topic of anomaly score, likelihood and direction lines; also read from the "
+                    "deprecated PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC.",
+        json_schema_extra={"expected": _TOPIC_FORM})
     prediction_metrics_kafka_topic: str = _topic(
         "pensu.htm.predictions", "Output topic of prediction and prediction-confidence lines.")
-    anomalies_metrics_kafka_topic: str = _topic(
-        "pensu_anomalies", "Output topic of JSON reports, one per reported anomaly.")
+    anomaly_reports_kafka_topic: str = Field(
+        "pensu_anomalies",
+        validation_alias=AliasChoices("PENSU_ANOMALY_REPORTS_KAFKA_TOPIC", "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC"),
+        description="Output topic of JSON reports (episode opened / resolved); also read from the deprecated "
+                    "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC.",
+        json_schema_extra={"expected": _TOPIC_FORM})
     topics_kafka_topic: str = _topic("pensu_topics", "Topic of the periodic list of monitored metrics.")
     topics_report_interval: float = Field(60.0, ge=0, allow_inf_nan=False,
                                           description="Seconds between monitored-metric lists; 0 disables.")
@@ -300,8 +311,8 @@ class Settings(BaseSettings):
         return init_settings, _MappingEnvSource(settings_cls)
 
     # --- Field checks ---------------------------------------------------------------------------
-    @field_validator("metrics_kafka_topic", "reported_anomalies_kafka_topic", "prediction_metrics_kafka_topic",
-                     "anomalies_metrics_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
+    @field_validator("metrics_kafka_topic", "anomaly_scores_kafka_topic", "prediction_metrics_kafka_topic",
+                     "anomaly_reports_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
                      "dead_letter_kafka_topic", "feedback_kafka_topic", "checkpoint_kafka_topic",
                      "checkpoint_kafka_quarantine_topic")
     @classmethod
@@ -420,6 +431,17 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    # --- Deprecated attribute names (code written against the original variable names) ------
+    @property
+    def reported_anomalies_kafka_topic(self) -> str:
+        """Deprecated: `anomaly_scores_kafka_topic` (score, likelihood and direction lines)."""
+        return self.anomaly_scores_kafka_topic
+
+    @property
+    def anomalies_metrics_kafka_topic(self) -> str:
+        """Deprecated: `anomaly_reports_kafka_topic` (JSON reports)."""
+        return self.anomaly_reports_kafka_topic
 
     # --- librdkafka configurations -----------------------------------------------------------
     @property
@@ -553,6 +575,12 @@ DEPRECATED_VARIABLES: dict[str, str] = {
     "PENSU_LOG_TO_CONSOLE": "has no effect: logs always go to stderr (format: PENSU_LOGGING_FORMAT)",
     "PENSU_LOG_TO_SYSLOG": "has no effect: Pensu logs to stderr only; forward it with your log collector",
 }
+# Variables of the original Pensu read under a new name, because the old one misleads: still
+# read (the new name wins when both are set), each with a one-line deprecation warning.
+RENAMED_VARIABLES: dict[str, str] = {
+    "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": "PENSU_ANOMALY_SCORES_KAFKA_TOPIC",  # carries score lines
+    "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": "PENSU_ANOMALY_REPORTS_KAFKA_TOPIC",  # carries JSON reports
+}
 # Kafka brokers refuse session timeouts below group.min.session.timeout.ms (6000 by default).
 BROKER_MIN_SESSION_TIMEOUT_MS = 6000
 
@@ -562,6 +590,10 @@ def deprecation_warnings(env: Mapping[str, str] | None = None, settings: "Settin
     source = os.environ if env is None else env
     upper = {k.upper(): v for k, v in source.items()}
     lines = [f"{name} is deprecated and {why}" for name, why in DEPRECATED_VARIABLES.items() if name in upper]
+    for old, new in RENAMED_VARIABLES.items():
+        if old in upper:
+            lines.append(f"{old} is deprecated (its name reads backwards): rename it {new}"
+                         + (f"; both are set and {new} wins" if upper.get(new) else "; its value is used"))
     if settings is not None and settings.kafka_session_timeout_ms < BROKER_MIN_SESSION_TIMEOUT_MS:
         lines.append(f"{_variable_used('kafka_session_timeout_ms', source)}={settings.kafka_session_timeout_ms} is "
                      f"below Kafka's default group.min.session.timeout.ms ({BROKER_MIN_SESSION_TIMEOUT_MS}): the "
