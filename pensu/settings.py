@@ -31,7 +31,7 @@ import os
 import re
 import socket
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -879,15 +879,10 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _iter_fields() -> Iterator[tuple[str, Any]]:
-    yield from Settings.model_fields.items()
-
-
-def describe_settings(s: Settings | type[Settings] | None = None) -> list[tuple[str, str, str, str]]:
-    """(env var, type, default, description) of every field, in declaration order."""
-    del s  # the table describes the class; an instance is accepted for convenience
+def describe_settings() -> list[tuple[str, str, str, str]]:
+    """(env var, type, default, description) of every field of the class, in declaration order."""
     rows = []
-    for name, info in _iter_fields():
+    for name, info in Settings.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if "default_doc" in extra:
             default = str(extra["default_doc"])
@@ -899,7 +894,7 @@ def describe_settings(s: Settings | type[Settings] | None = None) -> list[tuple[
 
 def effective_settings(s: Settings) -> dict[str, str]:
     """Every setting's variable and value as text, secrets and sensitive options masked."""
-    out = {env_var(name): _format_value(getattr(s, name)) for name, _ in _iter_fields()}
+    out = {env_var(name): _format_value(getattr(s, name)) for name in Settings.model_fields}
     for var, value in sorted(s.kafka_options().items()):
         found = _option_scope(var)
         sensitive = found is not None and any(w in found[1] for w in _SENSITIVE_OPTION_WORDS)

@@ -441,7 +441,6 @@ def test_unknown_variables_default_to_process_environment(monkeypatch: pytest.Mo
 def test_describe_settings_covers_every_field() -> None:
     rows = describe_settings()
     assert [r[0] for r in rows] == ["PENSU_" + f.upper() for f in Settings.model_fields]
-    assert describe_settings(Settings) == rows == describe_settings(load_settings({}))
     defaults = effective_settings(load_settings({}))
     for var, type_name, default, description in rows:
         assert type_name and description, var

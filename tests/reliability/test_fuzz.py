@@ -1,5 +1,5 @@
 """Hostile input through `Pipeline.process`: nothing raises, every line is accepted or rejected
-with a reason exactly as `parse_line` (DESIGN.md input contract) and the per-metric order rules say.
+with a reason exactly as `parse_line` (README "Input and output") and the per-metric order rules say.
 
 Message-level properties run on arbitrary bytes and on line soups built from a nasty alphabet;
 `FUZZED` counts every line that went through, for docs/reliability.md.
