@@ -163,6 +163,24 @@ def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int
                 log.info("topic %s not created (%s); relying on broker auto-creation", topic, exc)
 
 
+def produce_blocking(producer: Producer, topic: str, value: bytes, key: bytes | None = None,
+                     headers: list[tuple[str, bytes]] | None = None,
+                     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+                     should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Queue one record, serving delivery callbacks while librdkafka's local queue is full.
+
+    Raises `KafkaUnavailable` when `should_stop()` turns true while waiting for room.
+    """
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.1)
+            if should_stop():
+                raise KafkaUnavailable("producer queue full while stopping") from None
+
+
 class Tracker(Protocol):
     """What `OutputProducer.send` counts a record against (`pensu.delivery.Batch`)."""
 
@@ -212,15 +230,8 @@ class OutputProducer:
             def callback(err: KafkaError | None, msg: Message) -> None:
                 tracker.pending -= 1
                 self._delivery(err, msg)
-        while True:
-            try:
-                self._producer.produce(record.topic, value=record.value, key=record.key,
-                                       headers=list(record.headers) or None, on_delivery=callback)
-                return
-            except BufferError:
-                self._producer.poll(0.1)
-                if should_stop():
-                    raise KafkaUnavailable("producer queue full while stopping") from None
+        produce_blocking(self._producer, record.topic, record.value, record.key, list(record.headers) or None,
+                         callback, should_stop)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks."""
@@ -281,13 +292,8 @@ def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticM
     def send(index: int) -> None:
         nonlocal sent
         for metric, value, ts in generator.sample(index):
-            line = f"{metric} {value!r} {int(ts)}".encode()
-            while True:
-                try:
-                    producer.produce(topic, key=metric.encode(), value=line, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            produce_blocking(producer, topic, f"{metric} {value!r} {int(ts)}".encode(), metric.encode(),
+                             on_delivery=on_delivery)
             sent += 1
         producer.poll(0)
         if failed:
