@@ -101,8 +101,22 @@ class _MappingEnvSource(EnvSettingsSource):
         return {k.lower(): v for k, v in env.items() if v != ""}
 
 
-def _topic(default: str, description: str) -> Any:
-    return Field(default, description=description, json_schema_extra={"expected": _TOPIC_FORM})
+# Variables of the original Pensu read under a new name, because the old one misleads: still
+# read (the new name wins when both are set), each with a one-line deprecation warning.
+RENAMED_VARIABLES: dict[str, str] = {
+    "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": "PENSU_ANOMALY_SCORES_KAFKA_TOPIC",  # carries score lines
+    "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": "PENSU_ANOMALY_REPORTS_KAFKA_TOPIC",  # carries JSON reports
+}
+
+
+def _topic(default: str, description: str, renamed_from: str | None = None) -> Any:
+    """A topic field; `renamed_from`: a deprecated variable still read (RENAMED_VARIABLES)."""
+    if renamed_from is None:
+        return Field(default, description=description, json_schema_extra={"expected": _TOPIC_FORM})
+    new = RENAMED_VARIABLES[renamed_from]
+    return Field(default, validation_alias=AliasChoices(new, renamed_from),
+                 description=f"{description}; also read from the deprecated {renamed_from}.",
+                 json_schema_extra={"expected": _TOPIC_FORM})
 
 
 class Settings(BaseSettings):
@@ -158,20 +172,14 @@ class Settings(BaseSettings):
     # The original Pensu's names of the next two read backwards (REPORTED_ANOMALIES carried the
     # score lines, ANOMALIES_METRICS the JSON reports); they are still read, with a deprecation
     # line (RENAMED_VARIABLES), and the new name wins when both are set.
-    anomaly_scores_kafka_topic: str = Field(
-        "pensu.htm.anomaly_metrics",
-        validation_alias=AliasChoices("PENSU_ANOMALY_SCORES_KAFKA_TOPIC", "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"),
-        description="Output topic of anomaly score, likelihood and direction lines; also read from the "
-                    "deprecated PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC.",
-        json_schema_extra={"expected": _TOPIC_FORM})
+    anomaly_scores_kafka_topic: str = _topic(
+        "pensu.htm.anomaly_metrics", "Output topic of anomaly score, likelihood and direction lines",
+        renamed_from="PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC")
     prediction_metrics_kafka_topic: str = _topic(
         "pensu.htm.predictions", "Output topic of prediction and prediction-confidence lines.")
-    anomaly_reports_kafka_topic: str = Field(
-        "pensu_anomalies",
-        validation_alias=AliasChoices("PENSU_ANOMALY_REPORTS_KAFKA_TOPIC", "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC"),
-        description="Output topic of JSON reports (episode opened / resolved); also read from the deprecated "
-                    "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC.",
-        json_schema_extra={"expected": _TOPIC_FORM})
+    anomaly_reports_kafka_topic: str = _topic(
+        "pensu_anomalies", "Output topic of JSON reports (episode opened / resolved)",
+        renamed_from="PENSU_ANOMALIES_METRICS_KAFKA_TOPIC")
     topics_kafka_topic: str = _topic("pensu_topics", "Topic of the periodic list of monitored metrics.")
     topics_report_interval: float = Field(60.0, ge=0, allow_inf_nan=False,
                                           description="Seconds between monitored-metric lists; 0 disables.")
@@ -574,12 +582,6 @@ DEPRECATED_VARIABLES: dict[str, str] = {
     "PENSU_LOG_MINIMUM_SEVERITY": "has no effect: use PENSU_LOG_LEVEL (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
     "PENSU_LOG_TO_CONSOLE": "has no effect: logs always go to stderr (format: PENSU_LOGGING_FORMAT)",
     "PENSU_LOG_TO_SYSLOG": "has no effect: Pensu logs to stderr only; forward it with your log collector",
-}
-# Variables of the original Pensu read under a new name, because the old one misleads: still
-# read (the new name wins when both are set), each with a one-line deprecation warning.
-RENAMED_VARIABLES: dict[str, str] = {
-    "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": "PENSU_ANOMALY_SCORES_KAFKA_TOPIC",  # carries score lines
-    "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": "PENSU_ANOMALY_REPORTS_KAFKA_TOPIC",  # carries JSON reports
 }
 # Kafka brokers refuse session timeouts below group.min.session.timeout.ms (6000 by default).
 BROKER_MIN_SESSION_TIMEOUT_MS = 6000
