@@ -280,11 +280,6 @@ def own_output_prefixes(template: str) -> tuple[str, ...]:
     return tuple(f"{template.replace(TEMPLATE_PLACEHOLDER, kind)}." for kind in OUTPUT_KINDS)
 
 
-def is_own_output(metric: str, template: str = DEFAULT_NAME_TEMPLATE) -> bool:
-    """True for names Pensu emits with the name `template`; those are never modelled again."""
-    return metric.startswith(own_output_prefixes(template))
-
-
 def _json_default(obj: Any) -> Any:
     """Turn NumPy scalars and arrays into JSON-native values (without importing NumPy)."""
     item = getattr(obj, "item", None)
