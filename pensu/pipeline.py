@@ -1,7 +1,8 @@
 """One consumed message → parsed samples → routed to analyzers → output records.
 
-Pure logic between the Kafka edges: no sockets, no threads. Data flows one way:
-parse → filter (allow-list, own outputs) → order/replay checks → analyzer → outputs.
+Pure logic between the Kafka edges: no sockets, no threads. Data flows one way, top to bottom
+of `Pipeline.process`: parse → filter (own outputs, allow-list) → `registry.get` → replay check
+→ feedback rules → `analyzer.process` (which refuses what it cannot learn) → `formatter.records`.
 Nothing a message contains can raise out of `Pipeline.process`: every bad line becomes a
 counted `Rejection` (and a dead-letter record when that topic is configured).
 """
