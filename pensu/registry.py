@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
 from pensu.analyzer import AnalyzerConfig, MetricAnalyzer, MetricConfigs

@@ -237,7 +237,8 @@ class PensuService:
             self.repartitioner = Repartitioner(
                 {**self.settings.consumer_config(instance, started, servers=servers, group_suffix=".repartition"),
                  "logger": consumer_conf["logger"]},
-                {**self.settings.producer_config(instance, started, servers=servers), "logger": producer_conf["logger"]},
+                {**self.settings.producer_config(instance, started, servers=servers),
+                 "logger": producer_conf["logger"]},
                 self.settings.metrics_kafka_topic, self.settings.repartition_kafka_topic, self._on_kafka_error)
             self.repartitioner.start()
             log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",

@@ -104,7 +104,8 @@ def test_own_outputs_are_recognised_from_the_configured_name_template(tmp_path: 
     skipped: Counter = Counter()
     formatter = OutputFormatter(TOPICS, "htm.{{#anomaly_metric}}", ALWAYS, "test-instance",
                                 other_output_prefixes=("pensu.anomaly_rate.",))
-    pipeline = Pipeline(registry, formatter, re.compile(".*"), events=PipelineEvents(skipped=lambda reason: skipped.update([reason])))
+    events = PipelineEvents(skipped=lambda reason: skipped.update([reason]))
+    pipeline = Pipeline(registry, formatter, re.compile(".*"), events=events)
     first = pipeline.process(b"web.cpu 1 1600000000", "metrics:0", 0)
     echoed = b"\n".join(r.value.rstrip(b"\n") for r in first.records)  # its outputs come back as input
     again = pipeline.process(echoed + b"\npensu.anomaly_rate.web 0.5 1600000000", "metrics:0", 1)

@@ -6,8 +6,8 @@ import dataclasses
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from pensu.analyzer import MetricAnalyzer, Thresholds
 from pensu.checkpoint import LocalCheckpointStore, checkpoint_key
