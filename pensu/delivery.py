@@ -63,7 +63,7 @@ class DeliveryEvents:
 class Batch:
     """The messages of one consumer poll and the count of their not-yet-answered output records."""
 
-    __slots__ = ("spans", "positions", "pending", "created", "open")
+    __slots__ = ("spans", "positions", "pending", "created", "open", "current")
 
     def __init__(self) -> None:
         self.spans: dict[str, list[int]] = {}  # "topic:partition" -> [first offset, next offset] consumed
@@ -71,6 +71,7 @@ class Batch:
         self.pending = 0  # records sent with this batch and not answered yet (OutputProducer.send)
         self.created = time.monotonic()
         self.open = True
+        self.current: tuple[str, int] | None = None  # the message entered last, maybe still processing
 
     def consume(self, topic: str, partition: int, offset: int) -> str:
         """Enter one message before it is processed; returns its "topic:partition" source key."""
@@ -81,6 +82,7 @@ class Batch:
         else:
             span[1] = offset + 1
         self.positions[(topic, partition)] = offset + 1
+        self.current = (source, offset)
         return source
 
     def holds_unsettled(self, source: str, offset: int) -> bool:
@@ -89,7 +91,7 @@ class Batch:
         if span is None or not span[0] <= offset < span[1]:
             return False
         # While open, the message entered last may still be processing: its records are not sent.
-        return self.pending > 0 or (self.open and offset == span[1] - 1)
+        return self.pending > 0 or (self.open and self.current == (source, offset))
 
 
 class DeliveryLedger:

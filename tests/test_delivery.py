@@ -57,8 +57,10 @@ def test_the_message_being_processed_is_unsettled_until_its_batch_closes() -> No
     batch.consume("in", 3, 41)
     assert ledger.settled({"in:3": (40, 0)})  # sent with nothing unanswered
     assert not ledger.settled({"in:3": (41, 0)})
+    batch.consume("in", 2, 7)  # the last message entered is on another partition now
+    assert ledger.settled({"in:3": (41, 0)}) and not ledger.settled({"in:2": (7, 0)})
     ledger.close_batch(batch)
-    assert ledger.settled({"in:3": (41, 0)})
+    assert ledger.settled({"in:2": (7, 0)})
 
 
 def test_waiting_turns_on_when_the_oldest_batch_waits_too_long_and_off_when_answered() -> None:
