@@ -92,12 +92,12 @@ def _apply_experiment_overrides() -> None:
     """PENSU_NAB_OVERRIDES='{"field": value}' changes top-level preset fields (experiments only)."""
     import json
 
-    import pensu.analyzer_settings
+    import pensu.analyzer
     from pensu.htm.presets import preset_params
 
     overrides = json.loads(os.environ.get("PENSU_NAB_OVERRIDES", "{}"))
     if overrides:
-        pensu.analyzer_settings.preset_params = lambda name, **kw: preset_params(name, **{**kw, **overrides})
+        pensu.analyzer.preset_params = lambda name, **kw: preset_params(name, **{**kw, **overrides})
 
 
 def run_file_range(args: tuple[str, str, str, int]) -> tuple[str, int, float, int]:

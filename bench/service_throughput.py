@@ -130,10 +130,9 @@ class OutputReader:
 def engine_only(settings: object, metrics: int, warm_samples: int, timed_samples: int) -> float:
     """Samples/s of the bare analyzers (built as the service builds them) on the same samples."""
     from pensu.analyzer import MetricAnalyzer
-    from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
+    from pensu.analyzer_settings import metric_configs
 
-    config = analyzer_config(settings)  # type: ignore[arg-type]
-    per_metric = RangeAwareConfig(config, settings.metric_ranges).for_metric  # type: ignore[attr-defined]
+    per_metric = metric_configs(settings).for_metric  # type: ignore[arg-type]
     analyzers = [MetricAnalyzer(f"bench.m{m}.value", per_metric(f"bench.m{m}.value")) for m in range(metrics)]
     for i in range(warm_samples):
         for m, analyzer in enumerate(analyzers):

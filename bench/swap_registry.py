@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pensu.analyzer_settings import RangeAwareConfig, analyzer_config  # noqa: E402
+from pensu.analyzer_settings import metric_configs  # noqa: E402
 from pensu.checkpoint import LocalCheckpointStore  # noqa: E402
 from pensu.registry import ModelRegistry  # noqa: E402
 from pensu.settings import load_settings  # noqa: E402
@@ -49,17 +49,15 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0)
     args = parser.parse_args()
     settings = load_settings({"PENSU_METRIC_RANGES": '{"bench\\\\.": [0, 100]}'})
-    config = analyzer_config(settings)
-    per_metric = RangeAwareConfig(config, settings.metric_ranges).for_metric
+    configs = metric_configs(settings)
     names = [f"bench.m{m}.value" for m in range(args.metrics)]
     with tempfile.TemporaryDirectory(prefix="pensu-swap-") as directory:
         store = LocalCheckpointStore(Path(directory), sync_interval_s=args.sync_interval)
-        registry = ModelRegistry(store, config, capacity=args.cap, config_for=per_metric)
+        registry = ModelRegistry(store, configs, capacity=args.cap)
 
         def one_round(i: int) -> None:
             for m, name in enumerate(names):
                 registry.get(name).process(START + 60 * i, value(m, i))
-                registry.mark_dirty(name)
 
         for i in range(2):
             one_round(i)

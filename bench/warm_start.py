@@ -34,7 +34,7 @@ from pensu.analyzer import MetricAnalyzer  # noqa: E402
 from pensu.analyzer_settings import analyzer_config  # noqa: E402
 from pensu.carbon import DEFAULT_NAME_TEMPLATE, parse_message  # noqa: E402
 from pensu.checkpoint import LocalCheckpointStore  # noqa: E402
-from pensu.kafka_io import DeliveryTracker  # noqa: E402
+from pensu.delivery import Batch  # noqa: E402
 from pensu.outputs import OutputFormatter, OutputTopics  # noqa: E402
 from pensu.pipeline import Pipeline  # noqa: E402
 from pensu.registry import ModelRegistry  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
             for m in metrics:
                 registry.get(m).process(1_600_000_000.0, 1.0)  # resident and not new: pass-through
             payloads = [f"{m} {i % 97}.5 {1_600_000_300 + i}".encode() for i in range(200) for m in metrics]
-            batch = DeliveryTracker({})
+            batch = Batch()
             started = time.perf_counter()
             for p in payloads:
                 gate.admit(p, "metrics:0", 1, None, batch)

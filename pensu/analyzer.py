@@ -26,8 +26,9 @@ with both heads attached. Outputs are identical to running two models, at half t
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import msgpack
@@ -35,6 +36,7 @@ import msgpack
 from pensu.decision import DecisionConfig, EpisodeEvent, EpisodeTracker, Observation
 from pensu.errors import CorruptData, LineRejected, SerializationError, UnsupportedFormatVersion
 from pensu.htm.model import HtmModel, ModelParams
+from pensu.htm.presets import prediction_params, preset_params
 from pensu.htm.serialization import require
 from pensu.provenance import ReplayVerdict, replay_verdict
 
@@ -52,12 +54,57 @@ Thresholds = DecisionConfig
 
 @dataclass(frozen=True)
 class AnalyzerConfig:
-    """How to build a fresh analyzer."""
+    """How to build a fresh analyzer.
+
+    The one recipe from preset names is `from_presets` (the service, `pensu replay` and tests use
+    it; `pensu.analyzer_settings` maps settings onto it); per-metric encoder ranges are
+    `with_range`, chosen by `MetricConfigs`.
+    """
 
     anomaly_params: ModelParams
     prediction_params: ModelParams
     thresholds: Thresholds = Thresholds()
     prediction_steps: int = 1
+
+    @classmethod
+    def from_presets(cls, anomaly: str = "nab", prediction: str = "nab", *, steps: int = 1, warmup: int = 150,
+                     thresholds: Thresholds = Thresholds(), **overrides: Any) -> AnalyzerConfig:
+        """The anomaly model from preset `anomaly`, the prediction model from preset `prediction`
+        forecasting `steps` samples ahead, both estimating their range from `warmup` samples.
+
+        `overrides` replace top-level `ModelParams` fields of both models (e.g. `likelihood`).
+        """
+        anomaly_params = preset_params(anomaly, warmup_samples=warmup, **overrides)
+        prediction_params_ = prediction_params(preset_params(prediction, warmup_samples=warmup, **overrides),
+                                               steps)
+        return cls(anomaly_params=anomaly_params, prediction_params=prediction_params_, thresholds=thresholds,
+                   prediction_steps=steps)
+
+    def with_range(self, lo: float, hi: float) -> AnalyzerConfig:
+        """This config with a fixed encoder range [lo, hi] for both models (no warm-up estimate)."""
+        return replace(self, anomaly_params=self.anomaly_params.replace(min_value=lo, max_value=hi),
+                       prediction_params=self.prediction_params.replace(min_value=lo, max_value=hi))
+
+
+class MetricConfigs:
+    """Per-metric analyzer configs: the first `ranges` pattern matching a metric (`re.match`) fixes
+    its encoder range; other metrics get `base`."""
+
+    def __init__(self, base: AnalyzerConfig, ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+        self.base = base
+        self._ranges = [(re.compile(pattern), (lo, hi)) for pattern, (lo, hi) in (ranges or {}).items()]
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The decision thresholds every metric shares."""
+        return self.base.thresholds
+
+    def for_metric(self, metric: str) -> AnalyzerConfig:
+        """The config of a fresh analyzer of `metric`."""
+        for pattern, (lo, hi) in self._ranges:
+            if pattern.match(metric):
+                return self.base.with_range(lo, hi)
+        return self.base
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +230,17 @@ class MetricAnalyzer:
     # -- processing -----------------------------------------------------------------------
     def process(self, timestamp: float, value: float, source: str | None = None,
                 offset: int = -1, line: int = 0, origin: str | None = None) -> Analysis:
-        """Learn one sample and return its analysis; rejects out-of-order samples."""
+        """Learn one sample and return its analysis.
+
+        Raises `LineRejected` (nothing learned) for a non-finite value or timestamp, a value the
+        encoders cannot represent (`value_out_of_range`), or a timestamp not after the last one.
+        """
         timestamp, value = float(timestamp), float(value)
         if not math.isfinite(value) or not math.isfinite(timestamp):
             raise LineRejected("value_not_finite", f"{self.metric}: {value!r} at {timestamp!r}")
+        if not (self.anomaly_model.can_encode(value) and self.prediction_model.can_encode(value)):
+            raise LineRejected("value_out_of_range",
+                               f"{self.metric}: {value!r} is too large for the metric's encoder resolution")
         self.check_order(timestamp)
         anomaly = self.anomaly_model.step(timestamp, value)
         forecast = anomaly if self.shares_core else self.prediction_model.step(timestamp, value)

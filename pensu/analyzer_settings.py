@@ -1,16 +1,14 @@
-"""Settings → analyzer configuration: the one recipe shared by the service and `pensu replay`.
+"""Settings → analyzer configurations: how `PENSU_*` settings map onto `AnalyzerConfig.from_presets`.
 
-A backtest honours the same `PENSU_*` presets, thresholds, episode periods and metric ranges as
-the service, so what it marks `reported` is what the service would send.
+The service and `pensu replay` both build their configs here, so a backtest honours the same
+presets, thresholds, episode periods and metric ranges as the service, and what it marks
+`reported` is what the service would send. The recipe itself lives with `AnalyzerConfig`.
 """
 
 from __future__ import annotations
 
-import re
-
-from pensu.analyzer import AnalyzerConfig
+from pensu.analyzer import AnalyzerConfig, MetricConfigs
 from pensu.decision import DecisionConfig
-from pensu.htm.presets import prediction_params, preset_params
 from pensu.settings import Settings
 
 
@@ -24,32 +22,12 @@ def decision_config(settings: Settings) -> DecisionConfig:
 
 
 def analyzer_config(settings: Settings) -> AnalyzerConfig:
-    """Build the analyzer configuration (presets, thresholds, episodes, steps) from settings."""
-    anomaly = preset_params(settings.anomaly_model_preset, warmup_samples=settings.warmup_samples)
-    prediction = prediction_params(preset_params(settings.prediction_model_preset,
-                                                 warmup_samples=settings.warmup_samples),
-                                   settings.prediction_steps)
-    return AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction,
-                          thresholds=decision_config(settings), prediction_steps=settings.prediction_steps)
+    """The base analyzer configuration (presets, thresholds, episodes, steps) from settings."""
+    return AnalyzerConfig.from_presets(settings.anomaly_model_preset, settings.prediction_model_preset,
+                                       steps=settings.prediction_steps, warmup=settings.warmup_samples,
+                                       thresholds=decision_config(settings))
 
 
-class RangeAwareConfig:
-    """Per-metric analyzer configs: settings' metric_ranges fix a metric's encoder range."""
-
-    def __init__(self, base: AnalyzerConfig, ranges: dict[str, tuple[float, float]]) -> None:
-        self.base = base
-        self._ranges = [(re.compile(pattern), bounds) for pattern, bounds in ranges.items()]
-
-    def for_metric(self, metric: str) -> AnalyzerConfig:
-        """The config for `metric`: the base one, with a fixed range when a pattern matches."""
-        for pattern, (lo, hi) in self._ranges:
-            if pattern.match(metric):
-                return with_range(self.base, lo, hi)
-        return self.base
-
-
-def with_range(config: AnalyzerConfig, lo: float, hi: float) -> AnalyzerConfig:
-    """`config` with a fixed encoder range [lo, hi] for both models."""
-    return AnalyzerConfig(anomaly_params=config.anomaly_params.replace(min_value=lo, max_value=hi),
-                          prediction_params=config.prediction_params.replace(min_value=lo, max_value=hi),
-                          thresholds=config.thresholds, prediction_steps=config.prediction_steps)
+def metric_configs(settings: Settings) -> MetricConfigs:
+    """Per-metric configurations: the base one, with PENSU_METRIC_RANGES fixing matching metrics' range."""
+    return MetricConfigs(analyzer_config(settings), settings.metric_ranges)

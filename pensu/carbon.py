@@ -71,7 +71,6 @@ OUTPUT_KINDS: tuple[str, ...] = (
 )
 TEMPLATE_PLACEHOLDER = "{{#anomaly_metric}}"
 DEFAULT_NAME_TEMPLATE = "pensu.{{#anomaly_metric}}.metrics_analyzer"
-OWN_OUTPUT_PREFIX = "pensu."
 
 _SEPARATORS = re.compile(rb"[ \t]+")
 _NAME = re.compile(r"[A-Za-z0-9_\-:]+(?:\.[A-Za-z0-9_\-:]+)*")
@@ -276,9 +275,9 @@ def output_metric_name(template: str, kind: str, metric: str) -> str:
     return name
 
 
-def is_own_output(metric: str) -> bool:
-    """True for names Pensu itself emits; those are never modelled again."""
-    return metric.startswith(OWN_OUTPUT_PREFIX)
+def own_output_prefixes(template: str) -> tuple[str, ...]:
+    """The name prefixes of every output kind rendered from `template` (each ends with a dot)."""
+    return tuple(f"{template.replace(TEMPLATE_PLACEHOLDER, kind)}." for kind in OUTPUT_KINDS)
 
 
 def _json_default(obj: Any) -> Any:

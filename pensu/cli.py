@@ -148,6 +148,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `pensu` command."""
+    from pensu.htm.presets import PRESETS
+
     parser = argparse.ArgumentParser(prog="pensu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the service (configured by PENSU_* variables)").set_defaults(func=cmd_run)
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "service's PENSU_* thresholds")
     rep.add_argument("input")
     rep.add_argument("-o", "--output", required=True)
-    rep.add_argument("--preset", default=None, choices=["nab", "nupic", "small"],
+    rep.add_argument("--preset", default=None, choices=list(PRESETS),
                      help="both models' preset (default: PENSU_ANOMALY/PREDICTION_MODEL_PRESET)")
     rep.add_argument("--min", type=float, default=None, help="fixed minimum of the value range")
     rep.add_argument("--max", type=float, default=None, help="fixed maximum of the value range")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -163,15 +163,28 @@ def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int
                 log.info("topic %s not created (%s); relying on broker auto-creation", topic, exc)
 
 
-class DeliveryTracker:
-    """Counts the not-yet-answered output records of one consumed batch."""
+def produce_blocking(producer: Producer, topic: str, value: bytes, key: bytes | None = None,
+                     headers: list[tuple[str, bytes]] | None = None,
+                     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+                     should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Queue one record, serving delivery callbacks while librdkafka's local queue is full.
 
-    __slots__ = ("positions", "pending", "created")
+    Raises `KafkaUnavailable` when `should_stop()` turns true while waiting for room.
+    """
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.1)
+            if should_stop():
+                raise KafkaUnavailable("producer queue full while stopping") from None
 
-    def __init__(self, positions: dict[tuple[str, int], int]) -> None:
-        self.positions = positions  # (topic, partition) -> next offset to commit
-        self.pending = 0
-        self.created = time.monotonic()
+
+class Tracker(Protocol):
+    """What `OutputProducer.send` counts a record against (`pensu.delivery.Batch`)."""
+
+    pending: int
 
 
 class OutputProducer:
@@ -194,17 +207,15 @@ class OutputProducer:
         self._producer = Producer(merged)
         self._on_delivery_error = on_delivery_error
         self._on_delivered = on_delivered
-        self.failed = 0
 
     def _delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self.failed += 1
             self._on_delivery_error(msg.topic() or "?", err)
         else:
             self._on_delivered(msg.topic() or "?")
 
     def send(self, record: OutputRecord, should_stop: Callable[[], bool] = lambda: False,
-             tracker: "DeliveryTracker | None" = None) -> None:
+             tracker: Tracker | None = None) -> None:
         """Queue one record, waiting for room when the local queue is full.
 
         With a `tracker`, its `pending` count covers this record until the broker answers
@@ -219,15 +230,8 @@ class OutputProducer:
             def callback(err: KafkaError | None, msg: Message) -> None:
                 tracker.pending -= 1
                 self._delivery(err, msg)
-        while True:
-            try:
-                self._producer.produce(record.topic, value=record.value, key=record.key,
-                                       headers=list(record.headers) or None, on_delivery=callback)
-                return
-            except BufferError:
-                self._producer.poll(0.1)
-                if should_stop():
-                    raise KafkaUnavailable("producer queue full while stopping") from None
+        produce_blocking(self._producer, record.topic, record.value, record.key, list(record.headers) or None,
+                         callback, should_stop)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks."""
@@ -240,24 +244,26 @@ class OutputProducer:
     def __len__(self) -> int:
         return len(self._producer)
 
+    def deliver_all(self, should_stop: Callable[[], bool],
+                    on_waiting: Callable[[bool], None] = lambda waiting: None,
+                    slice_seconds: float = 1.0) -> bool:
+        """Flush until every queued record is answered; False if asked to stop first.
 
-def wait_for_delivery(producer: OutputProducer, should_stop: Callable[[], bool],
-                      on_waiting: Callable[[bool], None] = lambda waiting: None,
-                      slice_seconds: float = 1.0) -> bool:
-    """Flush until every queued record is acknowledged; False if asked to stop first."""
-    started = time.monotonic()
-    waiting = False
-    while producer.flush(slice_seconds) > 0:
-        if not waiting and time.monotonic() - started > 5:
-            waiting = True
-            on_waiting(True)
-            log.warning("waiting for the broker to acknowledge %d output records", len(producer))
-        if should_stop():
-            return False
-    if waiting:
-        on_waiting(False)
-        log.info("outputs acknowledged after %.1f s", time.monotonic() - started)
-    return True
+        `on_waiting(True)` once the flush has taken more than 5 s, `on_waiting(False)` when it ends.
+        """
+        started = time.monotonic()
+        waiting = False
+        while self.flush(slice_seconds) > 0:
+            if not waiting and time.monotonic() - started > 5:
+                waiting = True
+                on_waiting(True)
+                log.warning("waiting for the broker to acknowledge %d output records", len(self))
+            if should_stop():
+                return False
+        if waiting:
+            on_waiting(False)
+            log.info("outputs acknowledged after %.1f s", time.monotonic() - started)
+        return True
 
 
 def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticMetrics", backfill: int,
@@ -286,13 +292,8 @@ def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticM
     def send(index: int) -> None:
         nonlocal sent
         for metric, value, ts in generator.sample(index):
-            line = f"{metric} {value!r} {int(ts)}".encode()
-            while True:
-                try:
-                    producer.produce(topic, key=metric.encode(), value=line, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            produce_blocking(producer, topic, f"{metric} {value!r} {int(ts)}".encode(), metric.encode(),
+                             on_delivery=on_delivery)
             sent += 1
         producer.poll(0)
         if failed:

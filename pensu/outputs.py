@@ -1,4 +1,4 @@
-"""Turn an `Analysis` into the records Pensu produces (DESIGN.md "Output contract").
+"""Turn an `Analysis` into the records Pensu produces (README "Input and output contract").
 
 Pure: returns `OutputRecord`s (topic, key, value); the Kafka edge only sends them.
 Every record is keyed by the input metric name so downstream consumers keep per-metric order.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from pensu.analyzer import Analysis, Thresholds
-from pensu.carbon import format_line, format_report, output_metric_name
+from pensu.carbon import format_line, format_report, output_metric_name, own_output_prefixes
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +38,12 @@ class OutputFormatter:
     """Renders analyses as carbon lines and JSON reports."""
 
     def __init__(self, topics: OutputTopics, name_template: str, thresholds: Thresholds, instance: str,
-                 report_fields: Callable[[Analysis], Mapping[str, object]] | None = None) -> None:
+                 report_fields: Callable[[Analysis], Mapping[str, object]] | None = None,
+                 other_output_prefixes: tuple[str, ...] = ()) -> None:
         self.topics = topics
+        # Names of lines Pensu emits: every output kind rendered from the template, plus the
+        # prefixes of other carbon lines it sends (e.g. namespace anomaly rates).
+        self.own_prefixes = own_output_prefixes(name_template) + tuple(other_output_prefixes)
         self.report_fields = report_fields  # extra report fields (namespace, incident: pensu.namespaces)
         self.template = name_template
         self.thresholds = thresholds
@@ -47,6 +51,15 @@ class OutputFormatter:
         # Every record names its producer, so outputs can be attributed across a consumer group.
         self.headers: tuple[tuple[str, bytes], ...] = (("pensu-instance", instance.encode("utf-8")),)
         self._names: dict[tuple[str, str], str] = {}
+
+    def is_own_output(self, metric: str) -> bool:
+        """True for a name this formatter (or the other emitters it was told of) produces.
+
+        Such lines reaching the input topic again are skipped, never modelled: with the default
+        template those are `pensu.<kind>.metrics_analyzer.<metric>`; other `pensu.*` names are
+        modelled like any metric.
+        """
+        return metric.startswith(self.own_prefixes)
 
     def name(self, kind: str, metric: str) -> str:
         """The output metric name of `kind` for `metric` (memoised: names repeat every sample)."""

@@ -1,7 +1,8 @@
 """One consumed message → parsed samples → routed to analyzers → output records.
 
-Pure logic between the Kafka edges: no sockets, no threads. Data flows one way:
-parse → filter (allow-list, own outputs) → order/replay checks → analyzer → outputs.
+Pure logic between the Kafka edges: no sockets, no threads. Data flows one way, top to bottom
+of `Pipeline.process`: parse → filter (own outputs, allow-list) → `registry.get` → replay check
+→ feedback rules → `analyzer.process` (which refuses what it cannot learn) → `formatter.records`.
 Nothing a message contains can raise out of `Pipeline.process`: every bad line becomes a
 counted `Rejection` (and a dead-letter record when that topic is configured).
 """
@@ -14,10 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pensu.carbon import OWN_OUTPUT_PREFIX, Rejection, parse_message
+from pensu.analyzer import Analysis
+from pensu.carbon import Rejection, Sample, parse_message
 from pensu.errors import LineRejected
-from pensu.htm.model import MIN_RESOLUTION
-from pensu.analyzer import Analysis, MetricAnalyzer
 from pensu.outputs import OutputFormatter, OutputRecord
 from pensu.provenance import ReplayVerdict
 from pensu.registry import ModelRegistry
@@ -25,10 +25,6 @@ from pensu.registry import ModelRegistry
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_MAX_BYTES = 64 * 1024  # a dead-lettered line is truncated beyond this
-# The value encoder's bucket floor(value / resolution) is kept as a 64-bit integer inside the
-# model; a value past this many resolutions would overflow there after part of the model had
-# already learned it (and the exception would end the service loop).
-MAX_VALUE_BUCKETS = 2.0**62
 
 
 @dataclass
@@ -81,7 +77,7 @@ class Pipeline:
             self._reject(result, rejection, source, offset)
         for line_no, sample in enumerate(samples):
             metric = sample.metric
-            if metric.startswith(OWN_OUTPUT_PREFIX):
+            if self.formatter.is_own_output(metric):
                 self.events.skipped("own_output")
                 continue
             if self.allowed.match(metric) is None:
@@ -94,12 +90,6 @@ class Pipeline:
                     self._log_replay(source, offset, metric, verdict)
                     self.events.skipped("replayed")
                     continue
-            if not value_encodable(analyzer, sample.value):
-                raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
-                self._reject(result, Rejection("value_out_of_range",
-                                               "value too large for the metric's encoder resolution", raw),
-                             source, offset)
-                continue
             if not self.events.learns(metric, sample.timestamp):
                 self.events.skipped("maintenance")
                 continue
@@ -107,18 +97,15 @@ class Pipeline:
             try:
                 analysis = analyzer.process(sample.timestamp, sample.value, source or None, offset, line_no,
                                             origin)
-            except LineRejected as exc:
-                raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
-                self._reject(result, Rejection(exc.reason, exc.detail, raw), source, offset)
+            except LineRejected as exc:  # out of order, duplicate, value out of the encoder's range
+                self._reject(result, Rejection(exc.reason, exc.detail, _raw(sample)), source, offset)
                 continue
             except (ArithmeticError, ValueError) as exc:
                 # Last line of defence: one sample the model cannot digest must not stop the loop.
-                raw = f"{metric} {sample.value!r} {sample.timestamp!r}".encode()
-                self._reject(result, Rejection("model_error", f"{type(exc).__name__}: {exc}", raw),
+                self._reject(result, Rejection("model_error", f"{type(exc).__name__}: {exc}", _raw(sample)),
                              source, offset)
                 continue
             self.events.sample(self._clock() - started)
-            self.registry.mark_dirty(metric)
             result.samples += 1
             result.metrics.add(metric)
             analysis = self.events.analysed(analysis)
@@ -153,12 +140,6 @@ class Pipeline:
                                                bytes(rejection.raw[:DEAD_LETTER_MAX_BYTES]), headers))
 
 
-
-def value_encodable(analyzer: MetricAnalyzer, value: float) -> bool:
-    """True when `value` fits the analyzer's value encoders (any value does at a coarse enough resolution)."""
-    for model in (analyzer.anomaly_model, analyzer.prediction_model):
-        # While warming up the resolution is not known yet; it can be no finer than MIN_RESOLUTION.
-        resolution = model.resolution or MIN_RESOLUTION
-        if abs(value) / resolution >= MAX_VALUE_BUCKETS:
-            return False
-    return True
+def _raw(sample: Sample) -> bytes:
+    """A sample as a carbon line again, for rejections of lines that parsed."""
+    return f"{sample.metric} {sample.value!r} {sample.timestamp!r}".encode()

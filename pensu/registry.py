@@ -10,6 +10,17 @@ acknowledged; only when that area is full does eviction wait for the broker (onc
 whole area). A checkpoint that cannot be written keeps its analyzer in memory (nothing
 learned is thrown away); the cap is then exceeded until a later save succeeds, and the
 failure is counted.
+
+Calls go down only. Whether outputs are acknowledged is asked of one narrow dependency given
+to the constructor, a `DeliveryGate` (the service's `pensu.delivery.DeliveryLedger`): it
+answers from the analyzer's own `positions`, and `wait_all` flushes and commits. Offline users
+(replay, tools, tests) pass nothing and get `NOTHING_IN_FLIGHT`: save at once, never wait.
+`RegistryEvents` only counts. Dirtiness is derived: an analyzer needs saving when its
+`sample_count` differs from the count last saved (0 for a fresh one, so an analyzer that never
+learned is never written). The registry is the store's only writer, so it also keeps the disk
+cap (`max_checkpoints`): the longest-idle checkpoints beyond it are deleted on `trim` and, during
+a flood of new names, after every tenth-of-the-cap evictions, so disk use stays within the cap
+plus that tenth.
 """
 
 from __future__ import annotations
@@ -17,10 +28,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
-from pensu.analyzer import AnalyzerConfig, MetricAnalyzer
+from pensu.analyzer import AnalyzerConfig, MetricAnalyzer, MetricConfigs
 from pensu.checkpoint import CheckpointCorrupt, CheckpointHeader, CheckpointStore
 from pensu.errors import CheckpointError, SerializationError
 from pensu.provenance import checkpoint_ahead
@@ -31,9 +42,34 @@ log = logging.getLogger(__name__)
 SAVE_FAILURE_LOG_INTERVAL_S = 30.0
 
 
+class DeliveryGate(Protocol):
+    """What the registry needs to know about output delivery (`pensu.delivery.DeliveryLedger`)."""
+
+    def settled(self, positions: Mapping[str, tuple[int, int]]) -> bool:
+        """True when the outputs of the samples learned at `positions` were acknowledged."""
+        ...
+
+    def wait_all(self) -> bool:
+        """Wait until every queued output is acknowledged (and commit); False if stopping first."""
+        ...
+
+
+class _NothingInFlight:
+    """The gate of offline use: no outputs are ever in flight, so analyzers are saved at once."""
+
+    def settled(self, positions: Mapping[str, tuple[int, int]]) -> bool:
+        return True
+
+    def wait_all(self) -> bool:
+        return True
+
+
+NOTHING_IN_FLIGHT: DeliveryGate = _NothingInFlight()
+
+
 @dataclass
 class RegistryEvents:
-    """Callbacks the service wires to Prometheus; all optional."""
+    """Counters the service wires to Prometheus; all optional, none steers the registry."""
 
     evicted: Callable[[], None] = lambda: None
     loaded: Callable[[str], None] = lambda source: None  # "checkpoint" | "fresh"
@@ -41,33 +77,36 @@ class RegistryEvents:
     save_failed: Callable[[], None] = lambda: None
     load_failed: Callable[[], None] = lambda: None
     quarantined: Callable[[], None] = lambda: None
-    # True while outputs of samples the metric's analyzer learned may still be lost; such an
-    # analyzer is not checkpointed for eviction until they are acknowledged.
-    outputs_pending: Callable[[str], bool] = lambda metric: False
-    # Wait until every queued output is acknowledged (the write-behind area is full).
-    flush_outputs: Callable[[], object] = lambda: None
-    dropped: Callable[[str], None] = lambda metric: None  # checkpointed and no longer resident
+    trimmed: Callable[[int], None] = lambda removed: None  # idle checkpoints deleted beyond the cap
 
 
 @dataclass
 class _Slot:
     analyzer: MetricAnalyzer
-    dirty: bool = False
-    saved_count: int = field(default=-1)
+    saved_count: int = 0  # sample_count at the last save (or load); differs: learned since
+
+    @property
+    def dirty(self) -> bool:
+        return self.saved_count != self.analyzer.sample_count
 
 
 class ModelRegistry:
     """Analyzers in memory (LRU plus write-behind, capped) backed by a checkpoint store."""
 
-    def __init__(self, store: CheckpointStore, config: AnalyzerConfig, capacity: int,
-                 events: RegistryEvents | None = None, clock: Callable[[], float] = time.time,
-                 config_for: Callable[[str], AnalyzerConfig] | None = None) -> None:
+    def __init__(self, store: CheckpointStore, configs: MetricConfigs | AnalyzerConfig, capacity: int,
+                 gate: DeliveryGate = NOTHING_IN_FLIGHT, events: RegistryEvents | None = None,
+                 clock: Callable[[], float] = time.time, max_checkpoints: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.store = store
-        self.config = config
-        self._config_for = config_for or (lambda metric: config)
+        self.configs = configs if isinstance(configs, MetricConfigs) else MetricConfigs(configs)
+        self.gate = gate
         self.capacity = capacity
+        self.max_checkpoints = max_checkpoints
+        # During a flood of new names every eviction writes a checkpoint, possibly for longer than
+        # an autosave interval: trim after this many evictions too.
+        self._trim_every = max(1, (max_checkpoints or 0) // 10)
+        self._evictions_since_trim = 0
         # At most this many evicted analyzers wait for their outputs' acks before eviction
         # waits for the broker; they count in the cap.
         self.write_behind = capacity // 10
@@ -102,19 +141,17 @@ class ModelRegistry:
             return slot.analyzer
         slot = self._parked.pop(metric, None)
         if slot is None:
-            analyzer, from_checkpoint = self._load_or_create(metric)
-            slot = _Slot(analyzer, dirty=False, saved_count=analyzer.sample_count if from_checkpoint else -1)
+            analyzer = self._load_or_create(metric)
+            slot = _Slot(analyzer, saved_count=analyzer.sample_count)
         self._slots[metric] = slot
         self._evict_over_capacity(keep=metric)
         return slot.analyzer
 
-    def mark_dirty(self, metric: str) -> None:
-        """Record that the metric's analyzer learned something since its last save."""
-        slot = self._slot(metric)
-        if slot is not None:
-            slot.dirty = True
+    def config_for(self, metric: str) -> AnalyzerConfig:
+        """The configuration a fresh analyzer of `metric` gets."""
+        return self.configs.for_metric(metric)
 
-    def _load_or_create(self, metric: str) -> tuple[MetricAnalyzer, bool]:
+    def _load_or_create(self, metric: str) -> MetricAnalyzer:
         try:
             loaded = self.store.load(metric)
         except CheckpointCorrupt as exc:
@@ -133,7 +170,7 @@ class ModelRegistry:
         if loaded is not None:
             header, payload = loaded
             try:
-                analyzer = MetricAnalyzer.from_bytes(payload, self.config.thresholds, expected_metric=metric)
+                analyzer = MetricAnalyzer.from_bytes(payload, self.configs.thresholds, expected_metric=metric)
             except SerializationError as exc:
                 log.warning("checkpoint of %r holds an unusable model (%s): moved to quarantine, starting a "
                             "fresh model", metric, exc)
@@ -141,9 +178,9 @@ class ModelRegistry:
                 self.store.quarantine(metric, f"unusable model: {exc}")
             else:
                 self.events.loaded("checkpoint")
-                return analyzer, True
+                return analyzer
         self.events.loaded("fresh")
-        return MetricAnalyzer(metric, self._config_for(metric)), False
+        return MetricAnalyzer(metric, self.config_for(metric))
 
     def _evict_over_capacity(self, keep: str) -> None:
         # Parked analyzers count in the cap, so parking one frees nothing: the walk goes on
@@ -156,21 +193,42 @@ class ModelRegistry:
                 return
             if metric == keep or metric not in self._slots:
                 continue
-            if self.events.outputs_pending(metric):
+            if not self.gate.settled(self._slots[metric].analyzer.positions):
                 self._parked[metric] = self._slots.pop(metric)
-                self.events.evicted()
+                self._evicted()
                 if len(self._parked) > self.write_behind:
-                    self.events.flush_outputs()
+                    self.gate.wait_all()
                     self.settle()
             elif self._save(metric):
                 self._drop(metric)
-                self.events.evicted()
+                self._evicted()
+
+    def _evicted(self) -> None:
+        self.events.evicted()
+        self._evictions_since_trim += 1
+        if self.max_checkpoints is not None and self._evictions_since_trim >= self._trim_every:
+            self.trim()
+
+    def trim(self) -> int:
+        """Delete the longest-idle checkpoints beyond `max_checkpoints` (never resident ones)."""
+        self._evictions_since_trim = 0
+        if self.max_checkpoints is None:
+            return 0
+        try:
+            removed = self.store.enforce_limit(self.max_checkpoints, protect=self.resident_metrics())
+        except (CheckpointError, OSError) as exc:  # an unlistable models dir must not end the loop
+            log.warning("could not trim checkpoints: %s", exc)
+            return 0
+        if removed:
+            log.info("removed %d idle checkpoints beyond the cap of %d", removed, self.max_checkpoints)
+            self.events.trimmed(removed)
+        return removed
 
     def settle(self) -> int:
         """Checkpoint and drop parked analyzers whose outputs are acknowledged; return how many."""
         settled = 0
         for metric in list(self._parked):
-            if not self.events.outputs_pending(metric) and self._save(metric):
+            if self.gate.settled(self._parked[metric].analyzer.positions) and self._save(metric):
                 self._drop(metric)
                 settled += 1
         return settled
@@ -179,16 +237,15 @@ class ModelRegistry:
         return self._slots.get(metric) or self._parked.get(metric)
 
     def _drop(self, metric: str) -> None:
-        """Forget the metric's analyzer (LRU or parked) and tell the listener."""
+        """Forget the metric's analyzer (LRU or parked)."""
         if self._slots.pop(metric, None) is None:
             del self._parked[metric]
-        self.events.dropped(metric)
 
     def _save(self, metric: str) -> bool:
         slot = self._slot(metric)
         assert slot is not None
         analyzer = slot.analyzer
-        if not slot.dirty and slot.saved_count == analyzer.sample_count:
+        if not slot.dirty:
             return True
         header = CheckpointHeader(
             metric=metric, sample_count=analyzer.sample_count, last_timestamp=analyzer.last_timestamp,
@@ -199,7 +256,6 @@ class ModelRegistry:
             self._save_failure_log.log(logging.WARNING, "could not checkpoint %r: %s", metric, exc)
             self.events.save_failed()
             return False
-        slot.dirty = False
         slot.saved_count = analyzer.sample_count
         self.events.saved()
         return True

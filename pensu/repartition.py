@@ -17,7 +17,7 @@ from typing import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from pensu.kafka_io import OutputProducer, wait_for_delivery
+from pensu.kafka_io import OutputProducer
 from pensu.outputs import OutputRecord
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class Repartitioner:
 
     def __init__(self, consumer_config: dict, producer_config: dict, source_topic: str, target_topic: str,
                  on_error: Callable[[KafkaError], None] = lambda err: None) -> None:
+        """`consumer_config` is complete and names the stage's own group
+        (`Settings.consumer_config(..., group_suffix=".repartition")`); only `error_cb` is added."""
         self.source_topic = source_topic
         self.target_topic = target_topic
         self._consumer_config = dict(consumer_config)
@@ -58,7 +60,6 @@ class Repartitioner:
         self._on_error = on_error
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.forwarded_lines = 0
 
     def start(self) -> None:
         """Run the stage in a background thread."""
@@ -73,12 +74,7 @@ class Repartitioner:
 
     def run(self) -> None:
         """Consume → re-key → produce → commit, until stopped."""
-        config = dict(self._consumer_config)
-        config["group.id"] = f"{config.get('group.id', 'pensu')}.repartition"
-        config["enable.auto.commit"] = False
-        config.setdefault("auto.offset.reset", "earliest")
-        config["error_cb"] = self._on_error
-        consumer = Consumer(config)
+        consumer = Consumer({**self._consumer_config, "error_cb": self._on_error})
         producer = OutputProducer({**self._producer_config, "error_cb": self._on_error},
                                   lambda topic, err: log.error("repartition output to %s failed: %s", topic, err))
         consumer.subscribe([self.source_topic])
@@ -93,10 +89,9 @@ class Repartitioner:
                         continue
                     for key, value in split_by_metric(message.value()):
                         producer.send(OutputRecord(self.target_topic, key, value), self._stop.is_set)
-                        self.forwarded_lines += value.count(b"\n") + 1
                     positions[(message.topic(), message.partition())] = message.offset() + 1
                     producer.poll(0)
-                if positions and wait_for_delivery(producer, self._stop.is_set):
+                if positions and producer.deliver_all(self._stop.is_set):
                     try:
                         consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
                                         asynchronous=False)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterator, Mapping
 
 from pensu.analyzer import MetricAnalyzer
-from pensu.analyzer_settings import RangeAwareConfig, analyzer_config, with_range
+from pensu.analyzer_settings import metric_configs
 from pensu.errors import LineRejected, PensuError
 from pensu.feedback import OfflineFeedback
 from pensu.settings import ModelPreset, load_settings
@@ -115,13 +115,10 @@ def build_analyzer(env: Mapping[str, str] | None = None, preset: ModelPreset | N
     source = dict(os.environ if env is None else env)
     # Overrides replace any spelling of the variable (settings names are case-insensitive).
     source = {k: v for k, v in source.items() if k.upper() not in overrides}
-    settings = load_settings({**source, **overrides})
-    base = analyzer_config(settings)
+    configs = metric_configs(load_settings({**source, **overrides}))
     if min_value is not None and max_value is not None:
-        config = with_range(base, min_value, max_value)
-    else:
-        config = RangeAwareConfig(base, settings.metric_ranges).for_metric(metric)
-    return MetricAnalyzer(metric, config)
+        return MetricAnalyzer(metric, configs.base.with_range(min_value, max_value))
+    return MetricAnalyzer(metric, configs.for_metric(metric))
 
 
 def read_rows(stream: IO[str]) -> Iterator[tuple[int, list[str]]]:

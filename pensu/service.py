@@ -1,13 +1,13 @@
-"""`PensuService`: the consume → pipeline → produce → commit loop, with health and autosave.
+"""`PensuService`: the composition root and the consume → process → close batch → commit loop.
 
-Delivery guarantee (at least once, no double learning):
-1. a batch of messages is consumed and processed; their output records are queued;
-2. the producer is flushed until every record is acknowledged (a broker outage blocks here,
-   with readiness off, instead of consuming more: back-pressure and bounded memory);
-3. only then are the batch's offsets committed.
-Checkpoints are written only after a flush, so a checkpoint never holds a sample whose outputs
-were not delivered; it records the last (offset, line) applied per partition, and replayed
-samples at or before it are skipped instead of learned twice.
+Each pass of `_step`: consume a batch; enter each message in the ledger's open batch and run it
+through the pipeline; send its output records counted against the batch; close the batch;
+commit the acknowledged prefix; settle parked analyzers; throttle when too far ahead of the
+broker. Deliver-then-commit (at least once, no double learning) is `pensu.delivery`'s job;
+the registry asks that same ledger, never the service, whether outputs are delivered.
+Checkpoints are written only after the outputs of the samples they record were acknowledged,
+so a restart skips replayed samples instead of learning them twice, and loses no output.
+docs/architecture.md walks a line through the files.
 """
 
 from __future__ import annotations
@@ -17,24 +17,24 @@ import logging
 import re
 import threading
 import time
-from collections import deque
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pensu import __version__
 from pensu.alerting import AlertSender
 from pensu.analyzer import Analysis
-from pensu.analyzer_settings import RangeAwareConfig, analyzer_config
+from pensu.analyzer_settings import metric_configs
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
+from pensu.delivery import Batch, DeliveryEvents, DeliveryLedger, source_key
 from pensu.episode_notes import EpisodeHooks
-from pensu.errors import CheckpointError, ConfigurationError
+from pensu.errors import ConfigurationError
 from pensu.feedback import FeedbackFilter
 from pensu.feedback_io import FeedbackLog
 from pensu.health import HealthServer, HealthStatus
 from pensu.kafka_checkpoint import KafkaCheckpointStore
-from pensu.kafka_io import (DeliveryTracker, EmbeddedKafka, IncarnationCache, OutputProducer, admin_config,
-                            ensure_topics, wait_for_delivery)
-from pensu.namespaces import NamespaceTracker
+from pensu.kafka_io import EmbeddedKafka, IncarnationCache, OutputProducer, admin_config, ensure_topics
+from pensu.namespaces import RATE_PREFIX, NamespaceTracker
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import MessageResult, Pipeline, PipelineEvents
 from pensu.registry import ModelRegistry, RegistryEvents
@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 CONSUME_TIMEOUT_SECONDS = 0.05  # consume() waits this long for a full batch; keeps latency low
-MAX_INFLIGHT_BATCHES = 64  # consumed batches whose outputs await the broker's acknowledgement
-DELIVERY_WAIT_WARNING_SECONDS = 5.0  # not ready while the oldest batch waits longer than this
 LAG_REFRESH_SECONDS = 5.0
 
 
@@ -64,27 +62,22 @@ class PensuService:
         self.store = store or self._default_store()
         self._stop = threading.Event()
         self._embedded: EmbeddedKafka | None = None
-        self._assigned: set[tuple[str, int]] = set()
-        self._source_of: dict[str, str] = {}  # resident metric -> "topic:partition" it came from
-        self._inflight: deque[DeliveryTracker] = deque()
-        self._last_batch: dict[str, DeliveryTracker] = {}  # metric -> batch of its latest outputs
-        self._waiting_for_broker = False
         self._broker_down = False
         self._last_autosave = time.monotonic()
-        self._evictions_since_trim = 0
         self._last_topics_report = time.monotonic()
         self._last_lag = 0.0
         self._kafka_log = RateLimitedLog(log, 30.0)
         self._over_quota_log = RateLimitedLog(log, settings.min_seconds_between_over_quota_log_msg)
-        config = analyzer_config(settings)
+        # Deliver-then-commit: in-flight batches, the committable prefix, waiting on the broker.
+        self.ledger = DeliveryLedger(self._stop.is_set, DeliveryEvents(
+            waiting=self._on_waiting,
+            commit_failed=lambda: self.metrics.kafka_errors.labels(code="commit").inc()))
+        configs = metric_configs(settings)
         self.models = ModelRegistry(
-            self.store, config, capacity=settings.max_allowed_models,
-            config_for=RangeAwareConfig(config, settings.metric_ranges).for_metric,
+            self.store, configs, capacity=settings.max_allowed_models, gate=self.ledger,
+            max_checkpoints=settings.max_tracked_metrics,
             events=RegistryEvents(
                 evicted=self._on_evicted,
-                outputs_pending=self._outputs_pending,
-                flush_outputs=self._deliver_all_and_commit,
-                dropped=self._forget,
                 loaded=lambda source: self.metrics.model_loads.labels(source=source).inc(),
                 saved=self.metrics.checkpoint_saves.inc,
                 save_failed=lambda: self.metrics.checkpoint_failures.labels(operation="save").inc(),
@@ -102,10 +95,10 @@ class PensuService:
         self.episodes = EpisodeHooks(self.feedback, self.namespaces, self.alerts)
         self.feedback_log: FeedbackLog | None = None
         self.formatter = OutputFormatter(
-            OutputTopics(settings.reported_anomalies_kafka_topic, settings.prediction_metrics_kafka_topic,
-                         settings.anomalies_metrics_kafka_topic),
-            settings.metric_names_template, config.thresholds, settings.instance_id,
-            report_fields=self.namespaces.report_fields)
+            OutputTopics(settings.anomaly_scores_kafka_topic, settings.prediction_metrics_kafka_topic,
+                         settings.anomaly_reports_kafka_topic),
+            settings.metric_names_template, configs.thresholds, settings.instance_id,
+            report_fields=self.namespaces.report_fields, other_output_prefixes=(RATE_PREFIX,))
         self.pipeline = Pipeline(
             self.models, self.formatter, re.compile(settings.allowed_to_work_on_metrics),
             dead_letter_topic=settings.dead_letter_kafka_topic,
@@ -155,24 +148,9 @@ class PensuService:
         if reason == "replayed":
             self.metrics.duplicate_samples_skipped.inc()
 
-    def _outputs_pending(self, metric: str) -> bool:
-        """True while outputs of the metric's last batch are not all acknowledged."""
-        batch = self._last_batch.get(metric)
-        return batch is not None and batch.pending > 0
-
-    def _forget(self, metric: str) -> None:
-        self._source_of.pop(metric, None)
-        self._last_batch.pop(metric, None)
-
     def _on_evicted(self) -> None:
         self.metrics.model_evictions.inc()
         self.metrics.over_quota.inc()
-        # A flood of new names evicts (writes) a checkpoint per name, possibly for longer than an
-        # autosave interval within one batch: trim every tenth of the quota too, so disk use stays
-        # within PENSU_MAX_TRACKED_METRICS plus that tenth.
-        self._evictions_since_trim += 1
-        if self._evictions_since_trim >= max(1, self.settings.max_tracked_metrics // 10):
-            self._trim_checkpoints()
         self._over_quota_log.log(logging.INFO,
                                  "over the model quota (%d resident): swapping least recently used models to disk",
                                  self.settings.max_allowed_models)
@@ -180,10 +158,10 @@ class PensuService:
     def status(self) -> HealthStatus:
         """Liveness/readiness for the health endpoints."""
         live = not self._stop.is_set() or self.consumer is not None
-        ready = (self.consumer is not None and bool(self._assigned) and not self._waiting_for_broker
-                 and not self._broker_down)
-        detail = (f"assigned={len(self._assigned)} models={len(self.models)} "
-                  f"broker={'down' if self._broker_down or self._waiting_for_broker else 'up'}")
+        owned, waiting = self.ledger.owned, self.ledger.waiting
+        ready = self.consumer is not None and bool(owned) and not waiting and not self._broker_down
+        detail = (f"assigned={len(owned)} models={len(self.models)} "
+                  f"broker={'down' if self._broker_down or waiting else 'up'}")
         return HealthStatus(live=live, ready=ready, detail=detail)
 
     def ping_info(self) -> dict[str, object]:
@@ -207,7 +185,7 @@ class PensuService:
                 "outputs_produced": total("pensu_outputs_produced_total"),
                 "kafka_errors": total("pensu_kafka_errors_total"),
                 "resident_models": len(self.models),
-                "assigned_partitions": len(self._assigned),
+                "assigned_partitions": len(self.ledger.owned),
             },
         }
 
@@ -216,41 +194,42 @@ class PensuService:
         """Ask the loop to finish its batch, save state and exit."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested."""
-        return self._stop.is_set()
-
     def start(self) -> None:
         """Start health servers, the embedded broker if asked for, and the Kafka clients."""
         problem = self.settings.missing_broker_problem()
         if problem is not None:
             raise ConfigurationError(problem)
+        if isinstance(self.store, LocalCheckpointStore):
+            try:
+                removed = self.store.remove_stale_temp_files()  # left by a crash mid-write
+            except OSError as exc:  # the store reports an unusable directory on its first save
+                log.warning("could not look for stale temporary checkpoint files: %s", exc)
+            else:
+                if removed:
+                    log.info("removed %d stale temporary checkpoint files from %s", removed,
+                             self.settings.models_dir)
         self.health.start()
         if self.alerts is not None:
             self.alerts.start()
         instance, started = self.settings.instance_id, str(int(self.started_at))
-        consumer_conf = self.settings.consumer_config(instance, started)
-        producer_conf = self.settings.producer_config(instance, started)
+        embedded = None
         if self.settings.embedded_broker:
             self._embedded = EmbeddedKafka()
-            consumer_conf["bootstrap.servers"] = producer_conf["bootstrap.servers"] = self._embedded.bootstrap_servers
+            embedded = self._embedded.bootstrap_servers
             log.info("PENSU_KAFKA_BOOTSTRAP_SERVERS=embedded: started an in-process Kafka mock cluster at %s "
                      "(produce carbon lines to topic %r; its data is lost on exit)",
-                     self._embedded.bootstrap_servers, self.settings.metrics_kafka_topic)
+                     embedded, self.settings.metrics_kafka_topic)
+        # Each client's librdkafka dict comes whole from settings (its docstring lists the layers);
+        # only callables are added here. librdkafka's own log lines go through Python logging
+        # (format, level, rate limit), served from the poll()/consume()/flush() the loop calls.
+        consumer_conf = {**self.settings.consumer_config(instance, started, servers=embedded),
+                         "logger": librdkafka_logger()}
+        producer_conf = {**self.settings.producer_config(instance, started, servers=embedded),
+                         "logger": librdkafka_logger()}
         self.bootstrap_servers = consumer_conf["bootstrap.servers"]
         if producer_conf["bootstrap.servers"] != consumer_conf["bootstrap.servers"]:
             log.info("input from %s, outputs to %s", consumer_conf["bootstrap.servers"],
                      producer_conf["bootstrap.servers"])
-        # librdkafka's own log lines go through Python logging (format, level, rate limit); they are
-        # served from poll()/consume()/flush(), which the loop calls continuously.
-        consumer_conf["logger"] = producer_conf["logger"] = librdkafka_logger()
-        consumer_conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
-        consumer_conf.setdefault("auto.offset.reset", "earliest")
-        # An input topic created after start-up is noticed within this (librdkafka: 5 min).
-        consumer_conf.setdefault("topic.metadata.refresh.interval.ms", 30000)
-        consumer_conf["enable.auto.commit"] = "false"
-        consumer_conf["enable.auto.offset.store"] = "false"
         # Topic creation is best effort and must not delay start-up (some clusters, like the mock
         # one, never answer CreateTopics): it runs in the background.
         threading.Thread(target=self._ensure_topics, args=(dict(consumer_conf), dict(producer_conf)),
@@ -258,9 +237,13 @@ class PensuService:
         self._incarnations = IncarnationCache(dict(consumer_conf))
         if self.settings.repartition:
             # The repartition topic is consumed back, so it lives on the input (consumer) cluster.
-            repartition_producer = dict(producer_conf, **{"bootstrap.servers": consumer_conf["bootstrap.servers"]})
-            self.repartitioner = Repartitioner(consumer_conf, repartition_producer, self.settings.metrics_kafka_topic,
-                                               self.settings.repartition_kafka_topic, self._on_kafka_error)
+            servers = consumer_conf["bootstrap.servers"]
+            self.repartitioner = Repartitioner(
+                {**self.settings.consumer_config(instance, started, servers=servers, group_suffix=".repartition"),
+                 "logger": consumer_conf["logger"]},
+                {**self.settings.producer_config(instance, started, servers=servers),
+                 "logger": producer_conf["logger"]},
+                self.settings.metrics_kafka_topic, self.settings.repartition_kafka_topic, self._on_kafka_error)
             self.repartitioner.start()
             log.info("repartition stage: %s (any keys) -> %s (keyed by metric name)",
                      self.settings.metrics_kafka_topic, self.settings.repartition_kafka_topic)
@@ -275,13 +258,14 @@ class PensuService:
         self.producer = OutputProducer(producer_conf, self._on_delivery_error,
                                        lambda topic: self.metrics.outputs_produced.labels(topic=topic).inc())
         self.consumer = Consumer(consumer_conf)
+        self.ledger.attach(self.producer, self.consumer)
         self.consumer.subscribe([self._input_topic()], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.metrics.ready.set(0)
 
     def _ensure_topics(self, consumer_conf: dict, producer_conf: dict) -> None:
-        outputs = [self.settings.reported_anomalies_kafka_topic, self.settings.prediction_metrics_kafka_topic,
-                   self.settings.anomalies_metrics_kafka_topic]
+        outputs = [self.settings.anomaly_scores_kafka_topic, self.settings.prediction_metrics_kafka_topic,
+                   self.settings.anomaly_reports_kafka_topic]
         inputs = [self.settings.metrics_kafka_topic, self._input_topic()]
         same = consumer_conf.get("bootstrap.servers") == producer_conf.get("bootstrap.servers")
         for config, topics in ([(producer_conf, inputs + outputs)] if same
@@ -310,9 +294,10 @@ class PensuService:
         return 0
 
     def _step(self) -> None:
+        """consume → process → close batch → commit (steps of `pensu.delivery`)."""
         assert self.consumer is not None and self.producer is not None
         messages = self.consumer.consume(num_messages=BATCH_SIZE, timeout=CONSUME_TIMEOUT_SECONDS)
-        batch = DeliveryTracker({})
+        batch = self.ledger.open_batch()
         for message in messages:
             err = message.error()
             if err is not None:
@@ -321,7 +306,7 @@ class PensuService:
                 continue
             self._broker_down = False
             topic, partition, offset = message.topic(), message.partition(), message.offset()
-            source = f"{topic}:{partition}"
+            source = batch.consume(topic, partition, offset)
             previous = self._last_offset.get((topic, partition))
             if previous is not None and offset <= previous:
                 # Offsets went backwards: the topic may have been deleted and recreated. Until its
@@ -333,33 +318,21 @@ class PensuService:
             origin, payload = self._incarnations.get(topic), message.value()
             if self.warm_start is not None:
                 payload = self.warm_start.admit(payload, source, offset, origin, batch)
-            self._emit(self.pipeline.process(payload, source, offset, origin), source, batch)
+            self._emit(self.pipeline.process(payload, source, offset, origin), batch)
             self.producer.poll(0)
-            batch.positions[(topic, partition)] = offset + 1
-        if batch.positions:
-            # Time the wait for acknowledgements from the end of processing, not its start: a
-            # long batch on a busy core is not a broker problem.
-            batch.created = time.monotonic()
-            self._inflight.append(batch)
+        self.ledger.close_batch(batch)
         self.producer.poll(0)
         self._poll_warm_start()
-        self._commit_delivered()
+        self.ledger.commit()
         if self.models.parked:
             self.models.settle()  # evicted analyzers whose outputs are now acknowledged
-        # Back-pressure: never run more than MAX_INFLIGHT_BATCHES ahead of the broker's acks.
-        while len(self._inflight) > MAX_INFLIGHT_BATCHES and not self._stop.is_set():
-            self.producer.poll(0.1)
-            self._poll_warm_start()  # a held batch at the head waits for it
-            self._commit_delivered()
+        self.ledger.throttle(self._poll_warm_start)  # a held batch at the head waits for the gate
         self.metrics.resident_models.set(len(self.models))
         self._periodic()
 
-    def _emit(self, result: MessageResult, source: str, batch: DeliveryTracker) -> None:
+    def _emit(self, result: MessageResult, batch: Batch) -> None:
         """Queue a processed message's outputs on its batch."""
         assert self.producer is not None
-        for metric in result.metrics:
-            self._source_of[metric] = source
-            self._last_batch[metric] = batch
         for record in result.records:
             self.producer.send(record, self._stop.is_set, batch)
 
@@ -367,46 +340,8 @@ class PensuService:
         if self.warm_start is not None:
             self.warm_start.poll(self._emit)
 
-    def _commit_delivered(self, asynchronous: bool = True) -> None:
-        """Commit the offsets of the oldest batches whose outputs are all answered.
-
-        Batches complete in order per partition; committing only a prefix of the in-flight
-        queue keeps "offsets committed ⇒ outputs delivered" (at least once).
-        """
-        assert self.consumer is not None
-        merged: dict[tuple[str, int], int] = {}
-        while self._inflight and self._inflight[0].pending == 0:
-            merged.update(self._inflight.popleft().positions)
-        oldest = self._inflight[0].created if self._inflight else None
-        waiting = oldest is not None and time.monotonic() - oldest > DELIVERY_WAIT_WARNING_SECONDS
-        if waiting != self._waiting_for_broker:
-            self._set_waiting(waiting)
-            if waiting:
-                log.warning("waiting for the broker to acknowledge outputs (%d batches in flight)",
-                            len(self._inflight))
-            else:
-                log.info("outputs acknowledged again")
-        offsets = [TopicPartition(t, p, o) for (t, p), o in merged.items() if (t, p) in self._assigned]
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
-        except KafkaException as exc:
-            # Not fatal: the outputs were delivered; the next owner may replay and skip them.
-            self._kafka_log.log(logging.WARNING, "offset commit failed: %s", exc)
-            self.metrics.kafka_errors.labels(code="commit").inc()
-
-    def _deliver_all_and_commit(self) -> bool:
-        """Wait until every queued output is answered, then commit synchronously."""
-        assert self.producer is not None
-        if not wait_for_delivery(self.producer, self._stop.is_set, self._set_waiting):
-            return False  # stopping with undelivered outputs: their offsets stay uncommitted
-        self._commit_delivered(asynchronous=False)
-        return True
-
-    def _set_waiting(self, waiting: bool) -> None:
-        self._waiting_for_broker = waiting
-        self.metrics.ready.set(0 if waiting else 1 if self._assigned else 0)
+    def _on_waiting(self, waiting: bool) -> None:
+        self.metrics.ready.set(0 if waiting else 1 if self.ledger.owned else 0)
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -429,25 +364,12 @@ class PensuService:
 
     def autosave(self) -> None:
         """Checkpoint every analyzer that learned since its last save, then trim old checkpoints."""
-        assert self.producer is not None
-        if not self._deliver_all_and_commit():
+        if not self.ledger.wait_all():
             return
         saved, failed = self.models.save_dirty()
         if saved or failed:
             log.info("autosave: %d checkpoints written, %d failed", saved, failed)
-        self._trim_checkpoints()
-
-    def _trim_checkpoints(self) -> None:
-        """Delete the longest-idle checkpoints beyond PENSU_MAX_TRACKED_METRICS (never resident ones)."""
-        self._evictions_since_trim = 0
-        try:
-            removed = self.store.enforce_limit(self.settings.max_tracked_metrics,
-                                               protect=self.models.resident_metrics())
-            if removed:
-                log.info("removed %d idle checkpoints beyond PENSU_MAX_TRACKED_METRICS=%d",
-                         removed, self.settings.max_tracked_metrics)
-        except (CheckpointError, OSError) as exc:  # an unlistable models dir must not end the loop
-            log.warning("could not trim checkpoints: %s", exc)
+        self.models.trim()  # PENSU_MAX_TRACKED_METRICS
 
     def _report_topics(self) -> None:
         assert self.producer is not None
@@ -467,10 +389,11 @@ class PensuService:
 
     def _refresh_lag(self) -> None:
         assert self.consumer is not None
-        if not self._assigned:
+        owned = self.ledger.owned
+        if not owned:
             return
         try:
-            positions = self.consumer.position([TopicPartition(t, p) for t, p in self._assigned])
+            positions = self.consumer.position([TopicPartition(t, p) for t, p in owned])
         except KafkaException:
             return
         for tp in positions:
@@ -486,8 +409,8 @@ class PensuService:
     def _on_kafka_error(self, err: KafkaError) -> None:
         code = err.code()
         self.metrics.kafka_errors.labels(code=err.name() if hasattr(err, "name") else str(code)).inc()
-        if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
-            self._broker_down = code == KafkaError._ALL_BROKERS_DOWN or self._broker_down
+        if code == KafkaError._ALL_BROKERS_DOWN:  # cleared by the next message consumed
+            self._broker_down = True
         self._kafka_log.log(logging.WARNING, "kafka: %s", err)
 
     def _on_delivery_error(self, topic: str, err: KafkaError) -> None:
@@ -495,8 +418,8 @@ class PensuService:
         self._kafka_log.log(logging.ERROR, "output to %s not delivered: %s", topic, err)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.ledger.assign((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
-            self._assigned.add((tp.topic, tp.partition))
             self._last_offset.pop((tp.topic, tp.partition), None)
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
         for topic, numbers in _by_topic(partitions).items():
@@ -510,22 +433,24 @@ class PensuService:
 
     def _hand_over(self, partitions: list[TopicPartition], why: str) -> None:
         """Checkpoint and drop the analyzers of partitions this instance no longer owns."""
-        assert self.producer is not None
+        keys = [(tp.topic, tp.partition) for tp in partitions]
         if why == "lost":  # no longer ours: their offsets cannot be committed by us any more
-            for tp in partitions:
-                self._assigned.discard((tp.topic, tp.partition))
+            self.ledger.release(keys)
         # Finish in-flight outputs and commit their offsets before the partitions move on.
-        self._deliver_all_and_commit()
-        sources = {f"{tp.topic}:{tp.partition}" for tp in partitions}
-        for tp in partitions:
-            self._assigned.discard((tp.topic, tp.partition))
+        self.ledger.wait_all()
+        self.ledger.release(keys)
+        # Batches still in flight after wait_all hold lines the warm-start gate keeps back; none
+        # of their positions on these partitions may be committed (the new owner replays them).
+        self.ledger.drop_positions(keys)
+        for topic, partition in keys:
+            self.metrics.forget_partition(topic, partition)
+        # The analyzers record the partitions they learned from (and a model loaded for a
+        # partition whose samples were all replays records it too): all of them go, or they
+        # would be stale when the partition comes back after another owner learned more.
+        sources = {source_key(topic, partition) for topic, partition in keys}
         if self.warm_start is not None:  # after the commit above: its held lines are replayed by the new owner
-            self.warm_start.forget(sources, self._inflight)
-        metrics = {metric for metric, source in self._source_of.items() if source in sources}
-        # A model loaded for a partition whose samples were all replays (skipped, so never
-        # tracked above) must go too: kept resident, it would be stale when the partition
-        # comes back after another owner learned more.
-        metrics.update(metric for metric, analyzer in self.models.items() if sources & analyzer.positions.keys())
+            self.warm_start.forget(sources)
+        metrics = {metric for metric, analyzer in self.models.items() if sources & analyzer.positions.keys()}
         # Lost (not revoked): a new owner may already have checkpointed past us; never overwrite that.
         if why == "lost":
             for topic, numbers in _by_topic(partitions).items():
@@ -545,15 +470,14 @@ class PensuService:
         try:
             if self.repartitioner is not None:
                 self.repartitioner.stop()
-            if self.producer is not None and self.consumer is not None:
-                if self.producer.flush(10) == 0:
-                    self._commit_delivered(asynchronous=False)
+            self.ledger.finish(10)
             saved, failed = self.models.save_dirty()
             log.info("saved %d models on shutdown (%d failed)", saved, failed)
             if self.consumer is not None:
                 self.consumer.close()
             self.store.close()
         finally:
+            self.ledger.detach()
             self.consumer = None
             self.producer = None  # drop the client so it stops reconnecting to a gone cluster
             self.health.stop()

@@ -31,7 +31,7 @@ import os
 import re
 import socket
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -44,6 +44,7 @@ from pensu.carbon import DEFAULT_NAME_TEMPLATE, validate_name_template
 from pensu.decision import (DEFAULT_LIKELIHOOD_THRESHOLD, DEFAULT_QUIET_SAMPLES, DEFAULT_SCORE_THRESHOLD,
                             DEFAULT_SUPPRESSION_SAMPLES)
 from pensu.errors import ConfigurationError
+from pensu.htm.presets import PRESETS
 
 __all__ = [
     "ModelPreset",
@@ -57,7 +58,9 @@ __all__ = [
 
 ENV_PREFIX = "PENSU_"
 EMBEDDED = "embedded"  # PENSU_KAFKA_BOOTSTRAP_SERVERS value asking for the in-process test broker
-ModelPreset = Literal["nab", "nupic", "small"]
+# The preset names have one source, pensu.htm.presets.PRESETS (a tuple subscript of Literal is
+# the same as listing its items; type checkers see it as a plain str).
+ModelPreset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # Prefix of pass-through librdkafka options -> which client(s) receive them.
@@ -98,8 +101,22 @@ class _MappingEnvSource(EnvSettingsSource):
         return {k.lower(): v for k, v in env.items() if v != ""}
 
 
-def _topic(default: str, description: str) -> Any:
-    return Field(default, description=description, json_schema_extra={"expected": _TOPIC_FORM})
+# Variables of the original Pensu read under a new name, because the old one misleads: still
+# read (the new name wins when both are set), each with a one-line deprecation warning.
+RENAMED_VARIABLES: dict[str, str] = {
+    "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": "PENSU_ANOMALY_SCORES_KAFKA_TOPIC",  # carries score lines
+    "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": "PENSU_ANOMALY_REPORTS_KAFKA_TOPIC",  # carries JSON reports
+}
+
+
+def _topic(default: str, description: str, renamed_from: str | None = None) -> Any:
+    """A topic field; `renamed_from`: a deprecated variable still read (RENAMED_VARIABLES)."""
+    if renamed_from is None:
+        return Field(default, description=description, json_schema_extra={"expected": _TOPIC_FORM})
+    new = RENAMED_VARIABLES[renamed_from]
+    return Field(default, validation_alias=AliasChoices(new, renamed_from),
+                 description=f"{description}; also read from the deprecated {renamed_from}.",
+                 json_schema_extra={"expected": _TOPIC_FORM})
 
 
 class Settings(BaseSettings):
@@ -152,12 +169,17 @@ class Settings(BaseSettings):
 
     # --- Topics -------------------------------------------------------------------------
     metrics_kafka_topic: str = _topic("metrics", "Input topic of carbon lines.")
-    reported_anomalies_kafka_topic: str = _topic(
-        "pensu.htm.anomaly_metrics", "Output topic of anomaly score, likelihood and direction lines.")
+    # The original Pensu's names of the next two read backwards (REPORTED_ANOMALIES carried the
+    # score lines, ANOMALIES_METRICS the JSON reports); they are still read, with a deprecation
+    # line (RENAMED_VARIABLES), and the new name wins when both are set.
+    anomaly_scores_kafka_topic: str = _topic(
+        "pensu.htm.anomaly_metrics", "Output topic of anomaly score, likelihood and direction lines",
+        renamed_from="PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC")
     prediction_metrics_kafka_topic: str = _topic(
         "pensu.htm.predictions", "Output topic of prediction and prediction-confidence lines.")
-    anomalies_metrics_kafka_topic: str = _topic(
-        "pensu_anomalies", "Output topic of JSON reports, one per reported anomaly.")
+    anomaly_reports_kafka_topic: str = _topic(
+        "pensu_anomalies", "Output topic of JSON reports (episode opened / resolved)",
+        renamed_from="PENSU_ANOMALIES_METRICS_KAFKA_TOPIC")
     topics_kafka_topic: str = _topic("pensu_topics", "Topic of the periodic list of monitored metrics.")
     topics_report_interval: float = Field(60.0, ge=0, allow_inf_nan=False,
                                           description="Seconds between monitored-metric lists; 0 disables.")
@@ -321,8 +343,8 @@ class Settings(BaseSettings):
         return init_settings, _MappingEnvSource(settings_cls)
 
     # --- Field checks ---------------------------------------------------------------------------
-    @field_validator("metrics_kafka_topic", "reported_anomalies_kafka_topic", "prediction_metrics_kafka_topic",
-                     "anomalies_metrics_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
+    @field_validator("metrics_kafka_topic", "anomaly_scores_kafka_topic", "prediction_metrics_kafka_topic",
+                     "anomaly_reports_kafka_topic", "topics_kafka_topic", "repartition_kafka_topic",
                      "dead_letter_kafka_topic", "feedback_kafka_topic", "checkpoint_kafka_topic",
                      "checkpoint_kafka_quarantine_topic")
     @classmethod
@@ -442,6 +464,17 @@ class Settings(BaseSettings):
             raise ValueError("\n".join(problems))
         return self
 
+    # --- Deprecated attribute names (code written against the original variable names) ------
+    @property
+    def reported_anomalies_kafka_topic(self) -> str:
+        """Deprecated: `anomaly_scores_kafka_topic` (score, likelihood and direction lines)."""
+        return self.anomaly_scores_kafka_topic
+
+    @property
+    def anomalies_metrics_kafka_topic(self) -> str:
+        """Deprecated: `anomaly_reports_kafka_topic` (JSON reports)."""
+        return self.anomaly_reports_kafka_topic
+
     # --- librdkafka configurations -----------------------------------------------------------
     @property
     def embedded_broker(self) -> bool:
@@ -495,27 +528,46 @@ class Settings(BaseSettings):
         return {k: v.get_secret_value() if isinstance(v, SecretStr) else v
                 for k, v in pairs.items() if v is not None}
 
-    def consumer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
-        """librdkafka consumer configuration: typed settings, security, then pass-through options."""
-        conf = self._common_config(self.kafka_consumer_client_id, instance_id, time_started,
-                                   self.consumer_servers())
-        conf.update({
-            "group.id": self.kafka_consumer_group_id,
-            "session.timeout.ms": self.kafka_session_timeout_ms,
-            # Offsets are committed by the service only after outputs are delivered.
-            "enable.auto.commit": False,
+    def consumer_config(self, instance_id: str, time_started: str, *, servers: str | None = None,
+                        group_suffix: str = "") -> dict[str, Any]:
+        """The one librdkafka consumer configuration, layered in this order (later wins):
+
+        1. defaults an operator may change with a pass-through option;
+        2. connection: client.id, bootstrap.servers (`servers` replaces the configured ones,
+           e.g. the embedded broker), security settings, then PENSU_KAFKA_OPT_*;
+        3. PENSU_KAFKA_CONSUMER_OPT_*;
+        4. keys owned by a typed setting or fixed by Pensu (pass-through refuses them).
+
+        `group_suffix` names a separate consumer group (the repartition stage's). Callers add
+        only callables (logger, error_cb).
+        """
+        return {
+            # 1. defaults
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
-        })
-        conf.update(self._kafka_options.get("consumer", {}))
-        return conf
+            # An input topic created after start-up is noticed within this (librdkafka: 5 min).
+            "topic.metadata.refresh.interval.ms": 30000,
+            # 2. and 3.
+            **self._common_config(self.kafka_consumer_client_id, instance_id, time_started,
+                                  servers or self.consumer_servers()),
+            **self._kafka_options.get("consumer", {}),
+            # 4. Offsets are committed by Pensu only after outputs are delivered.
+            "group.id": self.kafka_consumer_group_id + group_suffix,
+            "session.timeout.ms": self.kafka_session_timeout_ms,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
 
-    def producer_config(self, instance_id: str, time_started: str) -> dict[str, Any]:
-        """librdkafka producer configuration: typed settings, security, then pass-through options."""
-        conf = self._common_config(self.kafka_producer_client_id, instance_id, time_started,
-                                   self.producer_servers())
-        conf.update(self._kafka_options.get("producer", {}))
-        return conf
+    def producer_config(self, instance_id: str, time_started: str, *, servers: str | None = None) -> dict[str, Any]:
+        """The librdkafka producer configuration: connection (`servers` replaces the configured
+        bootstrap servers), security, PENSU_KAFKA_OPT_*, then PENSU_KAFKA_PRODUCER_OPT_*.
+
+        `pensu.kafka_io.OutputProducer` puts its delivery defaults (idempotence, unbounded retry)
+        under these; callers add only callables (logger, error_cb).
+        """
+        return {**self._common_config(self.kafka_producer_client_id, instance_id, time_started,
+                                      servers or self.producer_servers()),
+                **self._kafka_options.get("producer", {})}
 
     def kafka_options(self) -> dict[str, str]:
         """The pass-through variables these settings picked up: env var name -> value."""
@@ -542,6 +594,7 @@ _RESERVED_OPTIONS: dict[str, str] = {
     "ssl.key.location": "use PENSU_KAFKA_SSL_KEY_LOCATION",
     "ssl.key.password": "use PENSU_KAFKA_SSL_KEY_PASSWORD",
     "enable.auto.commit": "Pensu commits offsets itself, after outputs are delivered",
+    "enable.auto.offset.store": "Pensu commits offsets itself, after outputs are delivered",
 }
 
 
@@ -563,6 +616,10 @@ def deprecation_warnings(env: Mapping[str, str] | None = None, settings: "Settin
     source = os.environ if env is None else env
     upper = {k.upper(): v for k, v in source.items()}
     lines = [f"{name} is deprecated and {why}" for name, why in DEPRECATED_VARIABLES.items() if name in upper]
+    for old, new in RENAMED_VARIABLES.items():
+        if old in upper:
+            lines.append(f"{old} is deprecated (its name reads backwards): rename it {new}"
+                         + (f"; both are set and {new} wins" if upper.get(new) else "; its value is used"))
     if settings is not None and settings.kafka_session_timeout_ms < BROKER_MIN_SESSION_TIMEOUT_MS:
         lines.append(f"{_variable_used('kafka_session_timeout_ms', source)}={settings.kafka_session_timeout_ms} is "
                      f"below Kafka's default group.min.session.timeout.ms ({BROKER_MIN_SESSION_TIMEOUT_MS}): the "
@@ -848,15 +905,10 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _iter_fields() -> Iterator[tuple[str, Any]]:
-    yield from Settings.model_fields.items()
-
-
-def describe_settings(s: Settings | type[Settings] | None = None) -> list[tuple[str, str, str, str]]:
-    """(env var, type, default, description) of every field, in declaration order."""
-    del s  # the table describes the class; an instance is accepted for convenience
+def describe_settings() -> list[tuple[str, str, str, str]]:
+    """(env var, type, default, description) of every field of the class, in declaration order."""
     rows = []
-    for name, info in _iter_fields():
+    for name, info in Settings.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if "default_doc" in extra:
             default = str(extra["default_doc"])
@@ -868,7 +920,7 @@ def describe_settings(s: Settings | type[Settings] | None = None) -> list[tuple[
 
 def effective_settings(s: Settings) -> dict[str, str]:
     """Every setting's variable and value as text, secrets and sensitive options masked."""
-    out = {env_var(name): _format_value(getattr(s, name)) for name, _ in _iter_fields()}
+    out = {env_var(name): _format_value(getattr(s, name)) for name in Settings.model_fields}
     for var, value in sorted(s.kafka_options().items()):
         found = _option_scope(var)
         sensitive = found is not None and any(w in found[1] for w in _SENSITIVE_OPTION_WORDS)

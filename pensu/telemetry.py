@@ -30,7 +30,8 @@ class ServiceMetrics:
             "pensu_duplicate_samples_skipped",
             "Replayed samples at or before a model's checkpointed offset, not learned again.", registry=r)
         self.over_quota = Counter(
-            "pensu_over_quota", "Samples of new metrics refused because the tracked-metric quota is full.",
+            "pensu_over_quota", "Models swapped out because PENSU_MAX_ALLOWED_MODELS were resident (nothing is "
+                                "refused; the same events as pensu_model_evictions, kept for dashboards).",
             registry=r)
         self.reports_emitted = Counter(
             "pensu_reports_emitted", "Anomaly reports emitted.", registry=r)

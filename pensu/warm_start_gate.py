@@ -9,13 +9,13 @@ collects finished fetches, learns arrived history in chunks through the metric's
 then runs the held lines through the pipeline in arrival order, emitting their outputs through
 the service's callback.
 
-At least once is kept: a held line's batch (`DeliveryTracker`) counts it as one pending output
+At least once is kept: a held line's batch (`Batch`) counts it as one pending output
 until the line has been processed and its outputs queued, so the batch's offsets (and every
 later batch's) are not committed before then; a crash or stop while lines are held replays
 them. While a batch is held its age is not time spent waiting for the broker, so the gate keeps
 its `created` stamp current. When partitions are revoked, held lines of those partitions are
-dropped (the new owner replays them) and those partitions' positions are removed from every
-in-flight batch, so nothing past a dropped line is committed by this instance.
+dropped (the new owner replays them) and the service has the ledger drop those partitions'
+positions from every in-flight batch, so nothing past a dropped line is committed here.
 
 Known limit: a message mixing lines of a warm-starting metric with other lines is split; each
 part numbers its lines from 0, so after a crash the replay of such a message cannot skip all its
@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from pensu.carbon import OWN_OUTPUT_PREFIX, parse_line
+from pensu.carbon import parse_line
+from pensu.delivery import Batch
 from pensu.errors import LineRejected
 from pensu.graphite_fetch import HistoryFetcher, fetch_render
-from pensu.kafka_io import DeliveryTracker
-from pensu.pipeline import MessageResult, Pipeline, value_encodable
+from pensu.pipeline import MessageResult, Pipeline
 from pensu.registry import ModelRegistry
 from pensu.settings import Settings
 from pensu.warm_start import History, HistoryRequest, WarmStartBook, history_request
@@ -56,7 +56,7 @@ LEARN_BATCH = 64
 # (counted as "busy") instead of holding unbounded samples.
 MAX_PENDING_METRICS = 1000
 
-Emit = Callable[[MessageResult, str, DeliveryTracker], None]
+Emit = Callable[[MessageResult, Batch], None]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class HeldLine:
     source: str
     offset: int
     origin: str | None
-    batch: DeliveryTracker
+    batch: Batch
 
 
 class WarmStartMetrics:
@@ -105,7 +105,7 @@ class WarmStartGate:
                                                            MAX_PENDING_METRICS, clock)
         self.fetcher = HistoryFetcher(settings.graphite_url, settings.warm_start_timeout,
                                       settings.warm_start_concurrency, fetch)
-        self._held_batches: dict[int, tuple[DeliveryTracker, int]] = {}  # id -> (batch, lines held)
+        self._held_batches: dict[int, tuple[Batch, int]] = {}  # id -> (batch, lines held)
         self._logged: set[str] = set()
         self._details: dict[str, str] = {}  # metric -> why its fetch failed, until it is released
         self._warm_logged = False
@@ -120,7 +120,7 @@ class WarmStartGate:
 
     # -- consume side -------------------------------------------------------------------------
     def admit(self, payload: bytes | None, source: str, offset: int, origin: str | None,
-              batch: DeliveryTracker) -> bytes | None:
+              batch: Batch) -> bytes | None:
         """The message's lines to process now; lines of warm-starting metrics are held."""
         if not payload:
             return payload
@@ -147,7 +147,7 @@ class WarmStartGate:
         return b"\n".join(kept)
 
     def _is_new(self, metric: str) -> bool:
-        if metric.startswith(OWN_OUTPUT_PREFIX) or self.pipeline.allowed.match(metric) is None:
+        if self.pipeline.formatter.is_own_output(metric) or self.pipeline.allowed.match(metric) is None:
             return False
         if metric in self.registry:
             return False
@@ -164,13 +164,13 @@ class WarmStartGate:
         self.fetcher.submit(request)
         return True
 
-    def _hold_batch(self, batch: DeliveryTracker) -> None:
+    def _hold_batch(self, batch: Batch) -> None:
         # One pending "output" per held line: its batch is not committed before it is processed.
         batch.pending += 1
         _, count = self._held_batches.get(id(batch), (batch, 0))
         self._held_batches[id(batch)] = (batch, count + 1)
 
-    def _release_batch(self, batch: DeliveryTracker) -> None:
+    def _release_batch(self, batch: Batch) -> None:
         batch.pending -= 1
         _, count = self._held_batches[id(batch)]
         if count <= 1:
@@ -210,7 +210,7 @@ class WarmStartGate:
                 first = group[0]
                 result = self.pipeline.process(b"\n".join(item.line for item in group), first.source,
                                                first.offset, first.origin)
-                emit(result, first.source, first.batch)  # queues its outputs on the held batch first
+                emit(result, first.batch)  # queues its outputs on the held batch first
                 for item in group:
                     self._release_batch(item.batch)
         now = time.monotonic()
@@ -222,7 +222,7 @@ class WarmStartGate:
         analyzer = self.registry.get(metric)
         learned = 0
         for ts, value in chunk:
-            if not self.learns(metric, ts) or not value_encodable(analyzer, value):
+            if not self.learns(metric, ts):
                 self.metrics.skipped.labels(reason="rejected").inc()
                 continue
             try:
@@ -231,15 +231,14 @@ class WarmStartGate:
                 self.metrics.skipped.labels(reason="rejected").inc()
                 continue
             learned += 1
-        if learned:
-            self.registry.mark_dirty(metric)
+        if learned:  # the registry sees the analyzer is dirty from its sample count
             self.metrics.learned.inc(learned)
 
-    def forget(self, sources: set[str], inflight: Iterable[DeliveryTracker]) -> None:
-        """Partitions `sources` ("topic:partition") were revoked: drop their held lines, and their
-        positions from every in-flight batch (the new owner replays from the last commit). A
-        metric left with nothing held is checkpointed and dropped like the service's other
-        metrics of those partitions, so a stale copy never stays resident here."""
+    def forget(self, sources: set[str]) -> None:
+        """Partitions `sources` ("topic:partition") were revoked: drop their held lines (the new
+        owner replays from the last commit; the service drops their positions from the in-flight
+        batches). A metric left with nothing held is checkpointed and dropped like the service's
+        other metrics of those partitions, so a stale copy never stays resident here."""
         before = set(self.book.metrics())
         for item in self.book.forget(lambda held: held.source not in sources):
             self._release_batch(item.batch)
@@ -247,10 +246,6 @@ class WarmStartGate:
         if dropped:
             self.registry.release(dropped)
         self._details = {m: d for m, d in self._details.items() if m in self.book}
-        gone = {(topic, int(partition)) for topic, partition in (s.rsplit(":", 1) for s in sources)}
-        for batch in inflight:
-            for key in gone & batch.positions.keys():
-                del batch.positions[key]
         self.metrics.in_flight.set(len(self.book))
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures. Kafka is reached through one fixture with four tiers (DESIGN.md):
+"""Shared fixtures. Kafka is reached through one fixture with four tiers (docs/architecture.md, "Tests"):
 
 1. ``PENSU_TEST_KAFKA_BOOTSTRAP`` — an explicit, real cluster;
 2. testcontainers' Kafka, when a Docker engine answers;

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 from pensu.analyzer import MetricAnalyzer
+from pensu.analyzer_settings import analyzer_config
 from pensu.carbon import parse_line
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
-from pensu.service import PensuService, analyzer_config
+from pensu.service import PensuService
 from pensu.settings import Settings, load_settings
 from tests.conftest import KafkaCluster, free_port
 

@@ -6,7 +6,6 @@ import math
 
 from pensu.analyzer import AnalyzerConfig, Thresholds
 from pensu.htm.likelihood import AnomalyLikelihoodParams
-from pensu.htm.presets import prediction_params, preset_params
 
 START_TS = 1_600_000_000.0
 INTERVAL = 300.0
@@ -17,10 +16,8 @@ def fast_config(thresholds: Thresholds | None = None, steps: int = 1, warmup: in
     """The `small` preset with a short warm-up and likelihood probation, for quick tests."""
     likelihood = AnomalyLikelihoodParams(learning_period=learning, estimation_samples=estimation,
                                          reestimation_period=20)
-    anomaly = preset_params("small", warmup_samples=warmup, likelihood=likelihood)
-    prediction = prediction_params(preset_params("small", warmup_samples=warmup), steps)
-    return AnalyzerConfig(anomaly_params=anomaly, prediction_params=prediction,
-                          thresholds=thresholds or Thresholds(), prediction_steps=steps)
+    return AnalyzerConfig.from_presets("small", "small", steps=steps, warmup=warmup,
+                                       thresholds=thresholds or Thresholds(), likelihood=likelihood)
 
 
 def periodic_value(index: int, period: int = 24) -> float:

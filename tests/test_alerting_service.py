@@ -10,7 +10,7 @@ import pytest
 from pensu.analyzer import MetricAnalyzer
 from pensu.carbon import parse_line
 from pensu.decision import OPENED, RESOLVED
-from pensu.service import analyzer_config
+from pensu.analyzer_settings import analyzer_config
 from pensu.settings import load_settings
 from tests.alert_receiver import AlertReceiver, check_postable_alerts, parse_time
 from tests.conftest import KafkaCluster

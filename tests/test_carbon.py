@@ -22,8 +22,8 @@ from pensu.carbon import (
     Sample,
     format_line,
     format_report,
-    is_own_output,
     output_metric_name,
+    own_output_prefixes,
     parse_line,
     parse_message,
     validate_name_template,
@@ -241,8 +241,8 @@ def test_output_metric_names() -> None:
     names = [output_metric_name(DEFAULT_NAME_TEMPLATE, k, "some.metric.name") for k in OUTPUT_KINDS]
     assert names[0] == "pensu.anomaly_score.metrics_analyzer.some.metric.name"
     assert len(set(names)) == len(OUTPUT_KINDS)
-    assert all(is_own_output(n) for n in names)
-    assert not is_own_output("pensux.a")
+    assert all(n.startswith(own_output_prefixes(DEFAULT_NAME_TEMPLATE)) for n in names)
+    assert not any("pensu.a".startswith(p) for p in own_output_prefixes(DEFAULT_NAME_TEMPLATE))
     assert output_metric_name("x.{{#anomaly_metric}}", "prediction", "m") == "x.prediction.m"
     assert output_metric_name("{{#anomaly_metric}}.{{#anomaly_metric}}", "p", "m") == "p.p.m"
     # the longest legal input name still produces a formattable output line

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pensu.settings import DEPRECATED_VARIABLES, known_variables, load_settings, unknown_variables
+from pensu.settings import (DEPRECATED_VARIABLES, RENAMED_VARIABLES, deprecation_warnings, known_variables,
+                            load_settings, unknown_variables)
 from tests.conftest import KafkaCluster, free_port
 from tests.service_harness import spawn_service
 from tests.test_cli import pensu
@@ -50,9 +51,22 @@ def test_config_with_the_original_env_file_warns_once_per_deprecated_variable() 
     result = pensu("config", env=original_env(), timeout=60)
     assert result.returncode == 0, result.stderr
     assert "unknown variable" not in result.stderr
-    for name in DEPRECATED_VARIABLES:
+    for name in [*DEPRECATED_VARIABLES, *RENAMED_VARIABLES]:
         lines = [line for line in result.stderr.splitlines() if name in line]
         assert len(lines) == 1 and "deprecated" in lines[0], result.stderr
+
+
+def test_the_two_backwards_topic_names_still_work_and_the_new_names_win() -> None:
+    old = {"PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": "old.scores", "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": "old.reports"}
+    s = load_settings(old)
+    assert (s.anomaly_scores_kafka_topic, s.anomaly_reports_kafka_topic) == ("old.scores", "old.reports")
+    warnings = deprecation_warnings(old)
+    assert any("PENSU_ANOMALY_SCORES_KAFKA_TOPIC" in w and "value is used" in w for w in warnings)
+    both = {**old, "PENSU_ANOMALY_SCORES_KAFKA_TOPIC": "new.scores", "PENSU_ANOMALY_REPORTS_KAFKA_TOPIC": "new.reports"}
+    s = load_settings(both)
+    assert (s.anomaly_scores_kafka_topic, s.anomaly_reports_kafka_topic) == ("new.scores", "new.reports")
+    assert sum("wins" in w for w in deprecation_warnings(both)) == 2
+    assert deprecation_warnings({k: v for k, v in both.items() if k not in old}) == []
 
 
 def test_readme_migration_table_lists_every_original_variable() -> None:

@@ -99,6 +99,31 @@ def test_allow_list_and_own_outputs_are_not_modelled(tmp_path: Path) -> None:
     assert "staging.cpu" not in pipeline.registry
 
 
+def test_own_outputs_are_recognised_from_the_configured_name_template(tmp_path: Path) -> None:
+    registry = ModelRegistry(LocalCheckpointStore(tmp_path), fast_config(ALWAYS), capacity=10)
+    skipped: Counter = Counter()
+    formatter = OutputFormatter(TOPICS, "htm.{{#anomaly_metric}}", ALWAYS, "test-instance",
+                                other_output_prefixes=("pensu.anomaly_rate.",))
+    events = PipelineEvents(skipped=lambda reason: skipped.update([reason]))
+    pipeline = Pipeline(registry, formatter, re.compile(".*"), events=events)
+    first = pipeline.process(b"web.cpu 1 1600000000", "metrics:0", 0)
+    echoed = b"\n".join(r.value.rstrip(b"\n") for r in first.records)  # its outputs come back as input
+    again = pipeline.process(echoed + b"\npensu.anomaly_rate.web 0.5 1600000000", "metrics:0", 1)
+    assert again.samples == 0 and skipped["own_output"] == len(first.records) + 1
+    # With this template a `pensu.` name is an ordinary metric, modelled like any other.
+    other = pipeline.process(b"pensu.anomaly_score.metrics_analyzer.web.cpu 1 1600000000", "metrics:0", 2)
+    assert other.metrics == {"pensu.anomaly_score.metrics_analyzer.web.cpu"}
+
+
+def test_a_value_beyond_the_encoders_range_is_rejected_before_anything_learns_it(tmp_path: Path) -> None:
+    pipeline, counts = make_pipeline(tmp_path, dead_letter="dead")
+    result = pipeline.process(lines("m", series(3)) + b"\nm 1e300 1700000000", "metrics:0", 0)
+    assert result.samples == 3 and counts["rejected:value_out_of_range"] == 1
+    assert pipeline.registry.get("m").sample_count == 3
+    (dead,) = [r for r in result.records if r.topic == "dead"]
+    assert dead.value == b"m 1e+300 1700000000.0"
+
+
 def test_replayed_offsets_are_skipped_not_learned_twice(tmp_path: Path) -> None:
     pipeline, counts = make_pipeline(tmp_path)
     payload = lines("m", series(3))

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from pensu.analyzer import MetricAnalyzer, Thresholds
@@ -36,7 +37,6 @@ def interleaved(registry: ModelRegistry, samples: list[tuple[float, float]]) -> 
     for i, (ts, value) in enumerate(samples):
         for k, metric in enumerate(METRICS):
             analysis = registry.get(metric).process(ts, value + k, f"metrics:{k % 4}", i, 0)
-            registry.mark_dirty(metric)
             out[metric].append(dataclasses.astuple(analysis))
     return out
 
@@ -61,7 +61,6 @@ def test_checkpoint_file_names_never_contain_the_metric_name(tmp_path: Path) -> 
     registry = ModelRegistry(LocalCheckpointStore(tmp_path), fast_config(), capacity=1)
     for metric in ("a.visible.name", "b.other"):
         registry.get(metric).process(1.0, 1.0)
-        registry.mark_dirty(metric)
     registry.save_dirty()
     names = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert names and not any("visible" in n or "other" in n for n in names)
@@ -73,7 +72,6 @@ def test_release_saves_and_drops_and_reload_resumes(tmp_path: Path) -> None:
     samples = series(60)
     for ts, value in samples[:40]:
         registry.get("m").process(ts, value)
-        registry.mark_dirty("m")
     assert registry.release(["m"]) == 1 and "m" not in registry
     other = ModelRegistry(store, fast_config(ALWAYS), capacity=10)
     resumed = [other.get("m").process(ts, v) for ts, v in samples[40:]]
@@ -87,7 +85,6 @@ def test_corrupt_checkpoint_is_quarantined_and_a_fresh_model_starts(tmp_path: Pa
     registry = ModelRegistry(store, fast_config(), capacity=10)
     for ts, value in series(20):
         registry.get("m").process(ts, value)
-        registry.mark_dirty("m")
     registry.release(["m"])
     path = store.path_for("m")
     blob = bytearray(path.read_bytes())
@@ -107,12 +104,10 @@ def test_failed_save_keeps_the_model_resident_and_a_later_save_catches_up(tmp_pa
     events, counts = counting_events()
     registry = ModelRegistry(LocalCheckpointStore(models), fast_config(), capacity=1, events=events)
     registry.get("a").process(1.0, 1.0)
-    registry.mark_dirty("a")
     # A real fault: the models directory is replaced by a regular file, so writes fail.
     shutil.rmtree(models)
     models.write_bytes(b"not a directory")
     registry.get("b").process(1.0, 2.0)
-    registry.mark_dirty("b")
     assert counts["save_failed"] >= 1
     assert "a" in registry and "b" in registry  # over the cap rather than losing "a"
     models.unlink()
@@ -124,7 +119,6 @@ def test_failed_save_keeps_the_model_resident_and_a_later_save_catches_up(tmp_pa
 def _learn(registry: ModelRegistry, metric: str, samples: list[tuple[float, float]], first_offset: int) -> None:
     for i, (ts, value) in enumerate(samples):
         registry.get(metric).process(ts, value, "metrics:0", first_offset + i, 0)
-        registry.mark_dirty(metric)
 
 
 def test_release_of_a_lost_partition_never_overwrites_a_newer_checkpoint(tmp_path: Path) -> None:
@@ -171,44 +165,77 @@ def test_unreadable_checkpoint_is_set_aside_not_overwritten_by_the_fresh_model(t
     assert store.load("m")[0].sample_count == 10 and set_aside[0].is_symlink()  # both kept
 
 
+class SourcesInFlight:
+    """A DeliveryGate over a set of "topic:partition" sources whose outputs are unacknowledged."""
+
+    def __init__(self) -> None:
+        self.in_flight: set[str] = set()
+        self.waits: list[int] = []
+
+    def settled(self, positions: Mapping[str, tuple[int, int]]) -> bool:
+        return not (positions.keys() & self.in_flight)
+
+    def wait_all(self) -> bool:
+        self.waits.append(len(self.in_flight))
+        self.in_flight.clear()  # the broker acknowledged everything
+        return True
+
+
 def test_eviction_parks_models_with_unacknowledged_outputs_until_they_are_acknowledged(tmp_path: Path) -> None:
     store = LocalCheckpointStore(tmp_path)
-    in_flight: set[str] = set()
-    flushes: list[int] = []
+    gate = SourcesInFlight()
     loads: Counter = Counter()
 
-    def flush() -> None:
-        flushes.append(len(in_flight))
-        in_flight.clear()  # the broker acknowledged everything
-
     def learn(name: str) -> None:
-        registry.get(name).process(START_TS, 1.0)
-        registry.mark_dirty(name)
-        in_flight.add(name)
+        registry.get(name).process(START_TS, 1.0, f"{name}:0", 0, 0)  # each metric on its own partition
+        gate.in_flight.add(f"{name}:0")
 
     def saved() -> set[str]:
         return {entry.key for entry in store.entries()}
 
-    registry = ModelRegistry(store, fast_config(), capacity=20, events=RegistryEvents(
-        outputs_pending=in_flight.__contains__, flush_outputs=flush, loaded=lambda source: loads.update([source])))
+    registry = ModelRegistry(store, fast_config(), capacity=20, gate=gate,
+                             events=RegistryEvents(loaded=lambda source: loads.update([source])))
     assert registry.write_behind == 2
     for i in range(20):  # the whole cap is usable: nothing saved, no waiting
         learn(f"m{i}")
-    assert len(registry) == 20 and registry.parked == 0 and flushes == [] and saved() == set()
+    assert len(registry) == 20 and registry.parked == 0 and gate.waits == [] and saved() == set()
     # Over the cap with every older model's outputs in flight: m0..m2 are parked, the third
     # overflows the write-behind, and one wait lets all three be saved.
     learn("m20")
-    assert flushes == [20] and registry.parked == 0 and len(registry) == 18
+    assert gate.waits == [20] and registry.parked == 0 and len(registry) == 18
     assert saved() == {checkpoint_key(m) for m in ("m0", "m1", "m2")}
-    in_flight.clear()
-    in_flight.add("m3")  # only m3's outputs are still in flight
+    gate.in_flight = {"m3:0"}  # only m3's outputs are still in flight
     learn("m21")
     learn("m22")
     learn("m23")  # over the cap: m3 is parked, m4 (acknowledged) is saved; no waiting
-    assert len(flushes) == 1 and registry.parked == 1 and len(registry) == 20
+    assert len(gate.waits) == 1 and registry.parked == 1 and len(registry) == 20
     assert checkpoint_key("m4") in saved() and checkpoint_key("m3") not in saved()
     assert registry.get("m3").sample_count == 1 and registry.parked == 0  # back from the write-behind
     assert loads["checkpoint"] == 0
+
+
+def test_an_analyzer_that_never_learned_is_not_written(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    registry = ModelRegistry(store, fast_config(), capacity=1)
+    registry.get("idle")  # created, never fed (e.g. all its samples were replays)
+    registry.get("busy").process(START_TS, 1.0)  # evicts "idle"
+    assert "idle" not in registry and store.load("idle") is None
+    registry.get("idle")  # evicts "busy", which learned: written
+    assert store.load("busy")[0].sample_count == 1
+    assert registry.save_dirty() == (0, 0)  # nothing learned since
+
+
+def test_a_flood_of_new_names_trims_the_store_every_tenth_of_the_cap(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path)
+    trims: list[int] = []
+    registry = ModelRegistry(store, fast_config(), capacity=2, max_checkpoints=20,
+                             events=RegistryEvents(trimmed=trims.append))
+    for i in range(60):
+        registry.get(f"flood{i}").process(START_TS, 1.0)
+        # Disk use stays within the cap plus a tenth of it, without any autosave.
+        assert len(list(store.entries())) <= 20 + 2
+    assert trims and sum(trims) >= 60 - 2 - 22
+    assert registry.trim() >= 0 and len(list(store.entries())) <= 20
 
 
 def test_a_failing_disk_logs_one_line_per_interval_not_one_per_model(tmp_path: Path, caplog) -> None:
@@ -217,7 +244,6 @@ def test_a_failing_disk_logs_one_line_per_interval_not_one_per_model(tmp_path: P
     registry = ModelRegistry(LocalCheckpointStore(models), fast_config(), capacity=10, events=events)
     for name in ("a", "b", "c", "d"):
         registry.get(name).process(1.0, 1.0)
-        registry.mark_dirty(name)
     shutil.rmtree(models, ignore_errors=True)
     models.write_bytes(b"not a directory")  # every save fails
     with caplog.at_level(logging.WARNING, logger="pensu.registry"):
@@ -232,7 +258,6 @@ def _learn_from(registry: ModelRegistry, metric: str, samples: list[tuple[float,
                 origin: str) -> None:
     for i, (ts, value) in enumerate(samples):
         registry.get(metric).process(ts, value, "metrics:0", first_offset + i, 0, origin)
-        registry.mark_dirty(metric)
 
 
 def test_lost_partition_superseded_check_compares_offsets_only_within_one_topic_incarnation(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -127,14 +129,24 @@ def test_restart_resumes_from_checkpoints(kafka: KafkaCluster, tmp_path: Path) -
     store = LocalCheckpointStore(models)
     header, _ = store.load("db.qps")
     assert header.sample_count == 70
+    # A crash mid-write leaves a temp file; an old one is removed at start, a young one kept.
+    stale, young = models / "00" / ".tmp-crashed", models / "00" / ".tmp-writing"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"partial")
+    young.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     with ServiceThread(env) as second:
+        assert not stale.exists() and young.exists()
         produce_lines(kafka, topic, {"db.qps": samples[70:]}, batch=10)
         msgs = kafka.consume_all([anomaly_topic], expected=3 * 120, timeout=60)
         settings = second.settings
+        lag = second.service.metrics.consumer_lag
     got = carbon_by_metric(msgs, anomaly_topic)["db.qps"]
     expected = carbon_of(expected_records(settings, "db.qps", samples), anomaly_topic)
     assert got == expected  # nothing learned twice, nothing lost, the restored model continued exactly
     assert first.exit_code == 0 and second.exit_code == 0
+    # Every partition was handed over at shutdown: no lag series of a partition it no longer owns.
+    assert [s for m in lag.collect() for s in m.samples] == []
 
 
 def _ping(port: int, line: bytes) -> bytes:

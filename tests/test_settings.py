@@ -40,9 +40,9 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "kafka_ssl_key_location": None,
     "kafka_ssl_key_password": None,
     "metrics_kafka_topic": "metrics",
-    "reported_anomalies_kafka_topic": "pensu.htm.anomaly_metrics",
+    "anomaly_scores_kafka_topic": "pensu.htm.anomaly_metrics",
     "prediction_metrics_kafka_topic": "pensu.htm.predictions",
-    "anomalies_metrics_kafka_topic": "pensu_anomalies",
+    "anomaly_reports_kafka_topic": "pensu_anomalies",
     "topics_kafka_topic": "pensu_topics",
     "topics_report_interval": 60.0,
     "dead_letter_kafka_topic": None,
@@ -109,9 +109,9 @@ ENV_VALUES: dict[str, tuple[str, Any]] = {
     "kafka_ssl_key_location": ("/etc/key.pem", "/etc/key.pem"),
     "kafka_ssl_key_password": ("key-pw", SecretStr("key-pw")),
     "metrics_kafka_topic": ("in.metrics", "in.metrics"),
-    "reported_anomalies_kafka_topic": ("out.a", "out.a"),
+    "anomaly_scores_kafka_topic": ("out.a", "out.a"),
     "prediction_metrics_kafka_topic": ("out.p", "out.p"),
-    "anomalies_metrics_kafka_topic": ("out.r", "out.r"),
+    "anomaly_reports_kafka_topic": ("out.r", "out.r"),
     "topics_kafka_topic": ("out.t", "out.t"),
     "topics_report_interval": ("0", 0.0),
     "dead_letter_kafka_topic": ("dlq", "dlq"),
@@ -312,11 +312,26 @@ def test_consumer_config_defaults_and_placeholders() -> None:
         "group.id": "pensu",
         "session.timeout.ms": 45000,
         "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        "topic.metadata.refresh.interval.ms": 30000,
     }
     assert s.producer_config("node1", "1700000000") == {
         "bootstrap.servers": "k:9092", "client.id": "pensu-producer-node1-1700000000"}
+
+
+def test_one_consumer_builder_serves_the_service_and_the_repartition_stage() -> None:
+    s = load_settings({"PENSU_KAFKA_BOOTSTRAP_SERVERS": "k:9092", "PENSU_KAFKA_CONSUMER_GROUP_ID": "g",
+                       "PENSU_KAFKA_OPT_AUTO_OFFSET_RESET": "latest"})
+    service = s.consumer_config("i", "0")
+    stage = s.consumer_config("i", "0", servers="embedded:1", group_suffix=".repartition")
+    assert service["group.id"] == "g" and stage["group.id"] == "g.repartition"
+    assert service["bootstrap.servers"] == "k:9092" and stage["bootstrap.servers"] == "embedded:1"
+    assert {k: v for k, v in stage.items() if k not in ("group.id", "bootstrap.servers")} == \
+        {k: v for k, v in service.items() if k not in ("group.id", "bootstrap.servers")}
+    assert service["auto.offset.reset"] == "latest"  # a default: pass-through options win over it
+    assert s.producer_config("i", "0", servers="embedded:1")["bootstrap.servers"] == "embedded:1"
 
 
 def test_custom_client_ids_render_every_placeholder_occurrence() -> None:
@@ -371,7 +386,8 @@ def test_pass_through_survives_model_copy() -> None:
 
 @pytest.mark.parametrize("var", ["PENSU_KAFKA_OPT_BOOTSTRAP_SERVERS", "PENSU_KAFKA_CONSUMER_OPT_GROUP_ID",
                                  "PENSU_KAFKA_PRODUCER_OPT_CLIENT_ID", "PENSU_KAFKA_OPT_SASL_PASSWORD",
-                                 "PENSU_KAFKA_CONSUMER_OPT_ENABLE_AUTO_COMMIT", "PENSU_KAFKA_OPT_"])
+                                 "PENSU_KAFKA_CONSUMER_OPT_ENABLE_AUTO_COMMIT",
+                                 "PENSU_KAFKA_CONSUMER_OPT_ENABLE_AUTO_OFFSET_STORE", "PENSU_KAFKA_OPT_"])
 def test_pass_through_of_typed_or_fixed_options_is_refused(var: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         load_settings({var: "x"})
@@ -440,7 +456,6 @@ def test_unknown_variables_default_to_process_environment(monkeypatch: pytest.Mo
 def test_describe_settings_covers_every_field() -> None:
     rows = describe_settings()
     assert [r[0] for r in rows] == ["PENSU_" + f.upper() for f in Settings.model_fields]
-    assert describe_settings(Settings) == rows == describe_settings(load_settings({}))
     defaults = effective_settings(load_settings({}))
     for var, type_name, default, description in rows:
         assert type_name and description, var

@@ -65,6 +65,7 @@ FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 RESOLUTION_DIVISOR = 130.0
 MIN_RESOLUTION = 0.001
+MAX_VALUE_BUCKETS = 2.0**62  # |value| / resolution beyond this overflows the encoder's int64 bucket
 FLAT_WARMUP_FACTOR = 10
 
 
@@ -171,6 +172,17 @@ class HtmModel:
     def resolution(self) -> float | None:
         """The value encoder's resolution, or None while warming up."""
         return None if self.rdse is None else self.rdse.params.resolution
+
+    def can_encode(self, value: float) -> bool:
+        """False when `value` is too large for the value encoder at its resolution.
+
+        The encoder's bucket floor(value / resolution) is kept as a 64-bit integer; past
+        MAX_VALUE_BUCKETS resolutions it would overflow after part of the model had learned the
+        value. While warming up the resolution is not known yet: it can be no finer than
+        MIN_RESOLUTION. (NaN is not judged here: callers refuse non-finite values first.)
+        """
+        resolution = self.resolution or MIN_RESOLUTION
+        return not abs(value) / resolution >= MAX_VALUE_BUCKETS
 
     @property
     def warming_up(self) -> bool:

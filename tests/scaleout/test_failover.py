@@ -11,7 +11,7 @@ import pytest
 
 from pensu.analyzer import MetricAnalyzer
 from pensu.outputs import OutputFormatter, OutputTopics
-from pensu.service import analyzer_config
+from pensu.analyzer_settings import analyzer_config
 from pensu.settings import Settings, load_settings
 from tests.conftest import KafkaCluster
 from tests.scaleout.cluster import (
