@@ -6,7 +6,8 @@ was made earlier *for this sample* (used for the direction and the report), and 
 of `pensu.decision` (the rule, the episode state machine and their documentation live there):
 whether the sample is anomalous, whether an episode opened on it (`reported`: a report is
 emitted) and the episode event (opened/resolved) if any. The episode state is per metric and
-is saved with the models (format version 2 added it, version-1 checkpoints restore with no episode open; version 3 adds the prediction band to pending predictions).
+is saved with the models (format version 2 added it, version-1 checkpoints restore with no episode
+open; version 3 adds the prediction band to pending predictions).
 
 Episode notes (format 4): `episode_notes` is a small msgpack-native map the service attaches to
 the metric's open episode — what it sent when the episode opened (alert labels, incident id,
@@ -28,8 +29,9 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 
@@ -204,7 +206,7 @@ class MetricAnalyzer:
         return seen is not None and (offset, line) <= seen
 
     def replay_verdict(self, source: str, offset: int, line: int, timestamp: float,
-                       origin: str | None) -> "ReplayVerdict | None":
+                       origin: str | None) -> ReplayVerdict | None:
         """Whether the sample was provably learned before (see pensu.provenance); None: learn it."""
         return replay_verdict(self.positions.get(source), self.origins.get(source), origin, offset, line,
                               timestamp, self.last_timestamp)
@@ -261,7 +263,8 @@ class MetricAnalyzer:
         decision = self.decision.step(Observation(
             timestamp=timestamp, value=value, raw_score=anomaly.raw_score, log_likelihood=anomaly.log_likelihood,
             final_score=anomaly.anomaly_score, spatial_anomaly=anomaly.spatial_anomaly,
-            contextual_anomaly=anomaly.contextual_anomaly, warming_up=anomaly.warming_up, predicted_value=predicted_value, prediction_confidence=confidence,
+            contextual_anomaly=anomaly.contextual_anomaly, warming_up=anomaly.warming_up,
+            predicted_value=predicted_value, prediction_confidence=confidence,
             previous_value=self.last_value))
 
         self.sample_count += 1
@@ -318,8 +321,13 @@ class MetricAnalyzer:
         return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "analyzer": state},
                              use_bin_type=True)
 
+    def _restore_windows(self, deltas: Iterable[Any], pending: Iterable[Any]) -> None:
+        """Fill the interval and pending-prediction windows of an analyzer being restored."""
+        self._deltas = deque((float(d) for d in deltas), maxlen=_INTERVAL_WINDOW)
+        self._pending = deque((_pending_from_state(p) for p in pending), maxlen=self.prediction_steps)
+
     @classmethod
-    def from_bytes(cls, data: bytes, thresholds: Thresholds, expected_metric: str | None = None) -> "MetricAnalyzer":
+    def from_bytes(cls, data: bytes, thresholds: Thresholds, expected_metric: str | None = None) -> MetricAnalyzer:
         """Restore an analyzer; the thresholds come from the current settings, not the bytes."""
         try:
             envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
@@ -353,7 +361,7 @@ class MetricAnalyzer:
 
     @classmethod
     def _from_state(cls, state: Mapping[str, Any], thresholds: Thresholds,
-                    expected_metric: str | None) -> "MetricAnalyzer":
+                    expected_metric: str | None) -> MetricAnalyzer:
         metric = require(state, "metric", "MetricAnalyzer")
         if not isinstance(metric, str) or (expected_metric is not None and metric != expected_metric):
             raise CorruptData(f"MetricAnalyzer: holds metric {metric!r}, expected {expected_metric!r}")
@@ -378,10 +386,8 @@ class MetricAnalyzer:
                                   for k, v in require(state, "positions", "MetricAnalyzer").items()}
             # Checkpoints written before origins were recorded have none: their offsets prove nothing.
             analyzer.origins = {str(k): str(v) for k, v in (state.get("origins") or {}).items()}
-            analyzer._deltas = deque((float(d) for d in require(state, "deltas", "MetricAnalyzer")),
-                                     maxlen=_INTERVAL_WINDOW)
-            analyzer._pending = deque((_pending_from_state(p) for p in require(state, "pending", "MetricAnalyzer")),
-                                      maxlen=analyzer.prediction_steps)
+            cls._restore_windows(analyzer, require(state, "deltas", "MetricAnalyzer"),
+                                 require(state, "pending", "MetricAnalyzer"))
         except (TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CorruptData(f"MetricAnalyzer: malformed state ({exc})") from exc
         try:

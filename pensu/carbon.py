@@ -35,8 +35,9 @@ import math
 import numbers
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from pensu.errors import ConfigurationError, LineRejected
 

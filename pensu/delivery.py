@@ -178,7 +178,10 @@ class DeliveryLedger:
         if not offsets or self._consumer is None:
             return
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # Not fatal: the outputs were delivered; the next owner may replay and skip them.
             self._commit_log.log(logging.WARNING, "offset commit failed: %s", exc)

@@ -121,6 +121,7 @@ class EpisodeHooks:
     def _adopt(self, analysis: Analysis, analyzer: MetricAnalyzer) -> None:
         """Hand the notes of the current episode to whichever holder does not know them yet."""
         event = analysis.event
+        current: str | None
         if event is not None and event.event == RESOLVED:
             current = event.episode_id
         else:

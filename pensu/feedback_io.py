@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
 from pensu.errors import PensuError
 from pensu.feedback import FeedbackFilter, FeedbackRejected, OfflineFeedback, Rule, parse_rule
+from pensu.kafka_io import PARTITION_EOF, message_position
 from pensu.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class FeedbackLog:
             self._producer.flush(5.0)
 
     def _run(self) -> None:
+        assert self.topic is not None  # start() runs this thread only with a topic
         conf = {k: v for k, v in (self._consumer_conf or {}).items()
                 if k not in ("group.instance.id", "partition.assignment.strategy")}
         conf.update({"group.id": f"pensu-feedback-{uuid.uuid4().hex}", "enable.auto.commit": False,
@@ -99,17 +101,19 @@ class FeedbackLog:
                     continue
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())
+                    if error.code() == PARTITION_EOF:
+                        at_end.add(message_position(message)[1])
                         if at_end >= partitions and not self.loaded.is_set():
                             self.loaded.set()
                             log.info("feedback: %d rules loaded from %s", len(self.rules.rules()), self.topic)
                     continue
-                self._apply_record(message.key(), message.value(), f"{message.partition()}@{message.offset()}")
+                _topic, partition, offset = message_position(message)
+                self._apply_record(message.key(), message.value(), f"{partition}@{offset}")
         finally:
             consumer.close()
 
     def _assign(self, consumer: Consumer) -> set[int]:
+        assert self.topic is not None
         while not self._stop.is_set():
             try:
                 meta = consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
@@ -171,6 +175,7 @@ class FeedbackLog:
         return _json(200, {"accepted": parsed if isinstance(parsed, str) else parsed.as_dict()})
 
     def _publish(self, key: str, value: bytes) -> bool:
+        assert self.topic is not None  # POST /feedback publishes only when a topic is configured
         if self._producer is None:
             self._producer = Producer(dict(self._producer_conf or {}))
         delivered: list[bool] = []

@@ -66,6 +66,7 @@ from pensu.checkpoint import (
     encode_checkpoint,
 )
 from pensu.errors import CheckpointError
+from pensu.kafka_io import PARTITION_EOF, message_position
 from pensu.kafka_ownership import FENCE_KEY, READ_FENCE_PREFIX, PartitionClaims
 
 log = logging.getLogger(__name__)
@@ -202,15 +203,15 @@ class KafkaCheckpointStore(CheckpointStore):
             if err is not None:
                 failures.append(err.str())
             elif msg.topic() == self.topic:
-                self._claims.delivered(msg.partition(), msg.offset())
+                self._claims.delivered(*message_position(msg)[1:])
 
         target = topic or self.topic
         for key, value in records:
-            kwargs = {"partition": partition} if partition >= 0 else {}
             while True:
                 try:
+                    # partition -1 (librdkafka's "unassigned", the default) leaves it to the partitioner
                     producer.produce(target, key=key, value=value, headers=headers, on_delivery=on_delivery,
-                                     **kwargs)
+                                     partition=partition if partition >= 0 else -1)
                     break
                 except BufferError:
                     producer.poll(0.1)
@@ -441,11 +442,12 @@ class KafkaCheckpointStore(CheckpointStore):
                 if time.monotonic() > deadline:
                     raise CheckpointError(f"partitions {sorted(pending)} not read to the end within {timeout:g} s")
                 for msg in consumer.consume(500, timeout=0.2):
-                    if msg.error() is not None:
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("reading %s: %s", self.topic, msg.error())
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != PARTITION_EOF:
+                            log.warning("reading %s: %s", self.topic, error)
                         continue
-                    key, value, partition = msg.key(), msg.value(), msg.partition()
+                    key, value, partition = msg.key(), msg.value(), message_position(msg)[1]
                     if key is None or partition not in pending:
                         continue
                     if key == FENCE_KEY:

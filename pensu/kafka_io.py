@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
     from pensu.generator import SyntheticMetrics
 
 log = logging.getLogger(__name__)
+
+# confluent-kafka exposes librdkafka's local error codes with a leading underscore; they are its
+# documented API all the same. Named here once so the rest of the package does not reach for them.
+PARTITION_EOF = KafkaError._PARTITION_EOF  # noqa: SLF001
+ALL_BROKERS_DOWN = KafkaError._ALL_BROKERS_DOWN  # noqa: SLF001
 
 
 class EmbeddedKafka:
@@ -40,11 +46,23 @@ class EmbeddedKafka:
             self._handle.flush(1)
             self._handle = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "EmbeddedKafka":
+    def __enter__(self) -> EmbeddedKafka:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def message_position(message: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a message consumed without an error, or delivered.
+
+    confluent-kafka types the three as optional (a message being produced lacks them); a consumed
+    or delivered message always carries them, so a missing one is a client fault, not bad input.
+    """
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        raise KafkaUnavailable(f"consumed message without a position: {topic}, {partition}, {offset}")
+    return topic, partition, offset
 
 
 def admin_config(client_config: dict) -> dict:
@@ -93,7 +111,7 @@ class IncarnationCache:
             threading.Thread(target=self._run, name="pensu-incarnations", daemon=True).start()
 
     @classmethod
-    def disabled(cls) -> "IncarnationCache":
+    def disabled(cls) -> IncarnationCache:
         """A cache that knows nothing and looks nothing up (before the service starts)."""
         return cls(None)
 
@@ -164,7 +182,7 @@ def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int
 
 
 def produce_blocking(producer: Producer, topic: str, value: bytes, key: bytes | None = None,
-                     headers: list[tuple[str, bytes]] | None = None,
+                     headers: list[tuple[str, str | bytes | None]] | None = None,
                      on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
                      should_stop: Callable[[], bool] = lambda: False) -> None:
     """Queue one record, serving delivery callbacks while librdkafka's local queue is full.
@@ -190,7 +208,7 @@ class Tracker(Protocol):
 class OutputProducer:
     """A producer whose queue is bounded: `send` blocks (serving callbacks) while it is full."""
 
-    def __init__(self, config: dict[str, str], on_delivery_error: Callable[[str, KafkaError], None],
+    def __init__(self, config: dict[str, Any], on_delivery_error: Callable[[str, KafkaError], None],
                  on_delivered: Callable[[str], None] = lambda topic: None) -> None:
         merged = {
             "enable.idempotence": "true",  # per-key order survives retries
@@ -266,7 +284,7 @@ class OutputProducer:
         return True
 
 
-def produce_synthetic(bootstrap_servers: str, topic: str, generator: "SyntheticMetrics", backfill: int,
+def produce_synthetic(bootstrap_servers: str, topic: str, generator: SyntheticMetrics, backfill: int,
                       rate: float, limit: int, stop: threading.Event, timeout: float = 30.0) -> int:
     """Produce `backfill` samples per series at once, then `rate` samples/s per series until stopped.
 

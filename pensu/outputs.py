@@ -8,8 +8,8 @@ A JSON report goes out when an anomaly episode opens (`event: "opened"`) and whe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from pensu.analyzer import Analysis, Thresholds
 from pensu.carbon import format_line, format_report, output_metric_name, own_output_prefixes

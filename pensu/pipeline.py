@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pensu.analyzer import Analysis
 from pensu.carbon import Rejection, Sample, parse_message

@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Protocol
 
 from pensu.analyzer import AnalyzerConfig, MetricAnalyzer, MetricConfigs
 from pensu.checkpoint import CheckpointCorrupt, CheckpointHeader, CheckpointStore

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from pensu.kafka_io import OutputProducer
+from pensu.kafka_io import PARTITION_EOF, OutputProducer, message_position
 from pensu.outputs import OutputRecord
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ class Repartitioner:
         (`Settings.consumer_config(..., group_suffix=".repartition")`); only `error_cb` is added."""
         self.source_topic = source_topic
         self.target_topic = target_topic
-        self._consumer_config = dict(consumer_config)
-        self._producer_config = dict(producer_config)
+        self._consumer_config: dict[str, Any] = dict(consumer_config)
+        self._producer_config: dict[str, Any] = dict(producer_config)
         self._on_error = on_error
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,13 +84,15 @@ class Repartitioner:
                 messages = consumer.consume(num_messages=BATCH_SIZE, timeout=0.5)
                 positions: dict[tuple[str, int], int] = {}
                 for message in messages:
-                    if message.error() is not None:
-                        if message.error().code() != KafkaError._PARTITION_EOF:
-                            self._on_error(message.error())
+                    error = message.error()
+                    if error is not None:
+                        if error.code() != PARTITION_EOF:
+                            self._on_error(error)
                         continue
                     for key, value in split_by_metric(message.value()):
                         producer.send(OutputRecord(self.target_topic, key, value), self._stop.is_set)
-                    positions[(message.topic(), message.partition())] = message.offset() + 1
+                    topic, partition, offset = message_position(message)
+                    positions[(topic, partition)] = offset + 1
                     producer.poll(0)
                 if positions and producer.deliver_all(self._stop.is_set):
                     try:

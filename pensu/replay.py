@@ -3,8 +3,8 @@
 Input: CSV with header ``timestamp,value``; timestamps as ``2014-07-01 00:00:00`` (UTC, ISO
 8601 also accepted) or unix seconds. Output: one row per input row, same order, columns
 ``timestamp,value,anomaly_score,raw_score,anomaly_likelihood,prediction,prediction_confidence,
-prediction_lower,prediction_upper`` where ``anomaly_score`` is the final score the service thresholds (log-likelihood, or 1.0 on
-a spatial anomaly) and ``prediction`` is the value predicted *for this row* (made
+prediction_lower,prediction_upper`` where ``anomaly_score`` is the final score the service
+thresholds (log-likelihood, or 1.0 on a spatial anomaly) and ``prediction`` is the value predicted *for this row* (made
 ``steps`` rows earlier), so it lines up with ``value``; ``prediction_lower`` / ``prediction_upper``
 are that prediction's 80 % band (empty when unknown); then ``reported`` (1 when the service
 would send a report for this row: an anomaly episode opens) and ``event`` (``opened``,
@@ -30,10 +30,11 @@ import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Callable, Iterator, Mapping
+from typing import IO
 
 from pensu.analyzer import MetricAnalyzer
 from pensu.analyzer_settings import metric_configs
@@ -91,7 +92,7 @@ def parse_timestamp(text: str) -> float:
         except ValueError:
             raise ValueError(f"unrecognised timestamp {text!r}") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     if not math.isfinite(value):
         raise ValueError(f"timestamp {text!r} is not finite")
@@ -213,7 +214,7 @@ def alerts_per_day(rows: list[ReplayRow]) -> list[str]:
     days: Counter[str] = Counter()
     for row in rows:
         if row.unix_time is not None:
-            day = datetime.fromtimestamp(row.unix_time, timezone.utc).date().isoformat()
+            day = datetime.fromtimestamp(row.unix_time, UTC).date().isoformat()
             days[day] += int(row.reported)
     if not days:
         return []

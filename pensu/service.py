@@ -33,7 +33,16 @@ from pensu.feedback import FeedbackFilter
 from pensu.feedback_io import FeedbackLog
 from pensu.health import HealthServer, HealthStatus
 from pensu.kafka_checkpoint import KafkaCheckpointStore
-from pensu.kafka_io import EmbeddedKafka, IncarnationCache, OutputProducer, admin_config, ensure_topics
+from pensu.kafka_io import (
+    ALL_BROKERS_DOWN,
+    PARTITION_EOF,
+    EmbeddedKafka,
+    IncarnationCache,
+    OutputProducer,
+    admin_config,
+    ensure_topics,
+    message_position,
+)
 from pensu.namespaces import RATE_PREFIX, NamespaceTracker
 from pensu.outputs import OutputFormatter, OutputRecord, OutputTopics
 from pensu.pipeline import MessageResult, Pipeline, PipelineEvents
@@ -301,11 +310,11 @@ class PensuService:
         for message in messages:
             err = message.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() != PARTITION_EOF:
                     self._on_kafka_error(err)
                 continue
             self._broker_down = False
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            topic, partition, offset = message_position(message)
             source = batch.consume(topic, partition, offset)
             previous = self._last_offset.get((topic, partition))
             if previous is not None and offset <= previous:
@@ -409,7 +418,7 @@ class PensuService:
     def _on_kafka_error(self, err: KafkaError) -> None:
         code = err.code()
         self.metrics.kafka_errors.labels(code=err.name() if hasattr(err, "name") else str(code)).inc()
-        if code == KafkaError._ALL_BROKERS_DOWN:  # cleared by the next message consumed
+        if code == ALL_BROKERS_DOWN:  # cleared by the next message consumed
             self._broker_down = True
         self._kafka_log.log(logging.WARNING, "kafka: %s", err)
 

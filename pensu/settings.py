@@ -33,7 +33,7 @@ import socket
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
@@ -41,8 +41,12 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 from pydantic_settings.exceptions import SettingsError
 
 from pensu.carbon import DEFAULT_NAME_TEMPLATE, validate_name_template
-from pensu.decision import (DEFAULT_LIKELIHOOD_THRESHOLD, DEFAULT_QUIET_SAMPLES, DEFAULT_SCORE_THRESHOLD,
-                            DEFAULT_SUPPRESSION_SAMPLES)
+from pensu.decision import (
+    DEFAULT_LIKELIHOOD_THRESHOLD,
+    DEFAULT_QUIET_SAMPLES,
+    DEFAULT_SCORE_THRESHOLD,
+    DEFAULT_SUPPRESSION_SAMPLES,
+)
 from pensu.errors import ConfigurationError
 from pensu.htm.presets import PRESETS
 
@@ -59,8 +63,11 @@ __all__ = [
 ENV_PREFIX = "PENSU_"
 EMBEDDED = "embedded"  # PENSU_KAFKA_BOOTSTRAP_SERVERS value asking for the in-process test broker
 # The preset names have one source, pensu.htm.presets.PRESETS (a tuple subscript of Literal is
-# the same as listing its items; type checkers see it as a plain str).
-ModelPreset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+# the same as listing its items; type checkers, which cannot evaluate it, see a plain str).
+if TYPE_CHECKING:
+    ModelPreset = str
+else:
+    ModelPreset = Literal[tuple(PRESETS)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # Prefix of pass-through librdkafka options -> which client(s) receive them.
@@ -611,7 +618,7 @@ DEPRECATED_VARIABLES: dict[str, str] = {
 BROKER_MIN_SESSION_TIMEOUT_MS = 6000
 
 
-def deprecation_warnings(env: Mapping[str, str] | None = None, settings: "Settings | None" = None) -> list[str]:
+def deprecation_warnings(env: Mapping[str, str] | None = None, settings: Settings | None = None) -> list[str]:
     """One line per deprecated or doubtful variable that is set in `env` (default: os.environ)."""
     source = os.environ if env is None else env
     upper = {k.upper(): v for k, v in source.items()}

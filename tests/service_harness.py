@@ -10,9 +10,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pensu.analyzer import MetricAnalyzer
 from pensu.analyzer_settings import analyzer_config
@@ -74,7 +74,7 @@ class ServiceThread:
         except BaseException as exc:  # noqa: BLE001 - surfaced to the test through .error
             self.error = exc
 
-    def __enter__(self) -> "ServiceThread":
+    def __enter__(self) -> ServiceThread:
         self.service.start()
         self.thread.start()
         return self

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pensu.analyzer import MetricAnalyzer
+from pensu.analyzer_settings import analyzer_config
 from pensu.carbon import parse_line
 from pensu.decision import OPENED, RESOLVED
-from pensu.analyzer_settings import analyzer_config
 from pensu.settings import load_settings
 from tests.alert_receiver import AlertReceiver, check_postable_alerts, parse_time
 from tests.conftest import KafkaCluster

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pensu.settings import (DEPRECATED_VARIABLES, RENAMED_VARIABLES, deprecation_warnings, known_variables,
-                            load_settings, unknown_variables)
+from pensu.settings import (
+    DEPRECATED_VARIABLES,
+    RENAMED_VARIABLES,
+    deprecation_warnings,
+    known_variables,
+    load_settings,
+    unknown_variables,
+)
 from tests.conftest import KafkaCluster, free_port
 from tests.service_harness import spawn_service
 from tests.test_cli import pensu

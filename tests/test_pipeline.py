@@ -92,7 +92,8 @@ def test_no_dead_letter_records_when_disabled(tmp_path: Path) -> None:
 
 def test_allow_list_and_own_outputs_are_not_modelled(tmp_path: Path) -> None:
     pipeline, counts = make_pipeline(tmp_path, allowed=r"prod\.")
-    payload = b"prod.cpu 1 1600000000\nstaging.cpu 1 1600000000\npensu.anomaly_score.metrics_analyzer.prod.cpu 1 1600000000"
+    payload = (b"prod.cpu 1 1600000000\nstaging.cpu 1 1600000000\n"
+               b"pensu.anomaly_score.metrics_analyzer.prod.cpu 1 1600000000")
     result = pipeline.process(payload, "metrics:0", 0)
     assert result.metrics == {"prod.cpu"}
     assert counts["skipped:not_allowed"] == 1 and counts["skipped:own_output"] == 1

@@ -23,8 +23,8 @@ from tests.service_harness import (
     http_get,
     lines_for,
     output_topics,
-    service_env,
     running_service,
+    service_env,
     stop_service,
 )
 from tests.support import INTERVAL, START_TS, series

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pensu.analyzer import MetricAnalyzer
+from pensu.analyzer_settings import analyzer_config
 from pensu.carbon import parse_line
-from pensu.service import analyzer_config
 from pensu.settings import load_settings
 from pensu.warm_start import history_request
 from tests.conftest import KafkaCluster, free_port
@@ -54,7 +54,7 @@ def scores(messages: list, metric: str) -> list[tuple[float, float]]:
 
 @pytest.mark.slow
 def test_new_metric_learns_its_graphite_history_before_live_samples(
-        kafka: KafkaCluster, graphite: GraphiteWeb, tmp_path: Path) -> None:
+        kafka: KafkaCluster, graphite: GraphiteWeb, tmp_path: Path) -> None:  # noqa: F811 - the fixture
     if not NAB_FILE.is_file():
         pytest.skip(f"NAB data not found at {NAB_FILE} (set PENSU_NAB_DATA)")
     rows = shifted_to_now(nab_series(NAB_FILE, HISTORY_IN_GRAPHITE + LIVE))

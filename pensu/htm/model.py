@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -89,7 +90,7 @@ class ModelParams:
     # (a warm-up usually sees only part of a stream's range; NuPIC's NAB detector pads 20 %).
     warmup_range_padding: float = 0.0
 
-    def replace(self, **changes: Any) -> "ModelParams":
+    def replace(self, **changes: Any) -> ModelParams:
         """Return a copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -151,7 +152,7 @@ class HtmModel:
             self._build(resolution_for_range(params.min_value, params.max_value), float(params.min_value))
 
     @classmethod
-    def from_preset(cls, name: str, seed: int = 42, **overrides: Any) -> "HtmModel":
+    def from_preset(cls, name: str, seed: int = 42, **overrides: Any) -> HtmModel:
         """Build a model from a named preset (see `pensu.htm.presets`)."""
         from pensu.htm.presets import preset_params
 
@@ -306,7 +307,7 @@ class HtmModel:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "HtmModel":
+    def from_state(cls, state: Mapping[str, Any]) -> HtmModel:
         """Rebuild a model from `get_state()` output."""
         params = params_from_dict(require(state, "params", "HtmModel"))
         model = cls(params.replace(min_value=None, max_value=None), seed=int(require(state, "seed", "HtmModel")))
@@ -341,7 +342,7 @@ class HtmModel:
                              use_bin_type=True)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "HtmModel":
+    def from_bytes(cls, data: bytes) -> HtmModel:
         """Restore a model serialized by `to_bytes`; raise a `SerializationError` subclass if unusable."""
         envelope = unpack_envelope(data, FORMAT_TAG, "HtmModel")
         return cls.from_state(envelope)
@@ -357,7 +358,8 @@ def unpack_envelope(data: bytes, tag: str, owner: str) -> Mapping[str, Any]:
         raise CorruptData(f"{owner}: not a {tag} payload")
     version = envelope.get("version")
     if version not in READABLE_VERSIONS:
-        raise UnsupportedFormatVersion(f"{owner}: format version {version!r} is not supported (this build reads {FORMAT_VERSION})")
+        raise UnsupportedFormatVersion(
+            f"{owner}: format version {version!r} is not supported (this build reads {FORMAT_VERSION})")
     payload = [v for k, v in envelope.items() if k not in ("format", "version")]
     if len(payload) != 1 or not isinstance(payload[0], dict):
         raise CorruptData(f"{owner}: envelope has no payload")

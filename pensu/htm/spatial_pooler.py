@@ -486,7 +486,8 @@ class SpatialPooler:
     def memory_bytes(self) -> int:
         """Bytes held in this pooler's arrays."""
         # The shared wiring (column seeds, tie order, initial rows) is not this pooler's.
-        arrays: list[np.ndarray] = [self._row_of, self._rows, self._row_col, self.overlap_duty, self.active_duty, self._bitmap]
+        arrays: list[np.ndarray] = [self._row_of, self._rows, self._row_col, self.overlap_duty, self.active_duty,
+                                    self._bitmap]
         if self.boost is not None:
             arrays.append(self.boost)
         return int(sum(a.nbytes for a in arrays))

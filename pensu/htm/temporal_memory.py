@@ -1047,7 +1047,8 @@ class TemporalMemory:
 
     def memory_bytes(self) -> int:
         """Bytes held in this instance's arrays (capacities, not just live data)."""
-        arrays: list[np.ndarray] = [self._meta, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm, self._colx,
+        arrays: list[np.ndarray] = [self._meta, self._segi, self._segl, self._cnt, self._nseg, self._pre, self._perm,
+                                    self._colx,
                   self._ctab, self._iseg, self._act, self._win, self._lists, self._ip, self._fp, self._rng]
         return int(sum(a.nbytes for a in arrays))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pensu.analyzer import MetricAnalyzer
-from pensu.checkpoint import CheckpointHeader, LocalCheckpointStore
 from pensu.analyzer_settings import analyzer_config
+from pensu.checkpoint import CheckpointHeader, LocalCheckpointStore
 from pensu.settings import load_settings
 from tests.conftest import KafkaCluster
 from tests.service_harness import ServiceThread, carbon_by_metric, carbon_of, expected_records, lines_for, service_env

@@ -180,7 +180,7 @@ def report_lines_fuzzed() -> object:
     print(f"\nlines fuzzed through Pipeline.process: {FUZZED['lines']}")
 
 
-def mutate(line: bytes, rng: "random.Random") -> bytes:
+def mutate(line: bytes, rng: random.Random) -> bytes:
     """Flip, insert or delete a few bytes of a valid line."""
     data = bytearray(line)
     for _ in range(rng.randint(1, 3)):

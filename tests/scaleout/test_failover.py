@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 from pensu.analyzer import MetricAnalyzer
-from pensu.outputs import OutputFormatter, OutputTopics
 from pensu.analyzer_settings import analyzer_config
+from pensu.outputs import OutputFormatter, OutputTopics
 from pensu.settings import Settings, load_settings
 from tests.conftest import KafkaCluster
 from tests.scaleout.cluster import (
     METRIC_COUNT,
     Group,
     by_metric,
-    checkpoint_counts as stored_counts,
     expected_lines,
     group_env,
     instance_runs,
@@ -27,6 +26,9 @@ from tests.scaleout.cluster import (
     outputs_of,
     produce_keyed,
     workload,
+)
+from tests.scaleout.cluster import (
+    checkpoint_counts as stored_counts,
 )
 from tests.service_harness import expected_records, output_topics
 from tests.support import INTERVAL, START_TS
