@@ -84,6 +84,31 @@ def produce_rounds(producer: Producer, topic: str, metrics: int, first: int, cou
     producer.flush(60)
 
 
+class LiveFeed:
+    """The primed rounds at once, then one more round of every metric each `period` s on a thread."""
+
+    def __init__(self, bootstrap: str, topic: str, metrics: int, prime: int, period: float) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        self.topic, self.metrics, self.period = topic, metrics, period
+        self.rounds = prime
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        produce_rounds(self.producer, topic, metrics, 0, prime)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            produce_rounds(self.producer, self.topic, self.metrics, self.rounds, 1)
+            self.rounds += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+
 class OutputReader:
     """Reads the anomaly-metrics topic continuously; records (time, metric, instance) of each
     anomaly_score line (one per analysed sample)."""
@@ -271,23 +296,13 @@ def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) 
     tag = f"rb-{event}.{time.time_ns()}"
     env = base_env(bootstrap, work / tag, tag, args.preset, args.store, args.broker != "mock")
     topic = env["PENSU_METRICS_KAFKA_TOPIC"]
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
-    produce_rounds(producer, topic, args.metrics, 0, args.prime)
+    feed = LiveFeed(bootstrap, topic, args.metrics, args.prime, args.period)
     instances = [Instance(f"i{k}", env, work) for k in range(2 if event == "add" else 3)]
-    stop_feed = threading.Event()
-    rounds = [args.prime]
-
-    def feed() -> None:
-        while not stop_feed.wait(args.period):
-            produce_rounds(producer, topic, args.metrics, rounds[0], 1)
-            rounds[0] += 1
-
-    feeder = threading.Thread(target=feed, daemon=True)
     try:
         wait_settled(instances)
         reader.wait_for(args.metrics * args.prime, 600)
-        feeder.start()
+        feed.start()
         time.sleep(max(args.steady, 5 * args.period))  # steady state (and autosaves, if longer than 30 s)
         before = reader.snapshot()
         owner = {m: inst for _t, m, inst in before}
@@ -301,8 +316,7 @@ def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) 
             changed = victim.name
         settle = wait_settled(instances)
         time.sleep(max(8.0, 4 * args.period))
-        stop_feed.set()
-        feeder.join(10)
+        feed.stop()
         after = reader.snapshot()[len(before):]
         first_new: dict[str, float] = {}
         for t, m, inst in after:
@@ -321,7 +335,7 @@ def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) 
               f"moved metric after {gaps[0]:.1f} s, median {statistics.median(gaps):.1f} s, "
               f"all after {gaps[-1]:.1f} s{restore_note}", flush=True)
     finally:
-        stop_feed.set()
+        feed.stop()
         for i in instances:
             i.stop()
         reader.close()
@@ -334,24 +348,14 @@ def restore(bootstrap: str, work: Path, args: argparse.Namespace) -> None:
     # The SIGTERM saves every model; no autosaves meanwhile (Tansu keeps every record in memory).
     env["PENSU_MODELS_AUTOSAVE_INTERVAL"] = "3600"
     topic = env["PENSU_METRICS_KAFKA_TOPIC"]
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
-    produce_rounds(producer, topic, args.metrics, 0, args.prime)
+    feed = LiveFeed(bootstrap, topic, args.metrics, args.prime, args.period)
     old = Instance("old", env, work)
     instances = [old]
-    stop_feed = threading.Event()
-    rounds = [args.prime]
-
-    def feed() -> None:
-        while not stop_feed.wait(args.period):
-            produce_rounds(producer, topic, args.metrics, rounds[0], 1)
-            rounds[0] += 1
-
-    feeder = threading.Thread(target=feed, daemon=True)
     try:
         wait_settled(instances)
         reader.wait_for(args.metrics * args.prime, 900)
-        feeder.start()
+        feed.start()
         time.sleep(max(5.0, 5 * args.period))
         before = len(reader.snapshot())
         t0 = time.monotonic()
@@ -367,8 +371,7 @@ def restore(bootstrap: str, work: Path, args: argparse.Namespace) -> None:
                 if inst == "new" and m not in first_new:
                     first_new[m] = t - t0
             time.sleep(0.5)
-        stop_feed.set()
-        feeder.join(10)
+        feed.stop()
         count, seconds = new.restores()
         gaps = sorted(first_new.values())
         load_fresh = 0.0
@@ -389,7 +392,7 @@ def restore(bootstrap: str, work: Path, args: argparse.Namespace) -> None:
               f"{int(load_fresh)} models created fresh; outputs of {len(gaps)} metrics: first {gaps[0]:.1f} s, "
               f"median {statistics.median(gaps):.1f} s, all {gaps[-1]:.1f} s after the SIGTERM", flush=True)
     finally:
-        stop_feed.set()
+        feed.stop()
         for i in instances:
             i.stop()
         reader.close()

@@ -113,8 +113,9 @@ def dashboard() -> dict[str, Any]:
     return json.loads(GRAFANA_DASHBOARD.read_text())
 
 
-@pytest.mark.slow
-def test_every_dashboard_target_renders_pensu_output(graphite: GraphiteWeb, dashboard: dict[str, Any]) -> None:
+def store_pensu_output(graphite: GraphiteWeb) -> list[tuple[int, float]]:
+    """Send the NAB series and Pensu's carbon lines for it to carbon, wait until every point is
+    stored, and return the input samples."""
     if not NAB_FILE.is_file():
         pytest.skip(f"NAB data not found at {NAB_FILE} (set PENSU_NAB_DATA)")
     samples = shifted_to_now(nab_series(NAB_FILE, SAMPLES))
@@ -125,6 +126,12 @@ def test_every_dashboard_target_renders_pensu_output(graphite: GraphiteWeb, dash
         expected.setdefault(sample.metric, {})[int(sample.timestamp)] = sample.value
     graphite.carbon.send(b"\n".join(lines) + b"\n")
     graphite.carbon.wait_stored(expected)
+    return samples
+
+
+@pytest.mark.slow
+def test_every_dashboard_target_renders_pensu_output(graphite: GraphiteWeb, dashboard: dict[str, Any]) -> None:
+    samples = store_pensu_output(graphite)
 
     start = grafana_range(dashboard["time"]["from"])
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "metric")
@@ -152,12 +159,7 @@ def test_every_dashboard_target_renders_pensu_output(graphite: GraphiteWeb, dash
 
 @pytest.mark.slow
 def test_value_panel_renders_as_png(graphite: GraphiteWeb, dashboard: dict[str, Any]) -> None:
-    if not NAB_FILE.is_file():
-        pytest.skip(f"NAB data not found at {NAB_FILE} (set PENSU_NAB_DATA)")
-    samples = shifted_to_now(nab_series(NAB_FILE, SAMPLES))
-    lines = pensu_carbon_lines(METRIC, samples)
-    graphite.carbon.send(b"\n".join(lines) + b"\n")
-    graphite.carbon.wait_stored({METRIC: dict(samples)})
+    store_pensu_output(graphite)
     panel = next(p for p in all_panels(dashboard) if p["id"] == 1)
     targets = [substitute(t["target"], METRIC) for t in panel["targets"]]
     status, content_type, body = graphite.get("/render", [
