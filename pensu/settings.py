@@ -284,7 +284,9 @@ class Settings(BaseSettings):
                     "previous opening share an incident id; 0: every episode is its own incident.")
     anomaly_rate_interval: float = Field(
         60.0, ge=0, allow_inf_nan=False,
-        description="Seconds between pensu.anomaly_rate.<namespace> lines; 0 disables.")
+        description="Seconds between the namespace rate lines (pensu.anomaly_rate.<namespace> and this "
+                    "instance's pensu.anomaly_rate_parts.{anomalous,total}.<instance>.<namespace> counts); "
+                    "0 disables.")
 
     # --- Warm start (pensu.warm_start, README: Warm start) ------------------------------------
     graphite_url: str | None = Field(
