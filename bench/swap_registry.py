@@ -8,7 +8,10 @@ them (default settings, a configured range so no warm-up, young models of a few 
 is less sensitive to a shared machine's load than wall time), and with `--profile N` the N
 largest own-time entries.
 
-    python bench/swap_registry.py [--metrics 2000] [--cap 200] [--sync-interval 1.0] [--profile 20]
+`--store log` uses the append-only `LogCheckpointStore` instead of a file per metric.
+
+    python bench/swap_registry.py [--metrics 2000] [--cap 200] [--store local|log] [--sync-interval 1.0]
+                                  [--profile 20]
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pensu.analyzer_settings import metric_configs  # noqa: E402
 from pensu.checkpoint import LocalCheckpointStore  # noqa: E402
+from pensu.checkpoint_log import LogCheckpointStore  # noqa: E402
 from pensu.registry import ModelRegistry  # noqa: E402
 from pensu.settings import load_settings  # noqa: E402
 
@@ -46,22 +52,29 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=200)
     parser.add_argument("--sync-interval", type=float, default=1.0,
                         help="LocalCheckpointStore group commit (0: fsync every save)")
+    parser.add_argument("--store", choices=("local", "log"), default="local")
     parser.add_argument("--profile", type=int, default=0)
     args = parser.parse_args()
     settings = load_settings({"PENSU_METRIC_RANGES": '{"bench\\\\.": [0, 100]}'})
     configs = metric_configs(settings)
     names = [f"bench.m{m}.value" for m in range(args.metrics)]
     with tempfile.TemporaryDirectory(prefix="pensu-swap-") as directory:
-        store = LocalCheckpointStore(Path(directory), sync_interval_s=args.sync_interval)
+        kind = LogCheckpointStore if args.store == "log" else LocalCheckpointStore
+        store = kind(Path(directory), sync_interval_s=args.sync_interval)
         registry = ModelRegistry(store, configs, capacity=args.cap)
+
+        latencies: list[float] = []
 
         def one_round(i: int) -> None:
             for m, name in enumerate(names):
+                began = time.perf_counter()
                 registry.get(name).process(START + 60 * i, value(m, i))
+                latencies.append(time.perf_counter() - began)
 
         for i in range(2):
             one_round(i)
         profiler = cProfile.Profile() if args.profile else None
+        latencies.clear()
         wall, cpu = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.runcall(one_round, 2)
@@ -69,9 +82,11 @@ def main() -> None:
             one_round(2)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         store.close()
-    print(f"{args.metrics} metrics, cap {args.cap}, sync interval {args.sync_interval}s: "
+    print(f"{args.store} store, {args.metrics} metrics, cap {args.cap}, sync interval {args.sync_interval}s: "
           f"{args.metrics / wall:.0f} samples/s wall, {1e3 * cpu / args.metrics:.2f} ms CPU per swapped sample "
-          f"(load {os.getloadavg()[0]:.2f}, cpu count {os.cpu_count()}{', profiled' if profiler else ''})")
+          f"(load {os.getloadavg()[0]:.2f}, cpu count {os.cpu_count()}{', profiled' if profiler else ''}); "
+          f"latency per sample p50 {1e3 * np.percentile(latencies, 50):.2f} ms, "
+          f"p99 {1e3 * np.percentile(latencies, 99):.2f} ms, max {1e3 * max(latencies):.1f} ms")
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
 

@@ -26,6 +26,7 @@ from pensu.alerting import AlertSender
 from pensu.analyzer import Analysis
 from pensu.analyzer_settings import metric_configs
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
+from pensu.checkpoint_log import LogCheckpointStore
 from pensu.delivery import Batch, DeliveryEvents, DeliveryLedger, source_key
 from pensu.episode_notes import EpisodeHooks
 from pensu.errors import ConfigurationError
@@ -139,6 +140,8 @@ class PensuService:
             return KafkaCheckpointStore(self.settings.models_dir / "kafka-cache", self.settings.checkpoint_kafka_topic,
                                         self._input_topic(), self.settings.checkpoint_kafka_quarantine_topic,
                                         on_quarantined=self.metrics.checkpoints_quarantined.inc)
+        if self.settings.checkpoint_store == "log":
+            return LogCheckpointStore(self.settings.models_dir, sync_interval_s=self.settings.checkpoint_sync_interval)
         return LocalCheckpointStore(self.settings.models_dir, sync_interval_s=self.settings.checkpoint_sync_interval)
 
     # -- events ---------------------------------------------------------------------------

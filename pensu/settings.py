@@ -240,10 +240,12 @@ class Settings(BaseSettings):
                                                  "beyond it (at least PENSU_MAX_ALLOWED_MODELS).")
     models_dir: Path = Field(Path("models"), description="Directory of model checkpoints.",
                              json_schema_extra={"expected": "a directory path"})
-    checkpoint_store: Literal["local", "kafka"] = Field(
-        "local", description="Where checkpoints live: 'local' (files in PENSU_MODELS_DIR; shared volume for "
-                             "several instances) or 'kafka' (compacted topic PENSU_CHECKPOINT_KAFKA_TOPIC on the "
-                             "input cluster, PENSU_MODELS_DIR only a cache). docs/scaling.md: Checkpoint store.")
+    checkpoint_store: Literal["local", "log", "kafka"] = Field(
+        "local", description="Where checkpoints live: 'local' (a file per metric in PENSU_MODELS_DIR; shared volume "
+                             "for several instances), 'log' (append-only segment files in PENSU_MODELS_DIR, one "
+                             "instance per directory: swapping at disk speed when metrics far outnumber "
+                             "PENSU_MAX_ALLOWED_MODELS) or 'kafka' (compacted topic PENSU_CHECKPOINT_KAFKA_TOPIC on "
+                             "the input cluster, PENSU_MODELS_DIR only a cache). docs/scaling.md: Checkpoint store.")
     checkpoint_sync_interval: float = Field(
         0.0, ge=0, allow_inf_nan=False,
         description="Seconds between file-system syncs of local checkpoints; 0 syncs every save before it returns. "
