@@ -105,11 +105,12 @@ def encode_checkpoint(header: CheckpointHeader, payload: bytes) -> bytes:
     except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
         # e.g. a lone surrogate in the name or an offset beyond 64 bits: not storable as given.
         raise CheckpointError(_one_line(f"cannot encode checkpoint header: {type(exc).__name__}: {exc}")) from exc
-    body = b"".join((
-        _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)), header_bytes,
-        _PAYLOAD_LEN.pack(len(payload)), bytes(payload),
-    ))
-    return body + hashlib.sha256(body).digest()
+    head = b"".join((_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)), header_bytes,
+                     _PAYLOAD_LEN.pack(len(payload))))
+    digest = hashlib.sha256(head)
+    digest.update(payload)
+    # One copy of the payload (a mature one is megabytes and this runs at every swap).
+    return b"".join((head, payload, digest.digest()))
 
 
 def decode_checkpoint(blob: bytes, expected_metric: str | None = None) -> tuple[CheckpointHeader, bytes]:

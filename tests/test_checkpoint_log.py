@@ -242,18 +242,18 @@ def test_write_failure_leaves_no_partial_record(directory: Path, monkeypatch: py
     store = LogCheckpointStore(directory, segment_bytes=1 << 20, durable=False)
     store.save(header("w", 1), payload("w", 1))
     real_write = os.write
-    calls = {"n": 0}
 
-    def half_then_fail(fd: int, data: bytes) -> int:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            return real_write(fd, bytes(data)[: len(data) // 2])
+    def half_then_fail(fd: int, parts: list[bytes]) -> int:  # the short write of a nearly full disk
+        return real_write(fd, b"".join(parts)[: sum(map(len, parts)) // 2])
+
+    def no_space(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_fail)
+    monkeypatch.setattr(os, "writev", half_then_fail)
+    monkeypatch.setattr(os, "write", no_space)
     with pytest.raises(CheckpointError, match="No space left"):
         store.save(header("w", 2), payload("w", 2))
-    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.undo()
     store.save(header("v", 1), payload("v", 1))
     assert store.load("w")[0].sample_count == 1  # type: ignore[index]
     store.close()
