@@ -8,6 +8,7 @@ Two phases per scenario:
 
     python bench/service_throughput.py                      # 1,000 metrics resident
     python bench/service_throughput.py --metrics 10000 --cap 1000   # swapping
+    python bench/service_throughput.py --metrics 10000 --cap 1000 --store log   # swapping, log store
     python bench/service_throughput.py --profile 25         # + where the service thread's time goes
 
 Engine-only rate: the same samples (same metrics, values and timestamps, same settings) fed
@@ -145,7 +146,7 @@ def engine_only(settings: object, metrics: int, warm_samples: int, timed_samples
 
 
 def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetch_wait_ms: int,
-             profile: int = 0, sync_interval: float = 1.0) -> None:
+             profile: int = 0, sync_interval: float = 1.0, store: str = "local") -> None:
     """Run one scenario and print its figures."""
     with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory() as models:
         env = {
@@ -159,6 +160,7 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
             "PENSU_KAFKA_CONSUMER_OPT_FETCH_WAIT_MAX_MS": str(fetch_wait_ms),
             # group commit of checkpoint files (0: two fsyncs per save, as before this setting)
             "PENSU_CHECKPOINT_SYNC_INTERVAL": str(sync_interval),
+            "PENSU_CHECKPOINT_STORE": store,
         }
         settings = load_settings(env)
         service = PensuService(settings)
@@ -181,7 +183,8 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
         elapsed = reader.last_at - started
         samples = (got - base) // 3
         rate = samples / elapsed
-        print(f"metrics={metrics} cap={cap} sync interval={sync_interval}s resident={len(service.models)}: "
+        print(f"metrics={metrics} cap={cap} store={store} sync interval={sync_interval}s "
+              f"resident={len(service.models)}: "
               f"{samples} samples in {elapsed:.1f}s "
               f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.2f})")
         if cap >= metrics:
@@ -227,11 +230,12 @@ def main() -> None:
     parser.add_argument("--timed-samples", type=int, default=5)
     parser.add_argument("--fetch-wait-ms", type=int, default=10, help="fetch.wait.max.ms of both consumers")
     parser.add_argument("--profile", type=int, default=0, help="print this many cProfile entries of the service thread")
+    parser.add_argument("--store", choices=("local", "log"), default="local", help="PENSU_CHECKPOINT_STORE")
     parser.add_argument("--sync-interval", type=float, default=1.0,
                         help="PENSU_CHECKPOINT_SYNC_INTERVAL (0: fsync every checkpoint save)")
     args = parser.parse_args()
     scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples, args.fetch_wait_ms, args.profile,
-             args.sync_interval)
+             args.sync_interval, args.store)
 
 
 if __name__ == "__main__":
