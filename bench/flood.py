@@ -152,9 +152,9 @@ def run_flood(bootstrap: str, models: Path, names: int, cap: int, tracked: int, 
     env = dict(os.environ)
     env.update({
         "PENSU_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PENSU_KAFKA_CONSUMER_GROUP_ID": f"{tag}.group",
-        "PENSU_METRICS_KAFKA_TOPIC": topic, "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": f"{tag}.anomaly_metrics",
+        "PENSU_METRICS_KAFKA_TOPIC": topic, "PENSU_ANOMALY_SCORES_KAFKA_TOPIC": f"{tag}.anomaly_metrics",
         "PENSU_PREDICTION_METRICS_KAFKA_TOPIC": f"{tag}.predictions",
-        "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": f"{tag}.anomalies", "PENSU_TOPICS_REPORT_INTERVAL": "0",
+        "PENSU_ANOMALY_REPORTS_KAFKA_TOPIC": f"{tag}.anomalies", "PENSU_TOPICS_REPORT_INTERVAL": "0",
         "PENSU_MODELS_DIR": str(models), "PENSU_MAX_ALLOWED_MODELS": str(cap),
         "PENSU_MAX_TRACKED_METRICS": str(tracked), "PENSU_MODELS_AUTOSAVE_INTERVAL": str(autosave),
         "PENSU_MIN_SECONDS_BETWEEN_OVER_QUOTA_LOG_MSG": str(quota_log_seconds),

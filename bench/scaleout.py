@@ -244,9 +244,9 @@ def base_env(bootstrap: str, models: Path, tag: str, preset: str, store: str = "
         "PENSU_CHECKPOINT_KAFKA_QUARANTINE_TOPIC": f"{tag}.checkpoints.quarantine"}
     return extra | {
         "PENSU_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PENSU_KAFKA_CONSUMER_GROUP_ID": f"{tag}.group",
-        "PENSU_METRICS_KAFKA_TOPIC": f"{tag}.metrics", "PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC": f"{tag}.anomaly",
+        "PENSU_METRICS_KAFKA_TOPIC": f"{tag}.metrics", "PENSU_ANOMALY_SCORES_KAFKA_TOPIC": f"{tag}.anomaly",
         "PENSU_PREDICTION_METRICS_KAFKA_TOPIC": f"{tag}.predictions",
-        "PENSU_ANOMALIES_METRICS_KAFKA_TOPIC": f"{tag}.reports", "PENSU_TOPICS_REPORT_INTERVAL": "0",
+        "PENSU_ANOMALY_REPORTS_KAFKA_TOPIC": f"{tag}.reports", "PENSU_TOPICS_REPORT_INTERVAL": "0",
         "PENSU_MODELS_DIR": str(models), "PENSU_ANOMALY_MODEL_PRESET": preset,
         "PENSU_PREDICTION_MODEL_PRESET": preset, "PENSU_WARMUP_SAMPLES": "30",
         "PENSU_MODELS_AUTOSAVE_INTERVAL": "30", "PENSU_KAFKA_SESSION_TIMEOUT_MS": "6000",
@@ -261,7 +261,7 @@ def throughput(bootstrap: str, work: Path, n: int, args: argparse.Namespace) -> 
     tag = f"tp{n}.{time.time_ns()}"
     env = base_env(bootstrap, work / tag, tag, args.preset, args.store, args.broker != "mock")
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
-    reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
+    reader = OutputReader(bootstrap, env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"])
     # Prime: create the topic and every model (and finish the encoders' warm-up) before timing.
     produce_rounds(producer, env["PENSU_METRICS_KAFKA_TOPIC"], args.metrics, 0, args.prime)
     instances = [Instance(f"i{k}", env, work) for k in range(n)]
@@ -296,7 +296,7 @@ def rebalance(bootstrap: str, work: Path, event: str, args: argparse.Namespace) 
     tag = f"rb-{event}.{time.time_ns()}"
     env = base_env(bootstrap, work / tag, tag, args.preset, args.store, args.broker != "mock")
     topic = env["PENSU_METRICS_KAFKA_TOPIC"]
-    reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
+    reader = OutputReader(bootstrap, env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"])
     feed = LiveFeed(bootstrap, topic, args.metrics, args.prime, args.period)
     instances = [Instance(f"i{k}", env, work) for k in range(2 if event == "add" else 3)]
     try:
@@ -348,7 +348,7 @@ def restore(bootstrap: str, work: Path, args: argparse.Namespace) -> None:
     # The SIGTERM saves every model; no autosaves meanwhile (Tansu keeps every record in memory).
     env["PENSU_MODELS_AUTOSAVE_INTERVAL"] = "3600"
     topic = env["PENSU_METRICS_KAFKA_TOPIC"]
-    reader = OutputReader(bootstrap, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])
+    reader = OutputReader(bootstrap, env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"])
     feed = LiveFeed(bootstrap, topic, args.metrics, args.prime, args.period)
     old = Instance("old", env, work)
     instances = [old]

@@ -264,7 +264,7 @@ def test_restart_with_an_empty_disk_resumes_every_metric(kafka: KafkaCluster, tm
     def produce(part: slice) -> None:
         kafka.produce(topic, [(m.encode(), line) for m in metrics for line in lines_for(m, data[m][part])])
 
-    anomaly_topic = env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]
+    anomaly_topic = env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"]
     produce(slice(0, 35))
     with ServiceThread(env) as first:
         kafka.consume_all([anomaly_topic], expected=3 * 35 * len(metrics), timeout=120, idle=0.5)

@@ -27,7 +27,7 @@ def test_restart_against_a_fresh_broker_learns_new_data(kafka: KafkaCluster, tmp
     with EmbeddedKafka() as first_broker:
         first = KafkaCluster(first_broker.bootstrap_servers, "mock")
         env = service_env(first, models)
-        topic, anomaly_topic = env["PENSU_METRICS_KAFKA_TOPIC"], env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]
+        topic, anomaly_topic = env["PENSU_METRICS_KAFKA_TOPIC"], env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"]
         with ServiceThread(env):
             produce_lines(first, topic, {"web.rps": samples[:60]}, batch=5)
             first.consume_all([anomaly_topic], expected=3 * 60, timeout=90, idle=0.5)
@@ -56,9 +56,9 @@ def test_separate_consumer_and_producer_clusters(tmp_path: Path) -> None:
         env["PENSU_KAFKA_PRODUCER_SERVER"] = sink.bootstrap_servers
         with ServiceThread(env):
             produce_lines(source, env["PENSU_METRICS_KAFKA_TOPIC"], {"db.cpu": series(20)}, batch=5)
-            msgs = sink.consume_all([env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]], expected=3 * 20, timeout=90,
+            msgs = sink.consume_all([env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"]], expected=3 * 20, timeout=90,
                                     idle=0.5)
-        assert len(carbon_by_metric(msgs, env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"])["db.cpu"]) == 3 * 20
+        assert len(carbon_by_metric(msgs, env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"])["db.cpu"]) == 3 * 20
 
 
 def test_topic_deleted_and_recreated_learns_new_data(kafka: KafkaCluster, tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_topic_deleted_and_recreated_learns_new_data(kafka: KafkaCluster, tmp_pa
 
     models = tmp_path / "models"
     env = service_env(kafka, models)
-    topic, anomaly_topic = env["PENSU_METRICS_KAFKA_TOPIC"], env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]
+    topic, anomaly_topic = env["PENSU_METRICS_KAFKA_TOPIC"], env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"]
     kafka.create_topics(topic, partitions=1)
     samples = series(100)
     with ServiceThread(env):

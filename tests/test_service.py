@@ -122,7 +122,7 @@ def test_restart_resumes_from_checkpoints(kafka: KafkaCluster, tmp_path: Path) -
     env = service_env(kafka, models)
     samples = series(120)
     topic = env["PENSU_METRICS_KAFKA_TOPIC"]
-    anomaly_topic = env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]
+    anomaly_topic = env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"]
     with ServiceThread(env) as first:
         produce_lines(kafka, topic, {"db.qps": samples[:70]}, batch=10)
         kafka.consume_all([anomaly_topic], expected=3 * 70, timeout=60, idle=0.5)
@@ -182,7 +182,7 @@ def test_sigterm_saves_state_and_exits_zero(kafka: KafkaCluster, tmp_path: Path)
     env = service_env(kafka, models, PENSU_MODELS_AUTOSAVE_INTERVAL="3600")
     with running_service(env) as proc:
         produce_lines(kafka, env["PENSU_METRICS_KAFKA_TOPIC"], {"x.y": series(40)}, batch=10)
-        kafka.consume_all([env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]], expected=120, timeout=90, idle=0.5)
+        kafka.consume_all([env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"]], expected=120, timeout=90, idle=0.5)
         stop_service(proc)
     loaded = LocalCheckpointStore(models).load("x.y")
     assert loaded is not None and loaded[0].sample_count == 40

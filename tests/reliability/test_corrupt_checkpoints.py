@@ -59,7 +59,7 @@ def test_corrupt_checkpoints_are_quarantined_through_the_service(kafka: KafkaClu
     for metric in CORRUPT + ("good.m",):
         save_trained(store, settings, metric, samples[:40])
     corrupt(store)
-    topic, anomaly_topic = env["PENSU_METRICS_KAFKA_TOPIC"], env["PENSU_REPORTED_ANOMALIES_KAFKA_TOPIC"]
+    topic, anomaly_topic = env["PENSU_METRICS_KAFKA_TOPIC"], env["PENSU_ANOMALY_SCORES_KAFKA_TOPIC"]
     metrics = CORRUPT + ("good.m",)
     messages = [(m.encode(), line) for m in metrics for line in lines_for(m, samples[40:])]
     with ServiceThread(env) as running, caplog.at_level(logging.INFO):
