@@ -15,7 +15,7 @@ default settings, `nab` preset) after 20,000 samples of a real NAB series. The b
    growth per clone.
 
     python bench/density.py [--file realKnownCause/machine_temperature_system_failure.csv]
-                            [--samples 20000] [--count 2000] [--diverge 50]
+                            [--samples 20000] [--count 2000] [--diverge 50] [--preset small]
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def mature(rows: list[tuple[float, float]], samples: int) -> tuple[MetricAnalyzer, int, float]:
+def mature(rows: list[tuple[float, float]], samples: int,
+           preset: str | None = None) -> tuple[MetricAnalyzer, int, float]:
     """Feed rows until `samples` were accepted; return (analyzer, rows used, seconds)."""
-    analyzer = build_analyzer(env={}, metric="density.mature")
+    analyzer = build_analyzer(env={}, preset=preset, metric="density.mature")  # type: ignore[arg-type]
     used = 0
     started = time.perf_counter()
     for ts, value in rows:
@@ -167,12 +168,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", default="realKnownCause/machine_temperature_system_failure.csv")
     parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--preset", default=None, help="both models' preset (default: the service default, nab)")
     parser.add_argument("--count", type=int, default=2_000, help="analyzers held for the RSS figure")
     parser.add_argument("--diverge", type=int, default=50, help="samples each clone learns on its own")
     args = parser.parse_args()
     rows = load_series(NAB_DATA / args.file)
     print(f"series {args.file}: {len(rows)} rows; load {os.getloadavg()[0]:.2f} (1-min); cpu count {os.cpu_count()}")
-    analyzer, used, seconds = mature(rows, args.samples)
+    analyzer, used, seconds = mature(rows, args.samples, args.preset)
     extra = rows[used:] if len(rows) - used > args.diverge else rows
     print(f"mature analyzer: {analyzer.sample_count} samples learned from {used} rows in {seconds:.1f}s "
           f"({1e6 * seconds / used:.0f} µs/sample); TM {analyzer.anomaly_model.tm.num_segments()} segments, "
