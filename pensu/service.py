@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 CONSUME_TIMEOUT_SECONDS = 0.05  # consume() waits this long for a full batch; keeps latency low
 LAG_REFRESH_SECONDS = 5.0
+# Delivery callbacks are served every this many messages of a batch (and after it). poll()
+# releases the GIL, so once per message handed the interpreter to other threads ~2,000 times
+# a second; acknowledgements still arrive within ~15 ms of processing at 2,000 messages/s.
+POLL_EVERY_MESSAGES = 32
 
 
 class PensuService:
@@ -264,8 +268,7 @@ class PensuService:
         self.feedback_log.start()
         consumer_conf["error_cb"] = self._on_kafka_error
         producer_conf["error_cb"] = self._on_kafka_error
-        self.producer = OutputProducer(producer_conf, self._on_delivery_error,
-                                       lambda topic: self.metrics.outputs_produced.labels(topic=topic).inc())
+        self.producer = OutputProducer(producer_conf, self._on_delivery_error, self._on_delivered)
         self.consumer = Consumer(consumer_conf)
         self.ledger.attach(self.producer, self.consumer)
         self.consumer.subscribe([self._input_topic()], on_assign=self._on_assign,
@@ -307,6 +310,7 @@ class PensuService:
         assert self.consumer is not None and self.producer is not None
         messages = self.consumer.consume(num_messages=BATCH_SIZE, timeout=CONSUME_TIMEOUT_SECONDS)
         batch = self.ledger.open_batch()
+        served = 0
         for message in messages:
             err = message.error()
             if err is not None:
@@ -328,7 +332,9 @@ class PensuService:
             if self.warm_start is not None:
                 payload = self.warm_start.admit(payload, source, offset, origin, batch)
             self._emit(self.pipeline.process(payload, source, offset, origin), batch)
-            self.producer.poll(0)
+            served += 1
+            if served % POLL_EVERY_MESSAGES == 0:
+                self.producer.poll(0)
         self.ledger.close_batch(batch)
         self.producer.poll(0)
         self._poll_warm_start()
@@ -342,8 +348,7 @@ class PensuService:
     def _emit(self, result: MessageResult, batch: Batch) -> None:
         """Queue a processed message's outputs on its batch."""
         assert self.producer is not None
-        for record in result.records:
-            self.producer.send(record, self._stop.is_set, batch)
+        self.producer.send_all(result.records, self._stop.is_set, batch)
 
     def _poll_warm_start(self) -> None:
         if self.warm_start is not None:
@@ -421,6 +426,9 @@ class PensuService:
         if code == ALL_BROKERS_DOWN:  # cleared by the next message consumed
             self._broker_down = True
         self._kafka_log.log(logging.WARNING, "kafka: %s", err)
+
+    def _on_delivered(self, topic: str, count: int) -> None:
+        self.metrics.outputs_produced.labels(topic=topic).inc(count)
 
     def _on_delivery_error(self, topic: str, err: KafkaError) -> None:
         self.metrics.kafka_delivery_errors.inc()
