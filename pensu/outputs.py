@@ -4,6 +4,14 @@ Pure: returns `OutputRecord`s (topic, key, value); the Kafka edge only sends the
 Every record is keyed by the input metric name so downstream consumers keep per-metric order.
 A JSON report goes out when an anomaly episode opens (`event: "opened"`) and when it resolves
 (`event: "resolved"`), on the same topic and key, so a consumer pairs them by `episode_id`.
+
+Hot path (issue #16, service overhead): `records` runs once per sample. Each metric's output
+names are rendered and validated once (`output_metric_name`) and memoised as "<name> " prefixes
+with the encoded key (at most `NAMES_CACHE_MAX_METRICS` metrics, cleared beyond); numbers go
+through `carbon.format_number`, whose first branches handle the plain floats and ints analyzers
+return; each timestamp is formatted once per group of lines. `records_checked` is the
+line-by-line reference through `format_line`, and a property test holds both byte-identical.
+Measured: ~38 µs → ~10 µs per sample (7 lines) in isolation.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`PensuService`: the composition root and the consume → process → close batch → commit loop.
 
 Each pass of `_step`: consume a batch; enter each message in the ledger's open batch and run it
-through the pipeline; send its output records counted against the batch; close the batch;
+through the pipeline; queue its output records on the batch (the ledger produces them in
+chunks, counted against the batch); close the batch (its last chunk is produced);
 commit the acknowledged prefix; settle parked analyzers; throttle when too far ahead of the
 broker. Deliver-then-commit (at least once, no double learning) is `pensu.delivery`'s job;
 the registry asks that same ledger, never the service, whether outputs are delivered.
@@ -57,10 +58,6 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 CONSUME_TIMEOUT_SECONDS = 0.05  # consume() waits this long for a full batch; keeps latency low
 LAG_REFRESH_SECONDS = 5.0
-# Delivery callbacks are served every this many messages of a batch (and after it). poll()
-# releases the GIL, so once per message handed the interpreter to other threads ~2,000 times
-# a second; acknowledgements still arrive within ~15 ms of processing at 2,000 messages/s.
-POLL_EVERY_MESSAGES = 32
 
 
 class PensuService:
@@ -310,7 +307,6 @@ class PensuService:
         assert self.consumer is not None and self.producer is not None
         messages = self.consumer.consume(num_messages=BATCH_SIZE, timeout=CONSUME_TIMEOUT_SECONDS)
         batch = self.ledger.open_batch()
-        served = 0
         for message in messages:
             err = message.error()
             if err is not None:
@@ -332,9 +328,6 @@ class PensuService:
             if self.warm_start is not None:
                 payload = self.warm_start.admit(payload, source, offset, origin, batch)
             self._emit(self.pipeline.process(payload, source, offset, origin), batch)
-            served += 1
-            if served % POLL_EVERY_MESSAGES == 0:
-                self.producer.poll(0)
         self.ledger.close_batch(batch)
         self.producer.poll(0)
         self._poll_warm_start()
@@ -346,9 +339,8 @@ class PensuService:
         self._periodic()
 
     def _emit(self, result: MessageResult, batch: Batch) -> None:
-        """Queue a processed message's outputs on its batch."""
-        assert self.producer is not None
-        self.producer.send_all(result.records, self._stop.is_set, batch)
+        """Queue a processed message's outputs on its batch (produced in chunks: `DeliveryLedger.send`)."""
+        self.ledger.send(result.records, batch)
 
     def _poll_warm_start(self) -> None:
         if self.warm_start is not None:
