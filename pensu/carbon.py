@@ -19,6 +19,10 @@ Input rule (one line, ``<name> <value> <timestamp>``):
   not more than ``max_future_seconds`` after ``now`` (``timestamp_invalid``).
 
 Checks run in that order, so a line gets the reason of the first rule it breaks.
+`parse_message` first tries one bytes regex for the canonical form (single spaces, no padding,
+the same charsets) and checks lengths, finiteness and the time window; only lines it does not
+accept go through `parse_line`, so every rejection keeps its reason and detail (a property test
+compares the two paths). Measured: ~7 µs → ~2.3 µs per one-line message.
 
 Output rule: ``format_line`` writes ``b"<name> <value> <timestamp>\\n"`` (newline-terminated so
 lines can be concatenated into one Kafka message) after validating the name with the same
@@ -77,6 +81,12 @@ _SEPARATORS = re.compile(rb"[ \t]+")
 _NAME = re.compile(r"[A-Za-z0-9_\-:]+(?:\.[A-Za-z0-9_\-:]+)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# A whole line in canonical form: name, one space, value, one space, timestamp (bytes; same
+# charsets as _NAME and _NUMBER, so whatever it matches `parse_line` reads the same way).
+_NUMBER_BYTES = rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_CANONICAL_LINE = re.compile(
+    rb"([A-Za-z0-9_\-:]+(?:\.[A-Za-z0-9_\-:]+)*) (" + _NUMBER_BYTES + rb") (" + _NUMBER_BYTES + rb")"
+)
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 _STRIP = b" \t\r"
 _SNIPPET = 40
@@ -203,7 +213,18 @@ def parse_message(
         payload = bytes(payload)
     if now is None:
         now = time.time()
+    limit = math.inf if max_future_seconds is None else now + max_future_seconds
     for raw in payload.split(b"\n"):
+        # Fast path: a line in canonical form (single spaces, no padding) whose fields all pass.
+        # Anything else, and every rejection, goes through `parse_line` for its reason and detail.
+        match = _CANONICAL_LINE.fullmatch(raw)
+        if match is not None and len(raw) <= MAX_LINE_BYTES:
+            name, value_text, ts_text = match.groups()
+            value, ts = float(value_text), float(ts_text)
+            if len(name) <= MAX_NAME_BYTES and value - value == 0.0 and MIN_TIMESTAMP <= ts <= limit \
+                    and ts - ts == 0.0:
+                samples.append(Sample(name.decode("ascii"), value, ts))
+                continue
         if len(raw) <= MAX_LINE_BYTES and not raw.strip(_STRIP):
             continue
         try:
@@ -213,8 +234,25 @@ def parse_message(
     return samples, rejections
 
 
-def _format_number(x: float) -> str:
-    """Exact, shortest text for a finite number (integers without a fraction)."""
+def format_number(x: float) -> str:
+    """Exact, shortest text for a finite number (integers without a fraction); raises `LineRejected`.
+
+    Plain floats and ints (what analyzers return) take the first branches; anything else (NumPy
+    scalars, bools, huge ints) goes through `_format_number_general`, with the same results.
+    """
+    if type(x) is float:
+        if x.is_integer():  # False for nan and inf
+            if -_EXACT_INT_LIMIT < x < _EXACT_INT_LIMIT:
+                return "-0" if x == 0.0 and math.copysign(1.0, x) < 0 else str(int(x))
+            return repr(x)
+        if x - x == 0.0:  # finite
+            return repr(x)
+    elif type(x) is int and -_EXACT_INT_LIMIT < x < _EXACT_INT_LIMIT:
+        return str(x)
+    return _format_number_general(x)
+
+
+def _format_number_general(x: float) -> str:
     if isinstance(x, numbers.Integral) and abs(int(x)) < _EXACT_INT_LIMIT:
         return str(int(x))
     try:
@@ -230,20 +268,25 @@ def _format_number(x: float) -> str:
     return repr(f)
 
 
+def format_timestamp(timestamp: float) -> str:
+    """`format_number` of an output timestamp; `LineRejected("timestamp_invalid")` if not finite or negative."""
+    try:
+        ts_text = format_number(timestamp)
+    except LineRejected:
+        raise LineRejected("timestamp_invalid", f"cannot format {timestamp!r}") from None
+    if ts_text.startswith("-"):
+        raise LineRejected("timestamp_invalid", f"negative timestamp {timestamp!r}")
+    return ts_text
+
+
 def format_line(metric: str, value: float, timestamp: float) -> bytes:
     """Render ``b"<metric> <value> <timestamp>\\n"``; raises `LineRejected` if it would be invalid."""
     if len(metric.encode("utf-8")) > MAX_OUTPUT_NAME_BYTES:
         raise LineRejected("name_too_long", f"output name over {MAX_OUTPUT_NAME_BYTES} bytes")
     if not _is_valid_name(metric):
         raise LineRejected("name_illegal", f"output name {_snippet(metric)}")
-    value_text = _format_number(value)
-    try:
-        ts_text = _format_number(timestamp)
-    except LineRejected:
-        raise LineRejected("timestamp_invalid", f"cannot format {timestamp!r}") from None
-    if ts_text.startswith("-"):
-        raise LineRejected("timestamp_invalid", f"negative timestamp {timestamp!r}")
-    return f"{metric} {value_text} {ts_text}\n".encode("ascii")
+    value_text = format_number(value)
+    return f"{metric} {value_text} {format_timestamp(timestamp)}\n".encode("ascii")
 
 
 def validate_name_template(template: str) -> None:

@@ -2,8 +2,9 @@
 
 Delivery guarantee (at least once, no double learning). Each pass of the service loop:
 1. `open_batch`; every consumed message is entered with `Batch.consume` *before* it is processed,
-   and its output records are sent with the batch as their tracker (`pending` counts them
-   until the broker answers);
+   and its output records are handed to `send`, which queues them on the batch (`unsent`) and
+   produces them in chunks of `SEND_CHUNK_RECORDS` with the batch as their tracker (`pending`
+   counts them until the broker answers);
 2. `close_batch`: the batch joins the in-flight queue (at most `max_inflight` batches run ahead
    of the broker's acknowledgements: `throttle` waits beyond that, which is the back-pressure
    that keeps memory bounded through a broker outage);
@@ -15,8 +16,15 @@ Delivery guarantee (at least once, no double learning). Each pass of the service
 
 The registry asks `settled(analyzer.positions)` before it checkpoints an evicted analyzer: a
 checkpoint must not record a sample whose outputs may still be lost, or a restart would skip it
-as a replay. A position is unsettled while it falls in a batch with unanswered records, or is the
-message being processed right now (its records are not even sent yet). This answers from the
+as a replay. A position is unsettled while it falls in a batch with unanswered or unsent records,
+or is the message being processed right now (its records are not even queued yet). `wait_all`
+produces the open batch's unsent records before it flushes, so a wait settles them too.
+
+Why chunks: produce calls made back to back run with the client's code and data in cache; one
+message's 7 records produced between two analyzer steps (which evict both) cost about twice as
+much. Measured on the 1,000-metric service bench: ~48 µs of produce per sample when sent after
+each message, ~28 µs in chunks of 256 records. Records keep their order; a chunk waits at most
+~37 messages (~20 ms at 2,000 samples/s); a batch is closed only after its last chunk is sent. This answers from the
 analyzer's own positions, so the service keeps no per-metric map of "last batch".
 
 `waiting` is the readiness input: True while the oldest in-flight batch has waited longer than
@@ -37,10 +45,12 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pensu.kafka_io import OutputProducer
+from pensu.outputs import OutputRecord
 from pensu.telemetry import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
+SEND_CHUNK_RECORDS = 256  # records of the open batch produced together (see the module docstring)
 MAX_INFLIGHT_BATCHES = 64  # consumed batches whose outputs await the broker's acknowledgement
 DELIVERY_WAIT_WARNING_SECONDS = 5.0  # not ready while the oldest batch waits longer than this
 
@@ -63,7 +73,7 @@ class DeliveryEvents:
 class Batch:
     """The messages of one consumer poll and the count of their not-yet-answered output records."""
 
-    __slots__ = ("spans", "positions", "pending", "created", "open", "current")
+    __slots__ = ("spans", "positions", "pending", "created", "open", "current", "unsent")
 
     def __init__(self) -> None:
         self.spans: dict[str, list[int]] = {}  # "topic:partition" -> [first offset, next offset] consumed
@@ -72,6 +82,7 @@ class Batch:
         self.created = time.monotonic()
         self.open = True
         self.current: tuple[str, int] | None = None  # the message entered last, maybe still processing
+        self.unsent: list[OutputRecord] = []  # records queued by `DeliveryLedger.send`, not produced yet
 
     def consume(self, topic: str, partition: int, offset: int) -> str:
         """Enter one message before it is processed; returns its "topic:partition" source key."""
@@ -91,7 +102,7 @@ class Batch:
         if span is None or not span[0] <= offset < span[1]:
             return False
         # While open, the message entered last may still be processing: its records are not sent.
-        return self.pending > 0 or (self.open and self.current == (source, offset))
+        return self.pending > 0 or bool(self.unsent) or (self.open and self.current == (source, offset))
 
 
 class DeliveryLedger:
@@ -141,8 +152,35 @@ class DeliveryLedger:
         self._open = Batch()
         return self._open
 
+    def send(self, records: list[OutputRecord], batch: Batch) -> None:
+        """Queue a processed message's records on `batch`, in order; they are produced with it as tracker.
+
+        Records of the open batch are produced in chunks (and at `close_batch`, `wait_all`);
+        records of a closed batch (lines the warm-start gate held) are produced at once, as the
+        caller counts on them being covered by the batch's `pending` when it returns.
+        """
+        if batch is not self._open:
+            self._produce(records, batch)
+            return
+        batch.unsent.extend(records)
+        if len(batch.unsent) >= SEND_CHUNK_RECORDS:
+            self._send_unsent(batch)
+
+    def _produce(self, records: list[OutputRecord], batch: Batch) -> None:
+        if records:
+            assert self._producer is not None
+            self._producer.send_all(records, self._should_stop, batch)
+
+    def _send_unsent(self, batch: Batch) -> None:
+        if batch.unsent:
+            records, batch.unsent = batch.unsent, []
+            self._produce(records, batch)
+            assert self._producer is not None
+            self._producer.poll(0)  # serve the delivery callbacks of earlier chunks
+
     def close_batch(self, batch: Batch) -> None:
-        """The batch's records are all sent: it joins the in-flight queue (if it holds any message)."""
+        """The batch's unsent records are produced: it joins the in-flight queue (if it holds any message)."""
+        self._send_unsent(batch)
         batch.open = False
         if self._open is batch:
             self._open = None
@@ -206,6 +244,8 @@ class DeliveryLedger:
         """
         if self._producer is None:
             return True
+        if self._open is not None:
+            self._send_unsent(self._open)
         if not self._producer.deliver_all(self._should_stop, self._set_waiting):
             return False
         self.commit(asynchronous=False)

@@ -206,10 +206,18 @@ class Tracker(Protocol):
 
 
 class OutputProducer:
-    """A producer whose queue is bounded: `send` blocks (serving callbacks) while it is full."""
+    """A producer whose queue is bounded: `send` blocks (serving callbacks) while it is full.
+
+    Per record it does one `produce` call and nothing else of note: the delivery callback is one
+    closure per (tracker, topic), made when a tracker (the service's batch) sends its first record
+    to a topic, and delivered records are counted in plain ints that reach `on_delivered(topic, n)`
+    once per `poll`/`flush` (the only calls that run callbacks), not once per record. Measured on
+    the 1,000-metric service bench: a closure, a `labels()` lookup and a counter increment per
+    record cost ~25 µs per sample (7 records) of the ~0.5 ms a sample takes.
+    """
 
     def __init__(self, config: dict[str, Any], on_delivery_error: Callable[[str, KafkaError], None],
-                 on_delivered: Callable[[str], None] = lambda topic: None) -> None:
+                 on_delivered: Callable[[str, int], None] = lambda topic, count: None) -> None:
         merged = {
             "enable.idempotence": "true",  # per-key order survives retries
             # One request in flight per broker: with more, librdkafka's idempotent producer spins
@@ -225,39 +233,85 @@ class OutputProducer:
         self._producer = Producer(merged)
         self._on_delivery_error = on_delivery_error
         self._on_delivered = on_delivered
+        self._delivered: dict[str, list[int]] = {}  # topic -> [records delivered, not yet reported]
+        self._callbacks: dict[str, Callable[[KafkaError | None, Message], None]] = {}  # of _callbacks_for
+        self._callbacks_for: Tracker | None = None  # the tracker `_callbacks` count against
 
-    def _delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._on_delivery_error(msg.topic() or "?", err)
-        else:
-            self._on_delivered(msg.topic() or "?")
+    def _callback(self, topic: str, tracker: Tracker | None) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery callback of records of `topic` sent with `tracker` (made once per pair)."""
+        if tracker is not self._callbacks_for:
+            self._callbacks_for = tracker
+            self._callbacks = {}
+        callback = self._callbacks.get(topic)
+        if callback is None:
+            delivered = self._delivered.get(topic)
+            if delivered is None:
+                delivered = self._delivered[topic] = [0]
+            on_error = self._on_delivery_error
+            if tracker is None:
+                def callback(err: KafkaError | None, _msg: Message) -> None:
+                    if err is None:
+                        delivered[0] += 1
+                    else:
+                        on_error(topic, err)
+            else:
+                def callback(err: KafkaError | None, _msg: Message) -> None:
+                    tracker.pending -= 1
+                    if err is None:
+                        delivered[0] += 1
+                    else:
+                        on_error(topic, err)
+            self._callbacks[topic] = callback
+        return callback
+
+    def _report_delivered(self) -> None:
+        for topic, delivered in self._delivered.items():
+            count = delivered[0]
+            if count:
+                delivered[0] = 0
+                self._on_delivered(topic, count)
 
     def send(self, record: OutputRecord, should_stop: Callable[[], bool] = lambda: False,
              tracker: Tracker | None = None) -> None:
-        """Queue one record, waiting for room when the local queue is full.
+        """Queue one record (`send_all` of one)."""
+        self.send_all((record,), should_stop, tracker)
 
-        With a `tracker`, its `pending` count covers this record until the broker answers
+    def send_all(self, records: Iterable[OutputRecord], should_stop: Callable[[], bool] = lambda: False,
+                 tracker: Tracker | None = None) -> None:
+        """Queue records in order, waiting for room when the local queue is full.
+
+        With a `tracker`, its `pending` count covers each record until the broker answers
         (acknowledged, or failed for good: a permanent failure is counted and logged, and it
         must not block the offsets behind it forever).
+        Raises `KafkaUnavailable` when `should_stop()` turns true while waiting for room.
         """
-        if tracker is None:
-            callback = self._delivery
-        else:
-            tracker.pending += 1
-
-            def callback(err: KafkaError | None, msg: Message) -> None:
-                tracker.pending -= 1
-                self._delivery(err, msg)
-        produce_blocking(self._producer, record.topic, record.value, record.key, list(record.headers) or None,
-                         callback, should_stop)
+        produce = self._producer.produce
+        for record in records:
+            topic = record.topic
+            callback = self._callback(topic, tracker)
+            if tracker is not None:
+                tracker.pending += 1
+            headers: list[tuple[str, str | bytes | None]] | None = list(record.headers) or None
+            while True:
+                try:
+                    produce(topic, value=record.value, key=record.key, headers=headers, on_delivery=callback)
+                    break
+                except BufferError:
+                    self.poll(0.1)
+                    if should_stop():
+                        raise KafkaUnavailable("producer queue full while stopping") from None
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks."""
-        return self._producer.poll(timeout)
+        served = self._producer.poll(timeout)
+        self._report_delivered()
+        return served
 
     def flush(self, timeout: float) -> int:
         """Wait up to `timeout` s for delivery; return the number still in flight."""
-        return self._producer.flush(timeout)
+        left = self._producer.flush(timeout)
+        self._report_delivered()
+        return left
 
     def __len__(self) -> int:
         return len(self._producer)

