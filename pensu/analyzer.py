@@ -39,7 +39,7 @@ from pensu.decision import DecisionConfig, EpisodeEvent, EpisodeTracker, Observa
 from pensu.errors import CorruptData, LineRejected, SerializationError, UnsupportedFormatVersion
 from pensu.htm.model import HtmModel, ModelParams
 from pensu.htm.presets import prediction_params, preset_params
-from pensu.htm.serialization import require
+from pensu.htm.serialization import packb, require
 from pensu.provenance import ReplayVerdict, replay_verdict
 
 FORMAT_TAG = "pensu-analyzer"
@@ -318,8 +318,7 @@ class MetricAnalyzer:
             "decision": self.decision.get_state(),
             "episode_notes": self.episode_notes,
         }
-        return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "analyzer": state},
-                             use_bin_type=True)
+        return packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "analyzer": state})
 
     def _restore_windows(self, deltas: Iterable[Any], pending: Iterable[Any]) -> None:
         """Fill the interval and pending-prediction windows of an analyzer being restored."""

@@ -52,7 +52,7 @@ from pensu.htm.likelihood import (
     log_likelihood,
 )
 from pensu.htm.predictor import Predictor, PredictorParams
-from pensu.htm.serialization import params_dict, require
+from pensu.htm.serialization import packb, params_dict, require
 from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
 from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
@@ -338,8 +338,7 @@ class HtmModel:
 
     def to_bytes(self) -> bytes:
         """Serialize the model (msgpack, versioned)."""
-        return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "model": self.get_state()},
-                             use_bin_type=True)
+        return packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "model": self.get_state()})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HtmModel:

@@ -10,14 +10,40 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from pensu.errors import CorruptData
 
 _ALLOWED_KINDS = set("biuf")
+
+
+_packers = threading.local()
+
+
+def packb(value: Any) -> bytes:
+    """`msgpack.packb(value, use_bin_type=True)`, through a packer kept per thread.
+
+    A fresh packer starts with a 256 kB buffer and reallocates it as a checkpoint grows; those
+    fresh pages are what a mature analyzer's save cost (0.9 MB: 1.1 ms in `msgpack.packb`,
+    70 µs with a buffer already the right size; page faults on this kind of VM are expensive).
+    A packer that `autoreset`s keeps its grown buffer, so after the first large save each
+    save costs one copy into the returned bytes. The bytes are identical to `msgpack.packb`'s.
+    """
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        _packers.packer = packer
+    try:
+        return packer.pack(value)
+    except BaseException:
+        # A failed pack may leave a partial object in the buffer: start the next one afresh.
+        _packers.packer = None
+        raise
 
 
 def pack_array(array: np.ndarray) -> dict[str, Any]:
