@@ -52,22 +52,47 @@ def pack_array(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": contiguous.dtype.str, "shape": list(contiguous.shape), "data": contiguous.tobytes()}
 
 
-def unpack_array(packed: Any, name: str = "array") -> np.ndarray:
-    """Rebuild an array packed by `pack_array` as a writable copy; raise `CorruptData` if malformed."""
+_DTYPES: dict[str, np.dtype[Any]] = {}  # dtype strings met so far whose kind is allowed
+
+
+def _allowed_dtype(spec: Any) -> np.dtype[Any] | None:
+    """The dtype named by `spec` when its kind is allowed, else None (np.dtype() costs ~1 µs)."""
+    found = _DTYPES.get(spec) if type(spec) is str else None
+    if found is not None:
+        return found
+    dtype = np.dtype(spec)
+    if dtype.kind not in _ALLOWED_KINDS:
+        return None
+    if type(spec) is str and len(_DTYPES) < 64:  # bounded: hostile payloads cannot grow it
+        _DTYPES[spec] = dtype
+    return dtype
+
+
+def unpack_array(packed: Any, name: str = "array", copy: bool = True) -> np.ndarray:
+    """Rebuild an array packed by `pack_array`; raise `CorruptData` if malformed.
+
+    With `copy` (the default) the array is a writable copy; without, a read-only view of the
+    packed bytes (for data a kernel copies anyway: one copy of a mature model's arrays less)."""
     if type(packed) is not dict and not isinstance(packed, Mapping):  # dict first: the ABC check is slow
         raise CorruptData(f"{name}: expected a packed array, got {type(packed).__name__}")
     try:
-        dtype = np.dtype(packed["dtype"])
-        shape = tuple(int(s) for s in packed["shape"])
+        dtype = _allowed_dtype(packed["dtype"])
+        shape = packed["shape"]
+        if type(shape) is not list or any(type(s) is not int for s in shape):
+            shape = [int(s) for s in shape]
         data = packed["data"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptData(f"{name}: malformed packed array ({exc})") from exc
-    if dtype.kind not in _ALLOWED_KINDS or not isinstance(data, (bytes, bytearray)):
-        raise CorruptData(f"{name}: unsupported dtype {dtype.str!r} or data type")
+    if dtype is None or not isinstance(data, (bytes, bytearray)):
+        raise CorruptData(f"{name}: unsupported dtype {packed['dtype']!r} or data type")
     count = math.prod(shape)  # np.prod costs more than the rest of this function
-    if any(s < 0 for s in shape) or count * dtype.itemsize != len(data):
-        raise CorruptData(f"{name}: {len(data)} bytes do not fit shape {shape} of {dtype.str}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    if count * dtype.itemsize != len(data) or any(s < 0 for s in shape):
+        raise CorruptData(f"{name}: {len(data)} bytes do not fit shape {tuple(shape)} of {dtype.str}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if copy:
+        return array.copy()
+    array.flags.writeable = False  # a bytearray's view would be writable
+    return array
 
 
 def require(state: Any, key: str, owner: str) -> Any:

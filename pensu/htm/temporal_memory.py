@@ -726,66 +726,154 @@ def _gather(order, segi, pre, perm):
     return out_pre, out_perm
 
 
-@njit(cache=True)
-def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta, pre_like, iseg_like):
-    """Lay out restored segments in slots 0..n-1; build pools and the presynaptic index.
+# Codes of `_validate` (0: valid), each with the message `_restore` raises.
+_RESTORE_ERRORS = {
+    1: "segment table out of range",
+    2: "synapse arrays do not match the segment table",
+    3: "permanence out of range",
+    4: "active_cells must be sorted unique cell indices",
+    5: "winner_cells must be sorted unique cell indices",
+    6: "a segment repeats a presynaptic cell",
+}
+_SEEN = 8  # cell flag: presynaptic cell already met in the segment being validated
 
-    Returns (pre, perm, ctab, iseg); pools take the dtypes of `pre_like` and `iseg_like`."""
+
+@njit(cache=True)
+def _sorted_cells(a, ncells):
+    """True when `a` holds strictly increasing cell indices in [0, ncells)."""
+    for i in range(a.shape[0]):
+        if a[i] < 0 or a[i] >= ncells or (i > 0 and a[i] <= a[i - 1]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _validate(cells, last, sizes, in_pre, in_perm, act, win, iteration, ip, flags):
+    """Check restored state before `_build` lays it out; return an error code (0: valid).
+
+    One pass per array instead of a dozen numpy reductions (each a few µs of dispatch on a young
+    model) and no cell-sized temporaries: repeated presynaptic cells of a segment are marked in
+    the shared cell-flag scratch (`_SEEN`) and unmarked before returning, and the segments per
+    cell are counted by `_build` itself."""
+    ncells = flags.shape[0]
+    total = 0
+    for g in range(cells.shape[0]):
+        k = np.int64(sizes[g])
+        if cells[g] < 0 or cells[g] >= ncells or k < 1 or k > ip[_P_MAXSYN] or last[g] > iteration:
+            return 1
+        total += k
+    if total != in_pre.shape[0]:
+        return 2
+    if not _sorted_cells(act, ncells):
+        return 4
+    if not _sorted_cells(win, ncells):
+        return 5
+    # One pass over the synapses, segment by segment: range, permanence, repeated cells.
+    j = 0
+    code = 0
+    for g in range(cells.shape[0]):
+        end = j + np.int64(sizes[g])
+        marked = j
+        for i in range(j, end):
+            c = in_pre[i]
+            if c < 0 or c >= ncells:
+                code = 2
+                break
+            if not (in_perm[i] > 0.0 and in_perm[i] <= 1.0):  # NaN fails too
+                code = 3
+                break
+            if flags[c] & _SEEN:
+                code = 6
+                break
+            flags[c] |= _SEEN
+            marked = i + 1
+        for i in range(j, marked):
+            flags[in_pre[i]] &= ~_SEEN
+        if code:
+            return code
+        j = end
+    return 0
+
+
+@njit(cache=True)
+def _build(cells, last, counts, in_pre, in_perm, iteration, ip, fp, segi, segl, nseg, colx, meta, pre_like,
+           iseg_like):
+    """Lay out validated segments in slots 0..n-1 (creation order); build pools and the presynaptic index.
+
+    Returns (pre, perm, ctab, iseg), pools of the dtypes of `pre_like` and `iseg_like`, or empty
+    arrays with meta[_M_NSEG] = -1 when a cell would hold more than max_segments_per_cell
+    segments. `colx` must be all -1 and `nseg` all 0. The layout is the one `_compact` makes:
+    cell tables in column order, each cell's list in a block of the smallest class. Fan-in is
+    counted in the cell tables themselves, so nothing is allocated per cell (65,536-cell
+    temporaries cost more than the rest of a young model's restore)."""
     cpc = ip[_P_CPC]
     conn = np.float32(fp[_F_CONN])
     n = cells.shape[0]
     pool = 0
     for g in range(n):
+        c = cells[g]
+        if nseg[c] >= ip[_P_MAXSEG]:
+            meta[_M_NSEG] = -1
+            return (np.zeros(0, dtype=pre_like.dtype), np.zeros(0, dtype=np.float32),
+                    np.zeros((0, 3), dtype=np.int32), np.zeros(0, dtype=iseg_like.dtype))
+        nseg[c] += 1
         cls = _syn_class(counts[g], ip)
-        segi[g, _CELL] = cells[g]
+        segi[g, _CELL] = c
         segi[g, _START] = pool
         segi[g, _COUNT] = counts[g]
         segi[g, _CAP] = ip[_P_CLASSES + cls]
-        nseg[cells[g]] += 1
+        segl[g, _ORD] = g
+        segl[g, _LAST] = last[g]
         pool += ip[_P_CLASSES + cls]
     pre = np.zeros(pool + pool // 8 + 64, dtype=pre_like.dtype)
     perm = np.zeros(pool + pool // 8 + 64, dtype=np.float32)
-    fan = np.zeros(nseg.shape[0], dtype=np.int64)
+    m = in_pre.shape[0]
+    # Each synapse's cell-table row, divided once (a 64-bit division per synapse and pass cost
+    # more than the rest of the layout): first the column, then, once tables are numbered in
+    # column order, the row.
+    srow = np.empty(m, dtype=np.int32)
     j = 0
     for g in range(n):
         start = segi[g, _START]
         for k in range(counts[g]):
-            pre[start + k] = in_pre[j]
+            c = in_pre[j]
+            pre[start + k] = c
             perm[start + k] = in_perm[j]
-            fan[in_pre[j]] += 1
+            col = np.int32(c // cpc)
+            srow[j] = col
+            colx[col] = 0  # this column feeds a synapse: it gets a cell table
             j += 1
     ntab = 0
     for col in range(colx.shape[0]):
-        colx[col] = -1
-        for c in range(col * cpc, (col + 1) * cpc):
-            if fan[c] > 0:
-                colx[col] = ntab
-                ntab += 1
-                break
+        if colx[col] == 0:
+            colx[col] = ntab
+            ntab += 1
     ctab = np.zeros((ntab * cpc + cpc, 3), dtype=np.int32)
+    for i in range(m):  # fan-in per cell, counted in _XCAP
+        col = srow[i]
+        row = colx[col] * cpc + (np.int64(in_pre[i]) - col * cpc)
+        srow[i] = row
+        ctab[row, _XCAP] += 1
     total = 0
-    for col in range(colx.shape[0]):
-        if colx[col] < 0:
-            continue
-        for c in range(col * cpc, (col + 1) * cpc):
-            row = colx[col] * cpc + c % cpc
-            cap = 0
-            if fan[c] > 0:
-                cap = _IDX_BASE
-                while cap < fan[c]:
-                    cap <<= 1
-            ctab[row, _XSTART] = total
-            ctab[row, _XCAP] = cap
-            total += cap
+    for row in range(ntab * cpc):
+        fan = ctab[row, _XCAP]
+        cap = 0
+        if fan > 0:
+            cap = _IDX_BASE
+            while cap < fan:
+                cap <<= 1
+        ctab[row, _XSTART] = total
+        ctab[row, _XCAP] = cap
+        total += cap
     iseg = np.zeros(total + total // 8 + 64, dtype=iseg_like.dtype)
+    i = 0
     for g in range(n):
-        start = segi[g, _START]
         for k in range(counts[g]):
-            c = pre[start + k]
-            row = colx[c // cpc] * cpc + c % cpc
-            bit = 1 if perm[start + k] >= conn else 0
+            row = srow[i]
+            bit = 1 if in_perm[i] >= conn else 0
             iseg[ctab[row, _XSTART] + ctab[row, _XCOUNT]] = (g << 1) | bit
             ctab[row, _XCOUNT] += 1
+            i += 1
     meta[_M_POOL_TOP] = pool
     meta[_M_IDX_TOP] = total
     meta[_M_POOL_BASE] = pool
@@ -794,6 +882,8 @@ def _build(cells, counts, in_pre, in_perm, ip, fp, segi, nseg, colx, meta, pre_l
     meta[_M_NSEG] = n
     meta[_M_NSYN] = j
     meta[_M_NTAB] = ntab
+    meta[_M_NEXT_ORD] = n
+    meta[_M_ITER] = iteration
     return pre, perm, ctab, iseg
 
 
@@ -1130,50 +1220,42 @@ class TemporalMemory:
             self._setup(num_columns, params, seed)
         except (TypeError, ValueError) as exc:
             raise CorruptData(f"{_OWNER}: bad parameters ({exc})") from exc
-        arrays = {key: unpack_array(require(state, key, _OWNER), key) for key in (
-            "rng", "segment_cells", "segment_last_used", "segment_sizes", "presynaptic", "permanences",
+        # Read-only views of the payload's bytes: the kernels copy what they keep (rng is written).
+        arrays = {key: unpack_array(require(state, key, _OWNER), key, copy=False) for key in (
+            "segment_cells", "segment_last_used", "segment_sizes", "presynaptic", "permanences",
             "active_cells", "winner_cells")}
+        rng = unpack_array(require(state, "rng", _OWNER), "rng")
         cells, last, sizes = arrays["segment_cells"], arrays["segment_last_used"], arrays["segment_sizes"]
         pre, perm = arrays["presynaptic"], arrays["permanences"]
+        act, win = arrays["active_cells"], arrays["winner_cells"]
         n = cells.shape[0]
-        ok = (arrays["rng"].dtype == np.uint64 and arrays["rng"].shape == (1,) and iteration >= 0
+        ok = (rng.dtype == np.uint64 and rng.shape == (1,) and iteration >= 0
               and cells.dtype == np.int32 and cells.shape == (n,) and last.dtype == np.int64
               and last.shape == (n,) and sizes.ndim == 1 and sizes.shape == (n,) and sizes.dtype.kind in "iu"
-              and pre.ndim == 1 and pre.dtype.kind in "iu" and perm.dtype == np.float32
-              and perm.shape == pre.shape)
+              and pre.ndim == 1 and pre.dtype.kind in "iu"
+              and perm.dtype == np.float32 and perm.shape == pre.shape)
         if not ok:
             raise CorruptData(f"{_OWNER}: state arrays have wrong types or shapes")
-        sizes = sizes.astype(np.int64)
-        pre = pre.astype(np.int64)
-        if n and (cells.min() < 0 or cells.max() >= self.num_cells or sizes.min() < 1
-                  or sizes.max() > params.max_synapses_per_segment or last.max() > iteration
-                  or np.bincount(cells, minlength=1).max() > params.max_segments_per_cell):
-            raise CorruptData(f"{_OWNER}: segment table out of range")
-        if int(sizes.sum()) != pre.shape[0] or (pre.size and (pre.min() < 0 or pre.max() >= self.num_cells)):
-            raise CorruptData(f"{_OWNER}: synapse arrays do not match the segment table")
-        if not np.all((perm > 0.0) & (perm <= 1.0)):
-            raise CorruptData(f"{_OWNER}: permanence out of range")
-        for key in ("active_cells", "winner_cells"):
-            a = arrays[key]
-            if (a.dtype != np.int32 or a.ndim != 1
-                    or (a.size and (a.min() < 0 or a.max() >= self.num_cells or np.any(np.diff(a) <= 0)))):
+        # The dtypes get_state writes go to the kernels as they are; any other integer type
+        # (none is written) as int64, where out-of-range values fail validation.
+        if sizes.dtype not in (np.uint8, np.int32):
+            sizes = sizes.astype(np.int64)
+        if pre.dtype not in (np.uint16, np.int32):
+            pre = pre.astype(np.int64)
+        for key, a in (("active_cells", act), ("winner_cells", win)):
+            if a.dtype != np.int32 or a.ndim != 1:
                 raise CorruptData(f"{_OWNER}: {key} must be sorted unique cell indices")
+        code = _validate(cells, last, sizes, pre, perm, act, win, iteration, self._ip, self._flags)
+        if code:
+            raise CorruptData(f"{_OWNER}: {_RESTORE_ERRORS[code]}")
         self._alloc(segments=n + n // 4 + 64, pool=0, index=0)
         self._pre, self._perm, self._ctab, self._iseg = _build(
-            cells, sizes.astype(np.int32), pre.astype(np.int32), perm, self._ip, self._fp, self._segi, self._nseg,
+            cells, last, sizes, pre, perm, iteration, self._ip, self._fp, self._segi, self._segl, self._nseg,
             self._colx, self._meta, self._pre, self._iseg)
-        self._segl[:n, _ORD] = np.arange(n, dtype=np.int64)
-        self._segl[:n, _LAST] = last
-        self._meta[_M_NEXT_ORD] = n
-        self._meta[_M_ITER] = iteration
-        self._rng = arrays["rng"]
-        if _check(self._ip, self._fp, self._segi, self._nseg, self._pre, self._perm, self._colx, self._ctab, self._iseg,
-                  self._meta, False):
-            raise CorruptData(f"{_OWNER}: a segment repeats a presynaptic cell")
-        act, win = arrays["active_cells"], arrays["winner_cells"]
-        act.flags.writeable = False
-        win.flags.writeable = False
-        self._act, self._win = act, win
+        if self._meta[_M_NSEG] < 0:
+            raise CorruptData(f"{_OWNER}: {_RESTORE_ERRORS[1]}")
+        self._rng = rng
+        self._act, self._win = act, win  # read-only, as compute leaves them
         self._refresh()
 
 
