@@ -726,7 +726,7 @@ def _gather(order, segi, pre, perm):
     return out_pre, out_perm
 
 
-# Codes of `_validate` (0: valid), each with the message `_restore` raises.
+# Codes of `_validate` and `_build` (0: valid), each with the message `_restore` raises.
 _RESTORE_ERRORS = {
     1: "segment table out of range",
     2: "synapse arrays do not match the segment table",
@@ -735,7 +735,6 @@ _RESTORE_ERRORS = {
     5: "winner_cells must be sorted unique cell indices",
     6: "a segment repeats a presynaptic cell",
 }
-_SEEN = 8  # cell flag: presynaptic cell already met in the segment being validated
 
 
 @njit(cache=True)
@@ -748,74 +747,64 @@ def _sorted_cells(a, ncells):
 
 
 @njit(cache=True)
-def _validate(cells, last, sizes, in_pre, in_perm, act, win, iteration, ip, flags):
+def _validate(cells, last, sizes, in_pre, in_perm, act, win, iteration, ip, ncells):
     """Check restored state before `_build` lays it out; return an error code (0: valid).
 
-    One pass per array instead of a dozen numpy reductions (each a few µs of dispatch on a young
-    model) and no cell-sized temporaries: repeated presynaptic cells of a segment are marked in
-    the shared cell-flag scratch (`_SEEN`) and unmarked before returning, and the segments per
-    cell are counted by `_build` itself."""
-    ncells = flags.shape[0]
+    Loops without early exits, so the synapse checks vectorise (one pass per array instead of a
+    dozen numpy reductions, each a few µs of dispatch on a young model). Two checks are left to
+    `_build`, where they cost nothing: segments per cell and repeated cells in a segment."""
+    bad = False
     total = 0
     for g in range(cells.shape[0]):
         k = np.int64(sizes[g])
-        if cells[g] < 0 or cells[g] >= ncells or k < 1 or k > ip[_P_MAXSYN] or last[g] > iteration:
-            return 1
+        bad |= (cells[g] < 0) | (cells[g] >= ncells) | (k < 1) | (k > ip[_P_MAXSYN]) | (last[g] > iteration)
         total += k
+    if bad:
+        return 1
     if total != in_pre.shape[0]:
         return 2
+    for i in range(in_pre.shape[0]):
+        bad |= (in_pre[i] < 0) | (in_pre[i] >= ncells)
+    if bad:
+        return 2
+    for i in range(in_perm.shape[0]):
+        p = in_perm[i]
+        bad |= (p <= 0.0) | (p > 1.0) | (p != p)  # p != p: NaN
+    if bad:
+        return 3
     if not _sorted_cells(act, ncells):
         return 4
     if not _sorted_cells(win, ncells):
         return 5
-    # One pass over the synapses, segment by segment: range, permanence, repeated cells.
-    j = 0
-    code = 0
-    for g in range(cells.shape[0]):
-        end = j + np.int64(sizes[g])
-        marked = j
-        for i in range(j, end):
-            c = in_pre[i]
-            if c < 0 or c >= ncells:
-                code = 2
-                break
-            if not (in_perm[i] > 0.0 and in_perm[i] <= 1.0):  # NaN fails too
-                code = 3
-                break
-            if flags[c] & _SEEN:
-                code = 6
-                break
-            flags[c] |= _SEEN
-            marked = i + 1
-        for i in range(j, marked):
-            flags[in_pre[i]] &= ~_SEEN
-        if code:
-            return code
-        j = end
     return 0
 
 
 @njit(cache=True)
 def _build(cells, last, counts, in_pre, in_perm, iteration, ip, fp, segi, segl, nseg, colx, meta, pre_like,
            iseg_like):
-    """Lay out validated segments in slots 0..n-1 (creation order); build pools and the presynaptic index.
+    """Lay out `_validate`d segments in slots 0..n-1 (creation order); build pools and the presynaptic index.
 
-    Returns (pre, perm, ctab, iseg), pools of the dtypes of `pre_like` and `iseg_like`, or empty
-    arrays with meta[_M_NSEG] = -1 when a cell would hold more than max_segments_per_cell
-    segments. `colx` must be all -1 and `nseg` all 0. The layout is the one `_compact` makes:
-    cell tables in column order, each cell's list in a block of the smallest class. Fan-in is
-    counted in the cell tables themselves, so nothing is allocated per cell (65,536-cell
-    temporaries cost more than the rest of a young model's restore)."""
+    Returns (code, pre, perm, ctab, iseg): pools of the dtypes of `pre_like` and `iseg_like`,
+    code 0, or code 1 when a cell holds more than max_segments_per_cell segments, 6 when a
+    segment repeats a presynaptic cell (its entry would follow itself in that cell's list).
+    `colx` must be all -1 and `nseg` all 0. The layout is the one `_compact` makes: cell tables
+    in column order, each cell's list in a block of the smallest class.
+
+    Nothing is allocated per cell (65,536-cell temporaries cost more than the rest of a young
+    model's restore): fan-in is counted in the cell tables themselves. The synapse loops are
+    flat where they can be and each synapse's column is divided once (a mature model restores
+    32,000 synapses; a scalar pass over them costs ~50 µs)."""
     cpc = ip[_P_CPC]
     conn = np.float32(fp[_F_CONN])
     n = cells.shape[0]
+    m = in_pre.shape[0]
     pool = 0
+    code = 0
     for g in range(n):
         c = cells[g]
         if nseg[c] >= ip[_P_MAXSEG]:
-            meta[_M_NSEG] = -1
-            return (np.zeros(0, dtype=pre_like.dtype), np.zeros(0, dtype=np.float32),
-                    np.zeros((0, 3), dtype=np.int32), np.zeros(0, dtype=iseg_like.dtype))
+            code = 1
+            break
         nseg[c] += 1
         cls = _syn_class(counts[g], ip)
         segi[g, _CELL] = c
@@ -827,22 +816,28 @@ def _build(cells, last, counts, in_pre, in_perm, iteration, ip, fp, segi, segl, 
         pool += ip[_P_CLASSES + cls]
     pre = np.zeros(pool + pool // 8 + 64, dtype=pre_like.dtype)
     perm = np.zeros(pool + pool // 8 + 64, dtype=np.float32)
-    m = in_pre.shape[0]
-    # Each synapse's cell-table row, divided once (a 64-bit division per synapse and pass cost
-    # more than the rest of the layout): first the column, then, once tables are numbered in
-    # column order, the row.
-    srow = np.empty(m, dtype=np.int32)
+    if code:
+        return code, pre, perm, np.zeros((0, 3), dtype=np.int32), np.zeros(0, dtype=iseg_like.dtype)
     j = 0
-    for g in range(n):
+    for g in range(n):  # block copies
         start = segi[g, _START]
-        for k in range(counts[g]):
-            c = in_pre[j]
-            pre[start + k] = c
-            perm[start + k] = in_perm[j]
-            col = np.int32(c // cpc)
-            srow[j] = col
-            colx[col] = 0  # this column feeds a synapse: it gets a cell table
-            j += 1
+        k = segi[g, _COUNT]
+        pre[start:start + k] = in_pre[j:j + k]
+        perm[start:start + k] = in_perm[j:j + k]
+        j += k
+    # Each synapse's cell-table row: first its column (cells per column is a power of two in
+    # every preset: a shift), then, once tables are numbered in column order, the row.
+    shift = 0
+    while (1 << shift) < cpc:
+        shift += 1
+    if (1 << shift) != cpc:
+        shift = -1
+    srow = np.empty(m, dtype=np.int32)
+    for i in range(m):
+        c = np.int64(in_pre[i])
+        col = c >> shift if shift >= 0 else c // cpc
+        srow[i] = col
+        colx[col] = 0  # this column feeds a synapse: it gets a cell table
     ntab = 0
     for col in range(colx.shape[0]):
         if colx[col] == 0:
@@ -868,10 +863,12 @@ def _build(cells, last, counts, in_pre, in_perm, iteration, ip, fp, segi, segl, 
     iseg = np.zeros(total + total // 8 + 64, dtype=iseg_like.dtype)
     i = 0
     for g in range(n):
-        for k in range(counts[g]):
+        for _ in range(counts[g]):
             row = srow[i]
-            bit = 1 if in_perm[i] >= conn else 0
-            iseg[ctab[row, _XSTART] + ctab[row, _XCOUNT]] = (g << 1) | bit
+            at = ctab[row, _XSTART] + ctab[row, _XCOUNT]
+            if ctab[row, _XCOUNT] > 0 and np.int64(iseg[at - 1]) >> 1 == g:
+                code = 6
+            iseg[at] = (g << 1) | (1 if in_perm[i] >= conn else 0)
             ctab[row, _XCOUNT] += 1
             i += 1
     meta[_M_POOL_TOP] = pool
@@ -880,19 +877,19 @@ def _build(cells, last, counts, in_pre, in_perm, iteration, ip, fp, segi, segl, 
     meta[_M_IDX_BASE] = total
     meta[_M_SEG_TOP] = n
     meta[_M_NSEG] = n
-    meta[_M_NSYN] = j
+    meta[_M_NSYN] = m
     meta[_M_NTAB] = ntab
     meta[_M_NEXT_ORD] = n
     meta[_M_ITER] = iteration
-    return pre, perm, ctab, iseg
+    return code, pre, perm, ctab, iseg
 
 
 @njit(cache=True)
 def _check(ip, fp, segi, nseg, pre, perm, colx, ctab, iseg, meta, with_index):
     """Return an error code (0 = consistent) for the structure's invariants.
 
-    `with_index=False` skips the presynaptic index (codes 5-8): right after `_build` made it
-    from the very synapses it would be checked against (half the cost of a restore)."""
+    `with_index=False` skips the presynaptic index (codes 5-8). (A restore does not call this:
+    `_validate` and `_build` check what it would, at a fraction of the cost.)"""
     cpc = ip[_P_CPC]
     conn = np.float32(fp[_F_CONN])
     ncells = nseg.shape[0]
@@ -1245,15 +1242,14 @@ class TemporalMemory:
         for key, a in (("active_cells", act), ("winner_cells", win)):
             if a.dtype != np.int32 or a.ndim != 1:
                 raise CorruptData(f"{_OWNER}: {key} must be sorted unique cell indices")
-        code = _validate(cells, last, sizes, pre, perm, act, win, iteration, self._ip, self._flags)
+        code = _validate(cells, last, sizes, pre, perm, act, win, iteration, self._ip, self.num_cells)
+        if not code:
+            self._alloc(segments=n + n // 4 + 64, pool=0, index=0)
+            code, self._pre, self._perm, self._ctab, self._iseg = _build(
+                cells, last, sizes, pre, perm, iteration, self._ip, self._fp, self._segi, self._segl, self._nseg,
+                self._colx, self._meta, self._pre, self._iseg)
         if code:
             raise CorruptData(f"{_OWNER}: {_RESTORE_ERRORS[code]}")
-        self._alloc(segments=n + n // 4 + 64, pool=0, index=0)
-        self._pre, self._perm, self._ctab, self._iseg = _build(
-            cells, last, sizes, pre, perm, iteration, self._ip, self._fp, self._segi, self._segl, self._nseg,
-            self._colx, self._meta, self._pre, self._iseg)
-        if self._meta[_M_NSEG] < 0:
-            raise CorruptData(f"{_OWNER}: {_RESTORE_ERRORS[1]}")
         self._rng = rng
         self._act, self._win = act, win  # read-only, as compute leaves them
         self._refresh()
