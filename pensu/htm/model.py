@@ -33,6 +33,7 @@ restores a model whose subsequent outputs are bit-identical to the original's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ from pensu.htm.likelihood import (
     log_likelihood,
 )
 from pensu.htm.predictor import Predictor, PredictorParams
-from pensu.htm.serialization import packb, params_dict, require
+from pensu.htm.serialization import cached_params, packb, params_dict, require
 from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
 from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
@@ -116,14 +117,20 @@ class ModelOutput:
 _NO_CONTEXT = int(np.iinfo(np.int32).max)
 
 
+@functools.lru_cache(maxsize=64)
+def _date_encoder(params: DateEncoderParams) -> DateEncoder:
+    """The date encoder of these parameters, shared: it holds nothing but its read-only tables."""
+    return DateEncoder(params)
+
+
 def _time_of_week_encoder(params: ModelParams) -> DateEncoder | None:
     """The predictor's time-of-week context encoder (a day-of-week field over 7 days), if any."""
     predictor = params.predictor
     if predictor is None or predictor.time_of_week_width <= 0:
         return None
-    return DateEncoder(DateEncoderParams(time_of_day_width=0, day_of_week_width=predictor.time_of_week_width,
-                                         day_of_week_radius=predictor.time_of_week_radius,
-                                         utc_offset_hours=params.date.utc_offset_hours))
+    return _date_encoder(DateEncoderParams(time_of_day_width=0, day_of_week_width=predictor.time_of_week_width,
+                                           day_of_week_radius=predictor.time_of_week_radius,
+                                           utc_offset_hours=params.date.utc_offset_hours))
 
 
 def resolution_for_range(min_value: float, max_value: float) -> float:
@@ -137,7 +144,7 @@ class HtmModel:
     def __init__(self, params: ModelParams, seed: int = 42) -> None:
         self.params = params
         self.seed = int(seed)
-        self.date_encoder = DateEncoder(params.date)
+        self.date_encoder = _date_encoder(params.date)
         self.sp: SpatialPooler | None = None
         self.tm: TemporalMemory | None = None
         self.rdse: RDSE | None = None
@@ -308,10 +315,24 @@ class HtmModel:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> HtmModel:
-        """Rebuild a model from `get_state()` output."""
+        """Rebuild a model from `get_state()` output.
+
+        The object is filled directly rather than constructed (construction builds heads that
+        the state replaces: a likelihood window of 8,640 records, a predictor); the encoders
+        are pure functions of their parameters and shared (`_date_encoder`)."""
         params = params_from_dict(require(state, "params", "HtmModel"))
-        model = cls(params.replace(min_value=None, max_value=None), seed=int(require(state, "seed", "HtmModel")))
+        model = cls.__new__(cls)
         model.params = params
+        model.seed = int(require(state, "seed", "HtmModel"))
+        model.date_encoder = _date_encoder(params.date)
+        model.week_encoder = _time_of_week_encoder(params)
+        model.sp = None
+        model.tm = None
+        model.rdse = None
+        model.contextual = None
+        model.likelihood = None
+        model.spatial = None
+        model.predictor = None
         model.iteration = int(require(state, "iteration", "HtmModel"))
         model._warmup = [(float(ts), float(v)) for ts, v in require(state, "warmup", "HtmModel")]
         resolution = require(state, "resolution", "HtmModel")
@@ -320,10 +341,11 @@ class HtmModel:
                                          resolution=float(resolution), seed=model.seed))
             model.sp = SpatialPooler.from_state(require(state, "sp", "HtmModel"))
             model.tm = TemporalMemory.from_state(require(state, "tm", "HtmModel"))
-        for attr, klass in (("likelihood", AnomalyLikelihood), ("spatial", SpatialAnomaly),
-                            ("predictor", Predictor)):
+        for attr, klass, configured in (("likelihood", AnomalyLikelihood, params.likelihood),
+                                         ("spatial", SpatialAnomaly, params.spatial_anomaly),
+                                         ("predictor", Predictor, params.predictor)):
             part = state.get(attr)
-            if (part is None) != (getattr(model, attr) is None):
+            if (part is None) != (configured is None):
                 raise CorruptData(f"HtmModel: {attr} state does not match the parameters")
             if part is not None:
                 setattr(model, attr, klass.from_state(part))
@@ -401,9 +423,13 @@ def _build_dataclass(klass: type, values: Any) -> Any:
 
 
 def params_from_dict(values: Any) -> ModelParams:
-    """Rebuild `ModelParams` from `params_to_dict` output."""
+    """Rebuild `ModelParams` from `params_to_dict` output (cached: `cached_params`)."""
     if not isinstance(values, Mapping):
         raise CorruptData("ModelParams: expected a mapping")
+    return cached_params(ModelParams, values, _params_from_dict)
+
+
+def _params_from_dict(values: Mapping[str, Any]) -> ModelParams:
     converted = dict(values)
     for key, klass in _NESTED.items():
         if converted.get(key) is not None:
