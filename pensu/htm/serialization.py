@@ -132,14 +132,19 @@ def params_dict(params: Any) -> dict[str, Any]:
 
     Every checkpoint packs its components' parameters; `asdict` walks them recursively and cost
     ~0.25 ms per analyzer save (a third of `to_bytes` for a young model). Parameters are frozen
-    and hashable, so the conversion is cached and each call copies only the dicts (callers may
-    edit what they get)."""
-    return _copy_dicts(_params_dict_cached(params))
+    and hashable, so the conversion is cached, as msgpack bytes: unpacking them is a deep copy
+    in C (callers may edit what they get), ~5× faster than copying the dicts in Python (which
+    was a quarter of a young analyzer's `to_bytes`)."""
+    try:
+        packed = _params_packed(params)
+    except (TypeError, ValueError, OverflowError):  # a value msgpack cannot hold: convert afresh
+        return _to_native(params)  # type: ignore[no-any-return]
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False)  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=256)
-def _params_dict_cached(params: Any) -> dict[str, Any]:
-    return _to_native(params)
+def _params_packed(params: Any) -> bytes:
+    return msgpack.packb(_to_native(params), use_bin_type=True)
 
 
 def _to_native(value: Any) -> Any:
@@ -147,12 +152,4 @@ def _to_native(value: Any) -> Any:
         return {f.name: _to_native(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
         return [_to_native(v) for v in value]
-    return value
-
-
-def _copy_dicts(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy_dicts(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_dicts(v) for v in value]
     return value
