@@ -27,7 +27,10 @@ width = ``resolution × 130``). When it fires the final score is ``max(log-likel
 values are fed to it too, so it knows them before the first scored sample.
 
 Serialization: ``to_bytes()`` gives msgpack with a format tag and version; ``from_bytes``
-restores a model whose subsequent outputs are bit-identical to the original's.
+restores a model whose subsequent outputs are bit-identical to the original's. A restore fills
+the object directly (constructing one first built heads the state then replaced: an 8,640-record
+likelihood window, a predictor), shares the date encoders (pure functions of their parameters)
+and rebuilds the parameters once per distinct dict (`pensu.htm.serialization.cached_params`).
 """
 
 from __future__ import annotations
@@ -320,27 +323,32 @@ class HtmModel:
         The object is filled directly rather than constructed (construction builds heads that
         the state replaces: a likelihood window of 8,640 records, a predictor); the encoders
         are pure functions of their parameters and shared (`_date_encoder`)."""
-        params = params_from_dict(require(state, "params", "HtmModel"))
         model = cls.__new__(cls)
-        model.params = params
-        model.seed = int(require(state, "seed", "HtmModel"))
-        model.date_encoder = _date_encoder(params.date)
-        model.week_encoder = _time_of_week_encoder(params)
-        model.sp = None
-        model.tm = None
-        model.rdse = None
-        model.contextual = None
-        model.likelihood = None
-        model.spatial = None
-        model.predictor = None
-        model.iteration = int(require(state, "iteration", "HtmModel"))
-        model._warmup = [(float(ts), float(v)) for ts, v in require(state, "warmup", "HtmModel")]
+        cls._restore(model, state)  # the restore is written as a method of the object it fills
+        return model
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Fill a bare `cls.__new__` object from `get_state()` output (see `from_state`)."""
+        params = params_from_dict(require(state, "params", "HtmModel"))
+        self.params = params
+        self.seed = int(require(state, "seed", "HtmModel"))
+        self.date_encoder = _date_encoder(params.date)
+        self.week_encoder = _time_of_week_encoder(params)
+        self.sp = None
+        self.tm = None
+        self.rdse = None
+        self.contextual = None
+        self.likelihood = None
+        self.spatial = None
+        self.predictor = None
+        self.iteration = int(require(state, "iteration", "HtmModel"))
+        self._warmup = [(float(ts), float(v)) for ts, v in require(state, "warmup", "HtmModel")]
         resolution = require(state, "resolution", "HtmModel")
         if resolution is not None:
-            model.rdse = RDSE(RDSEParams(size=params.rdse_size, active_bits=params.rdse_active_bits,
-                                         resolution=float(resolution), seed=model.seed))
-            model.sp = SpatialPooler.from_state(require(state, "sp", "HtmModel"))
-            model.tm = TemporalMemory.from_state(require(state, "tm", "HtmModel"))
+            self.rdse = RDSE(RDSEParams(size=params.rdse_size, active_bits=params.rdse_active_bits,
+                                        resolution=float(resolution), seed=self.seed))
+            self.sp = SpatialPooler.from_state(require(state, "sp", "HtmModel"))
+            self.tm = TemporalMemory.from_state(require(state, "tm", "HtmModel"))
         for attr, klass, configured in (("likelihood", AnomalyLikelihood, params.likelihood),
                                          ("spatial", SpatialAnomaly, params.spatial_anomaly),
                                          ("predictor", Predictor, params.predictor)):
@@ -348,15 +356,14 @@ class HtmModel:
             if (part is None) != (configured is None):
                 raise CorruptData(f"HtmModel: {attr} state does not match the parameters")
             if part is not None:
-                setattr(model, attr, klass.from_state(part))
+                setattr(self, attr, klass.from_state(part))
         contextual = state.get("contextual")  # absent before version 3
         if contextual is not None:
             if params.contextual is None or resolution is None:
                 raise CorruptData("HtmModel: contextual state does not match the parameters")
-            model.contextual = ContextualAnomaly.from_state(contextual)
+            self.contextual = ContextualAnomaly.from_state(contextual)
         elif params.contextual is not None and resolution is not None:
             raise CorruptData("HtmModel: contextual state missing")
-        return model
 
     def to_bytes(self) -> bytes:
         """Serialize the model (msgpack, versioned)."""

@@ -598,24 +598,32 @@ class Predictor:
                 or len(history_values) != len(history_raw):
             raise CorruptData(f"{owner}: tables or history do not match the steps")
         model = cls.__new__(cls)  # filled directly: construction would allocate tables the state replaces
-        model.params = params
-        model._tables = {}
-        model._history = deque(maxlen=max(params.steps))
-        model._history_values = deque(maxlen=max(params.steps))
-        model._calibration = {step: _Calibration(step) for step in params.steps}
-        model._buckets, model._means, model._counts = buckets, means, counts
-        model._bucket_class = {b: i for i, b in enumerate(buckets.tolist())}
+        cls._restore(model, state, params, buckets, means, counts, history_raw, history_values, tables_raw)
+        return model
+
+    def _restore(self, state: Mapping[str, Any], params: PredictorParams, buckets: np.ndarray, means: np.ndarray,
+                 counts: np.ndarray, history_raw: list[Any], history_values: list[float],
+                 tables_raw: dict[int, Any]) -> None:
+        """Fill a bare `cls.__new__` object with checked class arrays and the rest of `state`."""
+        owner = "Predictor"
+        n = buckets.shape[0]
+        self.params = params
+        self._tables = {}
+        self._history = deque(maxlen=max(params.steps))
+        self._history_values = deque(maxlen=max(params.steps))
+        self._calibration = {step: _Calibration(step) for step in params.steps}
+        self._buckets, self._means, self._counts = buckets, means, counts
+        self._bucket_class = {b: i for i, b in enumerate(buckets.tolist())}
         for i, packed in enumerate(history_raw):
             cells = unpack_array(packed, f"{owner}.history[{i}]")
             if cells.dtype != np.int32 or cells.ndim != 1 or (cells.size and cells.min() < 0):
                 raise CorruptData(f"{owner}: history[{i}] is not a cell index array")
-            model._history.append(cells)
-        model._history_values.extend(history_values)
-        model._level = float(state.get("level", math.nan))
+            self._history.append(cells)
+        self._history_values.extend(history_values)
+        self._level = float(state.get("level", math.nan))
         for step, packed in state.get("calibration", []):  # absent from format-1 states
-            if int(step) not in model._calibration:
+            if int(step) not in self._calibration:
                 raise CorruptData(f"{owner}: calibration for unknown step {step!r}")
-            model._calibration[int(step)] = _Calibration.from_state(int(step), packed)
+            self._calibration[int(step)] = _Calibration.from_state(int(step), packed)
         for step in params.steps:
-            model._tables[step] = _StepTable.from_state(tables_raw[step], params.slots_per_cell, n)
-        return model
+            self._tables[step] = _StepTable.from_state(tables_raw[step], params.slots_per_cell, n)

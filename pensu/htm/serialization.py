@@ -3,6 +3,19 @@
 Every HTM component exposes `get_state() -> dict` holding only msgpack-native values
 (dict, list, str, int, float, bool, bytes, None); numpy arrays go through `pack_array`.
 `from_state(state)` rebuilds the component exactly. Bad input raises `CorruptData`.
+
+Swap cost (issue #16: with more metrics than resident models, every sample serializes one
+analyzer and restores another; bench/analyzer_codec.py times both by part). What made it slow
+and what this module does about it:
+
+* `packb`: a fresh msgpack packer grows its buffer by reallocation, and the fresh pages of a
+  mature analyzer's 0.9 MB cost ~1 ms in page faults on this kind of VM; a per-thread packer
+  keeps its buffer (same bytes out).
+* `unpack_array(..., copy=False)`: a read-only view of the payload for arrays a kernel copies
+  (or checks) anyway, instead of a copy nobody writes.
+* `cached_params` / `params_dict`: frozen parameters are rebuilt (and re-checked) once per
+  distinct dict and converted to a dict once per parameter object; copies are msgpack
+  round-trips in C.
 """
 
 from __future__ import annotations
@@ -103,15 +116,19 @@ def unpack_array(packed: Any, name: str = "array", copy: bool = True) -> np.ndar
     try:
         dtype = _allowed_dtype(packed["dtype"])
         shape = packed["shape"]
-        if type(shape) is not list or any(type(s) is not int for s in shape):
+        if type(shape) is list and len(shape) == 1 and type(shape[0]) is int:  # most arrays: no loops
+            count = shape[0]
+            negative = count < 0
+        else:
             shape = [int(s) for s in shape]
+            count = math.prod(shape)  # np.prod costs more than the rest of this function
+            negative = any(s < 0 for s in shape)
         data = packed["data"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptData(f"{name}: malformed packed array ({exc})") from exc
     if dtype is None or not isinstance(data, (bytes, bytearray)):
         raise CorruptData(f"{name}: unsupported dtype {packed['dtype']!r} or data type")
-    count = math.prod(shape)  # np.prod costs more than the rest of this function
-    if count * dtype.itemsize != len(data) or any(s < 0 for s in shape):
+    if negative or count * dtype.itemsize != len(data):
         raise CorruptData(f"{name}: {len(data)} bytes do not fit shape {tuple(shape)} of {dtype.str}")
     array = np.frombuffer(data, dtype=dtype).reshape(shape)
     if copy:
@@ -138,8 +155,8 @@ def params_dict(params: Any) -> dict[str, Any]:
     try:
         packed = _params_packed(params)
     except (TypeError, ValueError, OverflowError):  # a value msgpack cannot hold: convert afresh
-        return _to_native(params)  # type: ignore[no-any-return]
-    return msgpack.unpackb(packed, raw=False, strict_map_key=False)  # type: ignore[no-any-return]
+        return _to_native(params)
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False)
 
 
 @functools.lru_cache(maxsize=256)

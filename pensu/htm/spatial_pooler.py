@@ -37,6 +37,10 @@ Shared wiring
     every column's initial row and the initial bitmap — is computed once per process and
     shared read-only by all poolers with that key (a small LRU). Building a pooler, fresh
     or restored, is then a bitmap copy plus its touched rows: models swap in and out cheaply.
+    A restore checks, copies and maps the stored rows in one kernel (`_restore_rows`: each
+    row must keep its column's potential pool) and, since the copied bitmap already holds the
+    initial rows' bits, flips only the bits learning changed (~5 % of a mature pooler's):
+    bench/analyzer_codec.py 2000, pooler restore 400 → ~200 µs; young (3 samples) 85 → ~55 µs.
 """
 
 from __future__ import annotations
