@@ -22,6 +22,18 @@ When the two models' parameters differ only in their heads (the default: both fr
 preset), they would evolve identically — same encoders, spatial pooler and temporal memory,
 same input, same seed, and heads never feed back — so the analyzer runs that common core once
 with both heads attached. Outputs are identical to running two models, at half the cost.
+
+Swap cost: with more metrics than resident analyzers every sample saves one analyzer and
+restores another (issue #16 asks for >= 1,000 swapped samples/s). `bench/analyzer_codec.py N`
+times both for the service's default analyzer after N samples (best of 30 runs, µs, one core of
+a loaded 2-core VM, old and new run interleaved):
+
+    samples learned          3: to_bytes / from_bytes     2000: to_bytes / from_bytes
+    before (8de6c53)            90 / 630                       1,380 / 1,560
+    after                       71 / 245                         215 /   870
+
+Where the time went and what changed is in the docstrings of `pensu.htm.serialization`,
+`pensu.htm.temporal_memory` and `pensu.htm.spatial_pooler`; the byte format is unchanged.
 """
 
 from __future__ import annotations

@@ -47,9 +47,11 @@ Restore (a swapped-in model is rebuilt on every sample when metrics outnumber re
     cell (65,536-entry temporaries were half a young model's restore), the two checks that
     need per-cell state come free while building (a cell's segment count; a segment repeating a
     presynaptic cell puts its entry right after its own in that cell's list), and arrays are
-    read as views of the payload. bench/analyzer_codec.py: young (3 samples) 250 → ~80 µs,
-    mature (2,000 samples, 32,000 synapses) 760 → ~330 µs; `get_state` gathers live segments
-    in one kernel (young 25 → 14 µs, mature 170 → 65 µs).
+    read as views of the payload. bench/analyzer_codec.py: young (3 samples) 250 → 80-90 µs,
+    mature (2,000 samples, 32,000 synapses) 760 → 300 µs (430 µs inside a whole analyzer's
+    restore, cache-cold); `get_state` gathers live segments in one kernel (young 25 → 14 µs,
+    mature 170 → 65 µs). Tried and slower: per-segment copy loops instead of block copies, a
+    branch-free block-size computation, recomputing rows instead of keeping them per synapse.
 
 Measured choice of the activity method (bench/tm_step.py, one core, 2048 × 32, after 3,500-7,000
 steps): walking every synapse against an active-cell mask is on par only for small models
