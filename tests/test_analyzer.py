@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 
 import msgpack
 import pytest
 
 from pensu.analyzer import MODEL_SEED, MetricAnalyzer, Thresholds
 from pensu.errors import CorruptData, LineRejected, UnsupportedFormatVersion
+from pensu.replay import build_analyzer
 from tests.support import INTERVAL, START_TS, fast_config, series
 
 NEVER = Thresholds(anomaly_score=1.01, anomaly_likelihood=1.01, minimum_confidence=0.0)
@@ -125,6 +128,23 @@ def test_round_trip_continues_bit_identically(split: int) -> None:
     first = MetricAnalyzer("m.x", fast_config(ALWAYS, steps=2))
     run(first, samples[:split])
     restored = MetricAnalyzer.from_bytes(first.to_bytes(), ALWAYS, expected_metric="m.x")
+    resumed = run(restored, samples[split:])
+    assert [dataclasses.astuple(a) for a in resumed] == [dataclasses.astuple(a) for a in expected[split:]]
+
+
+@pytest.mark.parametrize(("ranged", "split"), [(True, 0), (True, 3), (False, 20), (True, 400), (False, 400)])
+def test_service_analyzer_round_trips_exactly_at_every_age(ranged: bool, split: int) -> None:
+    """The service's default analyzer, fresh, young (3 samples), still warming up (no pooler or
+    memory yet) and mature: restoring gives the same bytes back and the same outputs after."""
+    env = {"PENSU_METRIC_RANGES": json.dumps({"m.x": [0, 100]})} if ranged else {}
+    samples = [(START_TS + INTERVAL * i, 50 + 30 * math.sin(i / 20) + (i % 7)) for i in range(split + 60)]
+    expected = run(build_analyzer(env=env, metric="m.x"), samples)
+    first = build_analyzer(env=env, metric="m.x")
+    run(first, samples[:split])
+    blob = first.to_bytes()
+    restored = MetricAnalyzer.from_bytes(blob, first.thresholds, expected_metric="m.x")
+    assert restored.anomaly_model.warming_up == (not ranged and split < 150)
+    assert restored.to_bytes() == blob
     resumed = run(restored, samples[split:])
     assert [dataclasses.astuple(a) for a in resumed] == [dataclasses.astuple(a) for a in expected[split:]]
 

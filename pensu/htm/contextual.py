@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pensu.errors import ConfigurationError, CorruptData
-from pensu.htm.serialization import params_dict, require
+from pensu.htm.serialization import cached_params, params_dict, require
 
 _BIN_LIMIT = 1e15
 
@@ -144,7 +144,7 @@ class ContextualAnomaly:
         """Rebuild a detector from `get_state()` output."""
         owner = "ContextualAnomaly"
         try:
-            params = ContextualAnomalyParams(**require(state, "params", owner))
+            params = cached_params(ContextualAnomalyParams, require(state, "params", owner), _build_params)
             step = float(require(state, "step", owner))
             model = cls(params, float(require(state, "origin", owner)), step * int(params.levels))
             model.step_size = step  # exact, not re-derived through a division
@@ -158,3 +158,7 @@ class ContextualAnomaly:
                 or len(model._seen) > params.max_pairs):
             raise CorruptData(f"{owner}: malformed state (recent events or rest period out of range)")
         return model
+
+
+def _build_params(values: Any) -> ContextualAnomalyParams:
+    return ContextualAnomalyParams(**values)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pensu.errors import ConfigurationError, CorruptData
-from pensu.htm.serialization import pack_array, params_dict, require, unpack_array
+from pensu.htm.serialization import cached_params, pack_array, params_dict, require, unpack_array
 
 MEAN_FLOOR = 0.03
 VARIANCE_FLOOR = 0.0003
@@ -191,7 +191,7 @@ class AnomalyLikelihood:
         """Rebuild an AnomalyLikelihood from `get_state()` output."""
         owner = "AnomalyLikelihood"
         try:
-            params = AnomalyLikelihoodParams(**require(state, "params", owner))
+            params = cached_params(AnomalyLikelihoodParams, require(state, "params", owner), _build_params)
             iteration = int(require(state, "iteration", owner))
             recent = [float(v) for v in require(state, "recent", owner)]
             dist = require(state, "distribution", owner)
@@ -284,3 +284,7 @@ class SpatialAnomaly:
         if (model.min_value is None) != (model.max_value is None):
             raise CorruptData(f"{owner}: min and max must both be set or both be None")
         return model
+
+
+def _build_params(values: Any) -> AnomalyLikelihoodParams:
+    return AnomalyLikelihoodParams(**values)

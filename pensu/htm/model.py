@@ -27,12 +27,16 @@ width = ``resolution × 130``). When it fires the final score is ``max(log-likel
 values are fed to it too, so it knows them before the first scored sample.
 
 Serialization: ``to_bytes()`` gives msgpack with a format tag and version; ``from_bytes``
-restores a model whose subsequent outputs are bit-identical to the original's.
+restores a model whose subsequent outputs are bit-identical to the original's. A restore fills
+the object directly (constructing one first built heads the state then replaced: an 8,640-record
+likelihood window, a predictor), shares the date encoders (pure functions of their parameters)
+and rebuilds the parameters once per distinct dict (`pensu.htm.serialization.cached_params`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,7 +56,7 @@ from pensu.htm.likelihood import (
     log_likelihood,
 )
 from pensu.htm.predictor import Predictor, PredictorParams
-from pensu.htm.serialization import params_dict, require
+from pensu.htm.serialization import cached_params, packb, params_dict, require
 from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
 from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
@@ -116,14 +120,20 @@ class ModelOutput:
 _NO_CONTEXT = int(np.iinfo(np.int32).max)
 
 
+@functools.lru_cache(maxsize=64)
+def _date_encoder(params: DateEncoderParams) -> DateEncoder:
+    """The date encoder of these parameters, shared: it holds nothing but its read-only tables."""
+    return DateEncoder(params)
+
+
 def _time_of_week_encoder(params: ModelParams) -> DateEncoder | None:
     """The predictor's time-of-week context encoder (a day-of-week field over 7 days), if any."""
     predictor = params.predictor
     if predictor is None or predictor.time_of_week_width <= 0:
         return None
-    return DateEncoder(DateEncoderParams(time_of_day_width=0, day_of_week_width=predictor.time_of_week_width,
-                                         day_of_week_radius=predictor.time_of_week_radius,
-                                         utc_offset_hours=params.date.utc_offset_hours))
+    return _date_encoder(DateEncoderParams(time_of_day_width=0, day_of_week_width=predictor.time_of_week_width,
+                                           day_of_week_radius=predictor.time_of_week_radius,
+                                           utc_offset_hours=params.date.utc_offset_hours))
 
 
 def resolution_for_range(min_value: float, max_value: float) -> float:
@@ -137,7 +147,7 @@ class HtmModel:
     def __init__(self, params: ModelParams, seed: int = 42) -> None:
         self.params = params
         self.seed = int(seed)
-        self.date_encoder = DateEncoder(params.date)
+        self.date_encoder = _date_encoder(params.date)
         self.sp: SpatialPooler | None = None
         self.tm: TemporalMemory | None = None
         self.rdse: RDSE | None = None
@@ -308,38 +318,56 @@ class HtmModel:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> HtmModel:
-        """Rebuild a model from `get_state()` output."""
+        """Rebuild a model from `get_state()` output.
+
+        The object is filled directly rather than constructed (construction builds heads that
+        the state replaces: a likelihood window of 8,640 records, a predictor); the encoders
+        are pure functions of their parameters and shared (`_date_encoder`)."""
+        model = cls.__new__(cls)
+        cls._restore(model, state)  # the restore is written as a method of the object it fills
+        return model
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Fill a bare `cls.__new__` object from `get_state()` output (see `from_state`)."""
         params = params_from_dict(require(state, "params", "HtmModel"))
-        model = cls(params.replace(min_value=None, max_value=None), seed=int(require(state, "seed", "HtmModel")))
-        model.params = params
-        model.iteration = int(require(state, "iteration", "HtmModel"))
-        model._warmup = [(float(ts), float(v)) for ts, v in require(state, "warmup", "HtmModel")]
+        self.params = params
+        self.seed = int(require(state, "seed", "HtmModel"))
+        self.date_encoder = _date_encoder(params.date)
+        self.week_encoder = _time_of_week_encoder(params)
+        self.sp = None
+        self.tm = None
+        self.rdse = None
+        self.contextual = None
+        self.likelihood = None
+        self.spatial = None
+        self.predictor = None
+        self.iteration = int(require(state, "iteration", "HtmModel"))
+        self._warmup = [(float(ts), float(v)) for ts, v in require(state, "warmup", "HtmModel")]
         resolution = require(state, "resolution", "HtmModel")
         if resolution is not None:
-            model.rdse = RDSE(RDSEParams(size=params.rdse_size, active_bits=params.rdse_active_bits,
-                                         resolution=float(resolution), seed=model.seed))
-            model.sp = SpatialPooler.from_state(require(state, "sp", "HtmModel"))
-            model.tm = TemporalMemory.from_state(require(state, "tm", "HtmModel"))
-        for attr, klass in (("likelihood", AnomalyLikelihood), ("spatial", SpatialAnomaly),
-                            ("predictor", Predictor)):
+            self.rdse = RDSE(RDSEParams(size=params.rdse_size, active_bits=params.rdse_active_bits,
+                                        resolution=float(resolution), seed=self.seed))
+            self.sp = SpatialPooler.from_state(require(state, "sp", "HtmModel"))
+            self.tm = TemporalMemory.from_state(require(state, "tm", "HtmModel"))
+        for attr, klass, configured in (("likelihood", AnomalyLikelihood, params.likelihood),
+                                         ("spatial", SpatialAnomaly, params.spatial_anomaly),
+                                         ("predictor", Predictor, params.predictor)):
             part = state.get(attr)
-            if (part is None) != (getattr(model, attr) is None):
+            if (part is None) != (configured is None):
                 raise CorruptData(f"HtmModel: {attr} state does not match the parameters")
             if part is not None:
-                setattr(model, attr, klass.from_state(part))
+                setattr(self, attr, klass.from_state(part))
         contextual = state.get("contextual")  # absent before version 3
         if contextual is not None:
             if params.contextual is None or resolution is None:
                 raise CorruptData("HtmModel: contextual state does not match the parameters")
-            model.contextual = ContextualAnomaly.from_state(contextual)
+            self.contextual = ContextualAnomaly.from_state(contextual)
         elif params.contextual is not None and resolution is not None:
             raise CorruptData("HtmModel: contextual state missing")
-        return model
 
     def to_bytes(self) -> bytes:
         """Serialize the model (msgpack, versioned)."""
-        return msgpack.packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "model": self.get_state()},
-                             use_bin_type=True)
+        return packb({"format": FORMAT_TAG, "version": FORMAT_VERSION, "model": self.get_state()})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HtmModel:
@@ -402,9 +430,13 @@ def _build_dataclass(klass: type, values: Any) -> Any:
 
 
 def params_from_dict(values: Any) -> ModelParams:
-    """Rebuild `ModelParams` from `params_to_dict` output."""
+    """Rebuild `ModelParams` from `params_to_dict` output (cached: `cached_params`)."""
     if not isinstance(values, Mapping):
         raise CorruptData("ModelParams: expected a mapping")
+    return cached_params(ModelParams, values, _params_from_dict)
+
+
+def _params_from_dict(values: Mapping[str, Any]) -> ModelParams:
     converted = dict(values)
     for key, klass in _NESTED.items():
         if converted.get(key) is not None:

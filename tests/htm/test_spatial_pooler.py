@@ -246,3 +246,17 @@ def test_memory_is_compact():
         sp.compute(x)
     assert sp.memory_bytes() < 2048 * INPUT * 2 + 2048 * INPUT // 8 + 64 * 2048
     assert len(msgpack.packb(sp.get_state())) < sp.touched_columns * INPUT * 2 + 2 * 2048 * 4 + 4096
+
+
+@pytest.mark.parametrize("steps", [0, 3, 600])
+def test_restore_rebuilds_the_connected_bitmap_exactly(steps):
+    """A restore starts from the initial rows' bitmap and flips the bits learning changed."""
+    sp = SpatialPooler(INPUT, SpatialPoolerParams(), seed=41)
+    for x in series_inputs(steps):
+        sp.compute(x, learn=True)
+    restored = SpatialPooler.from_state(msgpack.unpackb(msgpack.packb(sp.get_state())))
+    assert restored.touched_columns == sp.touched_columns
+    assert np.array_equal(restored.connected_counts(), sp.connected_counts())
+    assert np.array_equal(restored._bitmap, sp._bitmap)
+    for x in series_inputs(50, start=steps):
+        assert np.array_equal(restored.compute(x, learn=True), sp.compute(x, learn=True))

@@ -242,6 +242,13 @@ def test_missing_or_corrupt_state_raises_corrupt_data():
         with pytest.raises(CorruptData):
             TemporalMemory.from_state(broken)
 
+    sizes = np.frombuffer(state["segment_sizes"]["data"], dtype=np.dtype(state["segment_sizes"]["dtype"]))
+
+    def repeat_in_one_segment(pre):  # the last segment's last cell is its first one too
+        start = int(sizes[:-1].sum())
+        assert sizes[-1] >= 2
+        return np.where(np.arange(pre.size) == pre.size - 1, pre[start], pre)
+
     def mutate(key, fn):
         broken = dict(state)
         arr = np.frombuffer(state[key]["data"], dtype=np.dtype(state[key]["dtype"])).copy()
@@ -259,10 +266,39 @@ def test_missing_or_corrupt_state_raises_corrupt_data():
         mutate("active_cells", lambda a: a[::-1]),
         dict(state, rng={"dtype": "<u8", "shape": [2], "data": bytes(16)}),
         dict(state, segment_cells="nonsense"),
+        mutate("permanences", lambda a: np.where(np.arange(a.size) == 3, np.float32("nan"), a)),
+        mutate("presynaptic", repeat_in_one_segment),
+        mutate("segment_last_used", lambda a: a + state["iteration"] + 1),  # used after the last step
+        dict(state, presynaptic=dict(state["presynaptic"], dtype="<u8",
+                                     data=np.frombuffer(state["presynaptic"]["data"], dtype=np.uint16)
+                                     .astype(np.uint64).__add__(np.uint64(2**63)).tobytes(),
+                                     shape=state["presynaptic"]["shape"])),  # huge cells of another dtype
     ]
     for broken in cases:
         with pytest.raises(CorruptData):
             TemporalMemory.from_state(broken)
+
+
+def test_restore_checks_segments_per_cell_and_allows_a_cell_on_many_segments():
+    params = dataclasses.replace(PARAMS, max_segments_per_cell=3)
+    tm = TemporalMemory(COLUMNS, params, seed=31)
+    for cols in noisy_steps(150, seed=32):
+        tm.compute(cols)
+    state = msgpack.unpackb(msgpack.packb(tm.get_state()))
+    cells = np.frombuffer(state["segment_cells"]["data"], dtype=np.int32)
+    pre = np.frombuffer(state["presynaptic"]["data"], dtype=np.dtype(state["presynaptic"]["dtype"]))
+    assert len(set(pre.tolist())) < pre.size  # presynaptic cells shared between segments: valid
+    restored = TemporalMemory.from_state(state)
+    restored.check_invariants()
+    assert msgpack.packb(restored.get_state()) == msgpack.packb(state)
+    crowded = np.full_like(cells, cells[0])  # every segment on one cell: more than 3
+    with pytest.raises(CorruptData, match="segment table"):
+        TemporalMemory.from_state(dict(state, segment_cells=dict(state["segment_cells"], data=crowded.tobytes())))
+    fresh = TemporalMemory(COLUMNS, params, seed=31)  # failed restores leave the shared scratch clean
+    other = TemporalMemory.from_state(state)
+    steps = noisy_steps(20, seed=33)
+    assert _trace(other, steps) == _trace(restored, steps)
+    assert fresh.compute(steps[0]) == 1.0
 
 
 def test_compaction_changes_storage_not_behaviour():
