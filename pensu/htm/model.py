@@ -66,8 +66,14 @@ FORMAT_TAG = "pensu-htm-model"
 # defaults, which behave as the version that wrote them (no contextual detector before 3).
 # 4: the predictor's `features` parameter ("columns" in the forecast head; absent = "cells", as
 # before) and the likelihood window as float32 (float64 windows load and are narrowed).
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 5: `forget_after_days` and the time marks it needs (absent: none yet; the parameter takes its
+# default, so restored models start forgetting once they have seen that many days).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# TM iterations between two time marks (and two looks for segments to forget): often enough for
+# a day's granularity at one sample a minute, rare enough to cost nothing (a pass over the
+# segment table and, when something was forgotten, one compaction: ~1 ms per 1,000 samples).
+FORGET_CHECK_EVERY = 1000
 RESOLUTION_DIVISOR = 130.0
 MIN_RESOLUTION = 0.001
 MAX_VALUE_BUCKETS = 2.0**62  # |value| / resolution beyond this overflows the encoder's int64 bucket
@@ -93,6 +99,14 @@ class ModelParams:
     # Widen the warm-up range by this fraction of it on each side before fixing the resolution
     # (a warm-up usually sees only part of a stream's range; NuPIC's NAB detector pads 20 %).
     warmup_range_padding: float = 0.0
+    # Temporal-memory segments not active for this many days of data are destroyed (None: kept
+    # forever). Without it a model grows for its whole life; see `HtmModel._forget`.
+    forget_after_days: float | None = 35.0
+
+    def __post_init__(self) -> None:
+        days = self.forget_after_days
+        if days is not None and not (isinstance(days, (int, float)) and math.isfinite(days) and days > 0):
+            raise ValueError(f"forget_after_days must be a positive number of days or None, not {days!r}")
 
     def replace(self, **changes: Any) -> ModelParams:
         """Return a copy with some fields changed."""
@@ -158,6 +172,7 @@ class HtmModel:
         self.contextual: ContextualAnomaly | None = None  # built with the encoder (it needs the grid)
         self.iteration = 0
         self._warmup: list[tuple[float, float]] = []
+        self._time_marks: list[tuple[int, float]] = []  # (TM iteration, timestamp), see `_forget`
         if params.min_value is not None and params.max_value is not None:
             self._build(resolution_for_range(params.min_value, params.max_value), float(params.min_value))
 
@@ -247,6 +262,8 @@ class HtmModel:
         sdr = concat_sdrs([value_bits, date_bits], [self.rdse.size, self.date_encoder.size])
         columns = self.sp.compute(sdr, learn)
         raw = float(self.tm.compute(columns, learn))
+        if learn and self.params.forget_after_days is not None and self.tm.iteration % FORGET_CHECK_EVERY == 0:
+            self._forget(timestamp, self.params.forget_after_days)
         likelihood = 0.5
         if self.likelihood is not None:
             likelihood = float(self.likelihood.update(raw, value))
@@ -290,6 +307,28 @@ class HtmModel:
                            warming_up=False, prediction_lower=lower, prediction_upper=upper,
                            contextual_anomaly=contextual)
 
+    def _forget(self, timestamp: float, days: float) -> None:
+        """Destroy the TM segments not active for `days` days of the stream's own timestamps.
+
+        Why: segments are grown for every new context and, unless a cell reaches its segment
+        cap, never removed, so a model's memory grows for as long as it runs. On
+        machine_temperature (5-minute data), after 20,000 samples 48 % of the segments (34 % of
+        the synapses) had not been active for 10,000 samples (35 days). Time, not a sample
+        count, is the measure, so a 10-second metric keeps its weekly and monthly transitions as
+        a 5-minute one does. A mark (TM iteration, timestamp) is kept every FORGET_CHECK_EVERY
+        iterations; segments last active before the newest mark that is at least `days` old
+        are destroyed — conservative by up to one mark interval, exact under gaps and rate
+        changes. NAB (docs/nab.md) and the forecasts do not move (docs/scaling.md)."""
+        assert self.tm is not None
+        marks = self._time_marks
+        if not marks or timestamp > marks[-1][1]:
+            marks.append((self.tm.iteration, timestamp))
+        horizon = timestamp - days * 86_400.0
+        while len(marks) >= 2 and marks[1][1] <= horizon:
+            del marks[0]
+        if marks[0][1] <= horizon:
+            self.tm.forget_unused_before(marks[0][0])
+
     # -- introspection ------------------------------------------------------------------
     def memory_bytes(self) -> int:
         """Approximate bytes held in this model's arrays."""
@@ -314,6 +353,7 @@ class HtmModel:
             "spatial": None if self.spatial is None else self.spatial.get_state(),
             "predictor": None if self.predictor is None else self.predictor.get_state(),
             "contextual": None if self.contextual is None else self.contextual.get_state(),
+            "time_marks": [[it, ts] for it, ts in self._time_marks],
         }
 
     @classmethod
@@ -343,6 +383,7 @@ class HtmModel:
         self.predictor = None
         self.iteration = int(require(state, "iteration", "HtmModel"))
         self._warmup = [(float(ts), float(v)) for ts, v in require(state, "warmup", "HtmModel")]
+        self._time_marks = _time_marks_from_state(state.get("time_marks"))  # absent before version 5
         resolution = require(state, "resolution", "HtmModel")
         if resolution is not None:
             self.rdse = RDSE(RDSEParams(size=params.rdse_size, active_bits=params.rdse_active_bits,
@@ -374,6 +415,18 @@ class HtmModel:
         """Restore a model serialized by `to_bytes`; raise a `SerializationError` subclass if unusable."""
         envelope = unpack_envelope(data, FORMAT_TAG, "HtmModel")
         return cls.from_state(envelope)
+
+
+def _time_marks_from_state(raw: Any) -> list[tuple[int, float]]:
+    if raw is None:
+        return []
+    marks = []
+    for item in raw:
+        iteration, timestamp = int(item[0]), float(item[1])
+        if iteration < 0 or not math.isfinite(timestamp) or (marks and timestamp < marks[-1][1]):
+            raise CorruptData("HtmModel: time marks out of order or not finite")
+        marks.append((iteration, timestamp))
+    return marks
 
 
 def unpack_envelope(data: bytes, tag: str, owner: str) -> Mapping[str, Any]:

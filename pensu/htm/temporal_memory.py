@@ -299,6 +299,17 @@ def _destroy_segment(g, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta):
 
 
 @njit(cache=True)
+def _destroy_unused(before, ip, segi, segl, cnt, nseg, pre, colx, ctab, iseg, meta):
+    """Destroy every segment last active before iteration `before`; return how many."""
+    n = 0
+    for g in range(meta[_M_SEG_TOP]):
+        if segi[g, _CELL] >= 0 and segl[g, _LAST] < before:
+            _destroy_segment(g, ip, segi, cnt, nseg, pre, colx, ctab, iseg, meta)
+            n += 1
+    return n
+
+
+@njit(cache=True)
 def _create_segment(cell, ip, segi, segl, cnt, nseg, pre, perm, colx, ctab, iseg, meta):
     """Create an empty segment on `cell` (evicting its least recently used one at the cap)."""
     if nseg[cell] >= ip[_P_MAXSEG]:
@@ -1111,6 +1122,18 @@ class TemporalMemory:
                 or meta[_M_IDX_TOP] > COMPACT_RATIO * meta[_M_IDX_BASE] + COMPACT_SLACK):
             self.compact()
         return float(anomaly)
+
+    def forget_unused_before(self, iteration: int) -> int:
+        """Destroy the segments last active before TM `iteration`; return how many.
+
+        Dendrite activity is recomputed (a destroyed segment may have been matching) and the
+        pools are re-laid tightly, so the memory is returned at once."""
+        destroyed = int(_destroy_unused(int(iteration), self._ip, self._segi, self._segl, self._cnt, self._nseg,
+                                        self._pre, self._colx, self._ctab, self._iseg, self._meta))
+        if destroyed:
+            self._refresh()
+            self.compact()
+        return destroyed
 
     def compact(self) -> None:
         """Re-lay the synapse pool and presynaptic lists tightly (runs by itself when fragmented)."""
