@@ -83,3 +83,77 @@ def test_forecast_head_on_columns_keeps_one_weight_row_per_column_or_context_bit
     cell_features = HtmModel(cell_params, seed=5)
     feed(cell_features, list(np.sin(np.arange(600) / 9.0) * 10 + np.random.default_rng(6).normal(0, 2, 600)))
     assert cell_features.predictor._tables[1].rows_used > 3 * table.rows_used  # one row per cell ever active
+
+
+def _two_regimes(days_a: float, days_b: float, step_s: float = 600.0) -> list[tuple[float, float]]:
+    """A daily wave, then a different weekly-only shape: the first regime's transitions stop recurring."""
+    rows, t = [], 1.4e9
+    while t < 1.4e9 + days_a * 86_400:
+        rows.append((t, 50 + 40 * np.sin(2 * np.pi * t / 86_400)))
+        t += step_s
+    while t < 1.4e9 + (days_a + days_b) * 86_400:
+        rows.append((t, 20 + 5 * ((t // 3600) % 3)))
+        t += step_s
+    return rows
+
+
+def test_segments_idle_for_forget_after_days_of_timestamps_are_destroyed():
+    rows = _two_regimes(10, 14)
+    kept = HtmModel(preset_params("small", min_value=0, max_value=100, forget_after_days=None), seed=5)
+    forgetting = HtmModel(preset_params("small", min_value=0, max_value=100, forget_after_days=3), seed=5)
+    for ts, v in rows:
+        kept.step(ts, v)
+        forgetting.step(ts, v)
+    assert kept.tm is not None and forgetting.tm is not None
+    forgetting.tm.check_invariants()
+    assert forgetting.tm.num_segments() < 0.8 * kept.tm.num_segments()
+    # every segment left was active within the horizon's mark (3 days + at most one mark interval)
+    marks = forgetting._time_marks
+    assert marks and rows[-1][0] - marks[0][1] >= 3 * 86_400
+    segl = forgetting.tm._segl[:int(forgetting.tm._meta[2])]
+    live = forgetting.tm._segi[:int(forgetting.tm._meta[2]), 0] >= 0
+    assert (segl[live, 1] >= marks[0][0] - 1000).all()
+
+
+def test_forgetting_is_by_time_not_by_sample_count():
+    # the same 2,100 samples (a wave, then a new regime from sample 1,000): 30 minutes apart they
+    # span 44 days and the wave's segments, idle since sample 1,000, are forgotten; one minute
+    # apart they span 1.5 days and nothing is
+    values = [50 + 40 * np.sin(2 * np.pi * i / 48) if i < 1000 else 95.0 - (i % 7) for i in range(2100)]
+    for step_s, forgets in ((1800.0, True), (60.0, False)):
+        models = [HtmModel(preset_params("small", min_value=0, max_value=100, forget_after_days=days), seed=5)
+                  for days in (2, None)]
+        outputs: list[list] = [[], []]
+        for i, v in enumerate(values):
+            for model, out in zip(models, outputs):
+                out.append(model.step(1.4e9 + step_s * i, v))
+        forgetting, keeping = (m.tm for m in models)
+        assert forgetting is not None and keeping is not None
+        if forgets:
+            assert forgetting.num_segments() < keeping.num_segments()
+        else:
+            assert forgetting.num_segments() == keeping.num_segments() and outputs[0] == outputs[1]
+
+
+def test_time_marks_survive_a_round_trip_and_bad_ones_are_refused():
+    from pensu.errors import CorruptData
+
+    rows = _two_regimes(6, 6)
+    model = HtmModel(preset_params("small", min_value=0, max_value=100, forget_after_days=2), seed=5)
+    for ts, v in rows[:400]:
+        model.step(ts, v)
+    restored = HtmModel.from_bytes(model.to_bytes())
+    assert restored._time_marks == model._time_marks
+    for ts, v in rows[400:]:
+        assert restored.step(ts, v) == model.step(ts, v)
+    assert restored.to_bytes() == model.to_bytes()
+    state = model.get_state()
+    state["time_marks"] = [[2000, 1.5e9], [1000, 1.4e9]]
+    with pytest.raises(CorruptData):
+        HtmModel.from_state(state)
+
+
+@pytest.mark.parametrize("days", [0, -1.0, float("nan"), float("inf")])
+def test_forget_after_days_must_be_a_positive_number_of_days(days):
+    with pytest.raises(ValueError, match="forget_after_days"):
+        preset_params("small", forget_after_days=days)

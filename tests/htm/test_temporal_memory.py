@@ -358,3 +358,22 @@ def test_models_with_more_than_65536_cells_keep_int32_cells():
     tm.check_invariants()
     restored = TemporalMemory.from_state(msgpack.unpackb(msgpack.packb(tm.get_state(), use_bin_type=True), raw=False))
     assert _trace(tm, steps[150:]) == _trace(restored, steps[150:])
+
+
+def test_forget_unused_before_destroys_exactly_the_segments_idle_since_then():
+    tm, seq = learned_sequence(seed=31)
+    other = patterns(10, seed=32)
+    cutoff = tm.iteration
+    for _ in range(20):  # a second sequence: its segments are used after the cutoff, the first's not
+        if max(run_sequence(tm, other)[1:]) == 0.0:
+            break
+    last_used = {g: int(tm._segl[g, 1]) for g in range(int(tm._meta[2])) if tm._segi[g, 0] >= 0}
+    idle = {g for g, used in last_used.items() if used < cutoff}
+    assert idle and len(idle) < len(last_used)
+    synapses_kept = sum(int(tm._segi[g, 2]) for g in last_used if g not in idle)
+    assert tm.forget_unused_before(cutoff) == len(idle)
+    tm.check_invariants()
+    assert tm.num_segments() == len(last_used) - len(idle) and tm.num_synapses() == synapses_kept
+    assert tm.forget_unused_before(cutoff) == 0
+    assert max(run_sequence(tm, other)[1:]) == 0.0  # what is still used still predicts
+    assert run_sequence(tm, seq)[1] == 1.0  # the forgotten sequence is new again
