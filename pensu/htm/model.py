@@ -420,7 +420,7 @@ class HtmModel:
 def _time_marks_from_state(raw: Any) -> list[tuple[int, float]]:
     if raw is None:
         return []
-    marks = []
+    marks: list[tuple[int, float]] = []
     for item in raw:
         iteration, timestamp = int(item[0]), float(item[1])
         if iteration < 0 or not math.isfinite(timestamp) or (marks and timestamp < marks[-1][1]):
