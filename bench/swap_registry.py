@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pensu.allocator import keep_large_buffers  # noqa: E402
 from pensu.analyzer import MetricAnalyzer  # noqa: E402
 from pensu.analyzer_settings import metric_configs  # noqa: E402
 from pensu.checkpoint import CheckpointHeader, CheckpointStore, LocalCheckpointStore  # noqa: E402
@@ -88,8 +89,12 @@ def main() -> None:
     parser.add_argument("--store", choices=("local", "log"), default="local")
     parser.add_argument("--mature", type=int, default=0, help="clone one analyzer that learned this many samples")
     parser.add_argument("--file", default="realKnownCause/machine_temperature_system_failure.csv")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's thresholds alone (the service raises them: pensu.allocator)")
     parser.add_argument("--profile", type=int, default=0)
     args = parser.parse_args()
+    if not args.default_allocator:
+        keep_large_buffers()
     settings = load_settings({"PENSU_METRIC_RANGES": '{"bench\\\\.": [0, 100]}'})
     configs = metric_configs(settings)
     names = [f"bench.m{m}.value" for m in range(args.metrics)]

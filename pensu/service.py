@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from pensu import __version__
 from pensu.alerting import AlertSender
+from pensu.allocator import keep_large_buffers
 from pensu.analyzer import Analysis
 from pensu.analyzer_settings import metric_configs
 from pensu.checkpoint import CheckpointStore, LocalCheckpointStore
@@ -212,6 +213,7 @@ class PensuService:
         problem = self.settings.missing_broker_problem()
         if problem is not None:
             raise ConfigurationError(problem)
+        keep_large_buffers()  # swaps reuse their megabyte buffers instead of faulting them in again
         if isinstance(self.store, LocalCheckpointStore):
             try:
                 removed = self.store.remove_stale_temp_files()  # left by a crash mid-write
