@@ -6,10 +6,11 @@ allocation above its mmap threshold (128 kB at first, adapting up to 32 MB) with
 mapping and unmaps it at free, so each swap page-faults its buffers in again, and it trims the
 heap top whenever 128 kB are free there. Raising both thresholds keeps those pages mapped and
 reused. Measured with `bench/swap_registry.py --store log` on the 2-core development machine
-(interleaved runs, load ~1): mature analyzers (`--metrics 400 --cap 40 --mature 20000`) 45 → 74
-swapped samples/s (CPU per swapped sample 19.5 → 11.5 ms), young ones (`--metrics 2000 --cap
-200`) 510-528 → 585-658 samples/s. The cost is at most `TRIM_THRESHOLD` + `TOP_PAD` of freed
-memory kept by the process.
+(load ~1), mature analyzers (`--metrics 400 --cap 40 --mature 20000`, 2.2 MB checkpoints):
+45-54 → 71-74 swapped samples/s (CPU per swapped sample 16.5-19.5 → 11.5-12.2 ms; `--default-allocator`
+is the "before"). Young ones (`--metrics 2000 --cap 200`, ~100 kB, below the default threshold
+anyway) do not move beyond the noise (475-632 samples/s either way). The cost is at most
+`TRIM_THRESHOLD` + `TOP_PAD` of freed memory kept by the process.
 
 An operator's own `MALLOC_*` environment variables win: glibc has applied them at start and
 nothing is changed here then. Other C libraries (musl, macOS) lack `mallopt`: nothing happens.
