@@ -365,13 +365,8 @@ class LocalCheckpointStore(CheckpointStore):
         return self._quarantine_path(path, reason)
 
     def _quarantine_path(self, path: Path, reason: str) -> bool:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         try:
-            self.quarantine_directory.mkdir(exist_ok=True)
-            for attempt in range(1000):
-                target = self.quarantine_directory / f"{path.stem}.{stamp}.{attempt}{_SUFFIX}"
-                if not os.path.lexists(target):
-                    break
+            target = quarantine_target(self.quarantine_directory, path.stem)
             os.replace(path, target)
         except OSError as exc:
             log.error("could not quarantine checkpoint %s (%s): %s", path.name, reason, exc)
@@ -418,6 +413,17 @@ class LocalCheckpointStore(CheckpointStore):
                 except FileNotFoundError:
                     continue
         return removed
+
+
+def quarantine_target(directory: Path, stem: str) -> Path:
+    """A free `<stem>.<UTC time>.<n>.ckpt` path in the quarantine `directory` (created); raises OSError."""
+    directory.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for attempt in range(1000):
+        target = directory / f"{stem}.{stamp}.{attempt}{_SUFFIX}"
+        if not os.path.lexists(target):
+            break
+    return target
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)

@@ -58,6 +58,7 @@ from pensu.checkpoint import (
     checkpoint_key,
     decode_checkpoint,
     encode_checkpoint,
+    quarantine_target,
 )
 from pensu.errors import CheckpointError
 
@@ -469,13 +470,8 @@ class LogCheckpointStore(CheckpointStore):
 
     def _quarantine_key(self, key: bytes, blob: bytes, reason: str) -> bool:
         """Copy the record's bytes to the quarantine directory and delete the key from the log."""
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         try:
-            self.quarantine_directory.mkdir(exist_ok=True)
-            for attempt in range(1000):
-                target = self.quarantine_directory / f"{key.hex()}.{stamp}.{attempt}.ckpt"
-                if not os.path.lexists(target):
-                    break
+            target = quarantine_target(self.quarantine_directory, key.hex())
             target.write_bytes(blob)
         except OSError as exc:
             log.error("could not copy checkpoint %s to the quarantine (%s): %s", key.hex(), reason, exc)
