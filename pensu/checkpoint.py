@@ -285,7 +285,7 @@ class LocalCheckpointStore(CheckpointStore):
         if not parent.is_dir():
             parent.mkdir(parents=True, exist_ok=True)  # parents: the root may have been recreated
             if each:
-                _fsync_directory(self.directory)  # make the new subdirectory itself durable
+                fsync_directory(self.directory)  # make the new subdirectory itself durable
         fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=parent)
         renamed = False
         try:
@@ -297,7 +297,7 @@ class LocalCheckpointStore(CheckpointStore):
             os.replace(temp_name, path)
             renamed = True
             if each:
-                _fsync_directory(parent)
+                fsync_directory(parent)
             elif self.durable:
                 self._unsynced += 1
                 if time.monotonic() - self._last_sync >= self.sync_interval_s:
@@ -444,7 +444,8 @@ def _sync_filesystem(directory: Path) -> None:
         os.close(fd)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make `directory`'s entries durable (tolerates file systems that cannot fsync a directory)."""
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)

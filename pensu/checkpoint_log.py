@@ -58,6 +58,7 @@ from pensu.checkpoint import (
     checkpoint_key,
     decode_checkpoint,
     encode_checkpoint,
+    fsync_directory,
     quarantine_target,
 )
 from pensu.errors import CheckpointError
@@ -269,7 +270,7 @@ class LogCheckpointStore(CheckpointStore):
             _write_all(fd, SEGMENT_MAGIC, b"")
             if self.durable:
                 os.fsync(fd)
-                _fsync_directory(self.log_directory)
+                fsync_directory(self.log_directory)
         except OSError as exc:
             os.close(fd)
             raise CheckpointError(f"cannot create checkpoint log segment {path.name}: {exc}") from exc
@@ -405,7 +406,7 @@ class LogCheckpointStore(CheckpointStore):
         os.unlink(victim.path)
         del self._segments[victim.ident]
         if self.durable:
-            _fsync_directory(self.log_directory)
+            fsync_directory(self.log_directory)
 
     # -- reading ---------------------------------------------------------------------------
     def load(self, metric: str) -> tuple[CheckpointHeader, bytes] | None:
@@ -531,11 +532,3 @@ def _write_all(fd: int, head: bytes, body: bytes) -> None:
         rest = memoryview(b"".join((head, body)))[written:]
         while rest:
             rest = rest[os.write(fd, rest):]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
