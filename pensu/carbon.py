@@ -81,11 +81,11 @@ _SEPARATORS = re.compile(rb"[ \t]+")
 _NAME = re.compile(r"[A-Za-z0-9_\-:]+(?:\.[A-Za-z0-9_\-:]+)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-# A whole line in canonical form: name, one space, value, one space, timestamp (bytes; same
-# charsets as _NAME and _NUMBER, so whatever it matches `parse_line` reads the same way).
-_NUMBER_BYTES = rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+# A whole line in canonical form: name, one space, value, one space, timestamp (bytes, built
+# from _NAME and _NUMBER themselves, so whatever it matches `parse_line` reads the same way).
+_NUMBER_BYTES = _NUMBER.pattern.encode("ascii")
 _CANONICAL_LINE = re.compile(
-    rb"([A-Za-z0-9_\-:]+(?:\.[A-Za-z0-9_\-:]+)*) (" + _NUMBER_BYTES + rb") (" + _NUMBER_BYTES + rb")"
+    b"(" + _NAME.pattern.encode("ascii") + b") (" + _NUMBER_BYTES + b") (" + _NUMBER_BYTES + b")"
 )
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 _STRIP = b" \t\r"
