@@ -295,14 +295,16 @@ class Group:
         """Instances whose process is alive."""
         return [i for i in self.instances.values() if i.proc.poll() is None]
 
-    def wait_until(self, predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-        """Poll `predicate()` until true; fail with the instances' statuses and logs."""
+    def wait_until(self, predicate, timeout: float, what: str, detail=None) -> None:  # type: ignore[no-untyped-def]
+        """Poll `predicate()` until true; fail with `detail()` (what the test last saw, if given)
+        and the instances' statuses and logs."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}: {self.describe()}")
+        seen = f" (last seen: {detail()})" if detail is not None else ""
+        raise AssertionError(f"timed out waiting for {what}{seen}: {self.describe()}")
 
     def statuses(self) -> dict[str, dict[str, int] | None]:
         """/readyz details of running instances."""
