@@ -69,8 +69,8 @@ class OutputFormatter:
         self.instance = instance
         # Every record names its producer, so outputs can be attributed across a consumer group.
         self.headers: tuple[tuple[str, bytes], ...] = (("pensu-instance", instance.encode("utf-8")),)
-        self._names: dict[tuple[str, str], str] = {}
-        # metric -> (key, "<output name> " per OUTPUT_KINDS, None where the name is invalid)
+        # metric -> (key, "<output name> " per OUTPUT_KINDS, None where the name is invalid): the
+        # one name memo; `records_checked` renders names afresh on every call.
         self._lines: dict[str, tuple[bytes, tuple[str | None, ...]]] = {}
 
     def is_own_output(self, metric: str) -> bool:
@@ -81,16 +81,6 @@ class OutputFormatter:
         modelled like any metric.
         """
         return metric.startswith(self.own_prefixes)
-
-    def name(self, kind: str, metric: str) -> str:
-        """The output metric name of `kind` for `metric` (memoised: names repeat every sample)."""
-        key = (kind, metric)
-        name = self._names.get(key)
-        if name is None:
-            if len(self._names) > 200_000:  # bound the memo under a cardinality flood
-                self._names.clear()
-            name = self._names[key] = output_metric_name(self.template, kind, metric)
-        return name
 
     def _line_prefixes(self, metric: str) -> tuple[bytes, tuple[str | None, ...]]:
         """The record key and each output kind's "<name> " for `metric` (memoised, bounded)."""
@@ -151,23 +141,27 @@ class OutputFormatter:
         key = metric.encode("utf-8")
         ts = analysis.timestamp
         h = self.headers
+
+        def name(kind: str) -> str:
+            return output_metric_name(self.template, kind, metric)
+
         anomaly, prediction = self.topics.anomaly_metrics, self.topics.prediction_metrics
         out = [
-            OutputRecord(anomaly, key, format_line(self.name("anomaly_score", metric), analysis.anomaly_score, ts), h),
-            OutputRecord(anomaly, key, format_line(self.name("anomaly_likelihood", metric),
+            OutputRecord(anomaly, key, format_line(name("anomaly_score"), analysis.anomaly_score, ts), h),
+            OutputRecord(anomaly, key, format_line(name("anomaly_likelihood"),
                                                    analysis.anomaly_likelihood, ts), h),
-            OutputRecord(anomaly, key, format_line(self.name("anomaly_direction", metric), analysis.direction, ts), h),
+            OutputRecord(anomaly, key, format_line(name("anomaly_direction"), analysis.direction, ts), h),
         ]
         if analysis.forecast is not None and analysis.forecast_timestamp is not None:
             ts_pred = analysis.forecast_timestamp
             out.append(OutputRecord(prediction, key,
-                                    format_line(self.name("prediction", metric), analysis.forecast, ts_pred), h))
-            out.append(OutputRecord(prediction, key, format_line(self.name("prediction_confidence", metric),
+                                    format_line(name("prediction"), analysis.forecast, ts_pred), h))
+            out.append(OutputRecord(prediction, key, format_line(name("prediction_confidence"),
                                                                  analysis.forecast_confidence, ts_pred), h))
             if analysis.forecast_lower is not None and analysis.forecast_upper is not None:
-                out.append(OutputRecord(prediction, key, format_line(self.name("prediction_lower", metric),
+                out.append(OutputRecord(prediction, key, format_line(name("prediction_lower"),
                                                                      analysis.forecast_lower, ts_pred), h))
-                out.append(OutputRecord(prediction, key, format_line(self.name("prediction_upper", metric),
+                out.append(OutputRecord(prediction, key, format_line(name("prediction_upper"),
                                                                      analysis.forecast_upper, ts_pred), h))
         if analysis.event is not None:
             out.append(OutputRecord(self.topics.anomaly_reports, key, format_report(self.report(analysis)), h))
