@@ -7,13 +7,18 @@ Two phases per scenario:
    latency is (time it was read back − the input message's create time).
 
     python bench/service_throughput.py                      # 1,000 metrics resident
+    python bench/service_throughput.py --timed-samples 4 --rounds 5   # service share, 5 alternating phases
     python bench/service_throughput.py --metrics 10000 --cap 1000   # swapping
     python bench/service_throughput.py --metrics 10000 --cap 1000 --store log   # swapping, log store
     python bench/service_throughput.py --profile 25         # + where the service thread's time goes
 
 Engine-only rate: the same samples (same metrics, values and timestamps, same settings) fed
 straight to `MetricAnalyzer.process` in this process, no Kafka, no registry, all resident; the
-service's rate divided by it is the share the engine gets end to end. `--profile N` runs the
+service's rate divided by it is the share the engine gets end to end. With `--rounds R` the
+timed phase is repeated R times, each service phase followed by the engine-only run on the same
+samples (bare analyzers that have seen exactly what the service's have), and the median share
+is printed with its range: one service phase and one engine run minutes apart scattered by
+±7 points on this 2-core machine (61-75 % over runs of the same code). `--profile N` runs the
 service thread under cProfile during the throughput phase and prints the N largest cumulative
 and own-time entries (profiling slows it; the rates printed are from the same profiled run
 only when --profile is given).
@@ -128,25 +133,30 @@ class OutputReader:
         self._thread.join(10)
 
 
-def engine_only(settings: object, metrics: int, warm_samples: int, timed_samples: int) -> float:
-    """Samples/s of the bare analyzers (built as the service builds them) on the same samples."""
-    from pensu.analyzer import MetricAnalyzer
-    from pensu.analyzer_settings import metric_configs
+class EngineTwin:
+    """Bare analyzers (built as the service builds them) fed the very samples the service gets,
+    phase by phase, so each service phase has an engine-only rate measured right beside it on
+    models of the same age: no Kafka, no registry, all resident."""
 
-    per_metric = metric_configs(settings).for_metric  # type: ignore[arg-type]
-    analyzers = [MetricAnalyzer(f"bench.m{m}.value", per_metric(f"bench.m{m}.value")) for m in range(metrics)]
-    for i in range(warm_samples):
-        for m, analyzer in enumerate(analyzers):
-            analyzer.process(START + 60 * i, value(m, i))
-    started = time.perf_counter()
-    for i in range(warm_samples, warm_samples + timed_samples):
-        for m, analyzer in enumerate(analyzers):
-            analyzer.process(START + 60 * i, value(m, i))
-    return metrics * timed_samples / (time.perf_counter() - started)
+    def __init__(self, settings: object, metrics: int) -> None:
+        from pensu.analyzer import MetricAnalyzer
+        from pensu.analyzer_settings import metric_configs
+
+        per_metric = metric_configs(settings).for_metric  # type: ignore[arg-type]
+        self.analyzers = [MetricAnalyzer(f"bench.m{m}.value", per_metric(f"bench.m{m}.value"))
+                          for m in range(metrics)]
+
+    def run(self, start: int, count: int) -> float:
+        """Feed sample indexes start..start+count to every analyzer; samples/s."""
+        started = time.perf_counter()
+        for i in range(start, start + count):
+            for m, analyzer in enumerate(self.analyzers):
+                analyzer.process(START + 60 * i, value(m, i))
+        return len(self.analyzers) * count / (time.perf_counter() - started)
 
 
 def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetch_wait_ms: int,
-             profile: int = 0, sync_interval: float = 1.0, store: str = "local") -> None:
+             profile: int = 0, sync_interval: float = 1.0, store: str = "local", rounds: int = 1) -> None:
     """Run one scenario and print its figures."""
     with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory() as models:
         env = {
@@ -176,27 +186,42 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
         base = 3 * metrics * warm_samples
         reader.wait_for(base, timeout=3600)
 
-        started = time.time()
-        produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, warm_samples, timed_samples)
-        target = base + 3 * metrics * timed_samples
-        got = reader.wait_for(target, timeout=3600)
-        elapsed = reader.last_at - started
-        samples = (got - base) // 3
-        rate = samples / elapsed
-        print(f"metrics={metrics} cap={cap} store={store} sync interval={sync_interval}s "
-              f"resident={len(service.models)}: "
-              f"{samples} samples in {elapsed:.1f}s "
-              f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.2f})")
-        if cap >= metrics:
-            engine = engine_only(settings, metrics, warm_samples, timed_samples)
-            print(f"  engine only (same samples, bare analyzers, no Kafka): {engine:.0f} samples/s → service "
-                  f"reaches {100 * rate / engine:.0f} % of it (load {os.getloadavg()[0]:.2f})")
+        twin = None
+        if cap >= metrics:  # resident: compare each service phase with the bare engine on the same samples
+            twin = EngineTwin(settings, metrics)
+            twin.run(0, warm_samples)
+        index, target, rates, shares = warm_samples, base, [], []
+        for phase in range(rounds):
+            started = time.time()
+            produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, index, timed_samples)
+            target += 3 * metrics * timed_samples
+            before_count = reader.count
+            got = reader.wait_for(target, timeout=3600)
+            elapsed = reader.last_at - started
+            samples = (got - before_count) // 3
+            rate = samples / elapsed
+            rates.append(rate)
+            line = (f"metrics={metrics} cap={cap} store={store} sync interval={sync_interval}s "
+                    f"resident={len(service.models)} phase {phase + 1}/{rounds}: {samples} samples in {elapsed:.1f}s "
+                    f"→ {rate:.0f} samples/s (one process, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.2f})")
+            if twin is not None:
+                engine = twin.run(index, timed_samples)
+                shares.append(rate / engine)
+                line += (f"; engine only on the same samples {engine:.0f} samples/s → service "
+                         f"{100 * rate / engine:.0f} %")
+            print(line, flush=True)
+            index += timed_samples
+        rate = float(np.median(rates))
+        print(f"  service: median {rate:.0f} samples/s over {rounds} phase(s) "
+              f"(range {min(rates):.0f}-{max(rates):.0f})")
+        if shares:
+            print(f"  service share of the engine-only rate: median {100 * np.median(shares):.0f} % "
+                  f"(range {100 * min(shares):.0f}-{100 * max(shares):.0f} %; each phase beside its own engine run)")
 
         slow_rate = max(1.0, rate / 2)
         n_lat = max(1, int(min(20 * slow_rate, 3 * metrics)) // metrics)
         before = len(reader.latencies_ms)
-        produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, warm_samples + timed_samples,
-                n_lat, slow_rate)
+        produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, index, n_lat, slow_rate)
         reader.wait_for(target + 3 * metrics * n_lat, timeout=3600)
         tail = np.array(reader.latencies_ms[before:])
         reader.close()
@@ -227,7 +252,10 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=1000)
     parser.add_argument("--cap", type=int, default=1000)
     parser.add_argument("--warm-samples", type=int, default=3)
-    parser.add_argument("--timed-samples", type=int, default=5)
+    parser.add_argument("--timed-samples", type=int, default=5, help="samples per metric in each timed phase")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="timed phases, each followed (when all metrics are resident) by the engine-only run "
+                             "on the same samples; medians and ranges are printed")
     parser.add_argument("--fetch-wait-ms", type=int, default=10, help="fetch.wait.max.ms of both consumers")
     parser.add_argument("--profile", type=int, default=0, help="print this many cProfile entries of the service thread")
     parser.add_argument("--store", choices=("local", "log"), default="local", help="PENSU_CHECKPOINT_STORE")
@@ -235,7 +263,7 @@ def main() -> None:
                         help="PENSU_CHECKPOINT_SYNC_INTERVAL (0: fsync every checkpoint save)")
     args = parser.parse_args()
     scenario(args.metrics, args.cap, args.warm_samples, args.timed_samples, args.fetch_wait_ms, args.profile,
-             args.sync_interval, args.store)
+             args.sync_interval, args.store, args.rounds)
 
 
 if __name__ == "__main__":
