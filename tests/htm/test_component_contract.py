@@ -26,7 +26,7 @@ from pensu.htm.encoders import RDSE, DateEncoder, DateEncoderParams, RDSEParams,
 from pensu.htm.likelihood import AnomalyLikelihood, AnomalyLikelihoodParams, SpatialAnomaly, SpatialAnomalyParams
 from pensu.htm.model import HtmModel
 from pensu.htm.predictor import Predictor, PredictorParams
-from pensu.htm.presets import forecast_predictor, preset_params
+from pensu.htm.presets import forecast_predictor, prediction_params, preset_params
 from pensu.htm.spatial_pooler import SpatialPooler, SpatialPoolerParams
 from pensu.htm.temporal_memory import TemporalMemory, TemporalMemoryParams
 
@@ -151,6 +151,15 @@ CASES = [
          _model_step, HtmModel.from_state,
          lambda: HtmModel(preset_params("small", sp=SpatialPoolerParams(column_count=0), min_value=0.0,
                                         max_value=1.0), seed=1)),
+    Case("model (compact preset, anomaly heads)",
+         lambda: HtmModel(preset_params("compact", warmup_samples=20), seed=8),
+         _model_step, HtmModel.from_state,
+         lambda: HtmModel(preset_params("compact", tm=TemporalMemoryParams(cells_per_column=0), min_value=0.0,
+                                        max_value=1.0), seed=1)),
+    Case("model (compact preset, forecast head on columns)",
+         lambda: HtmModel(prediction_params(preset_params("compact", warmup_samples=20), 1), seed=8),
+         _model_step, HtmModel.from_state,
+         lambda: HtmModel(preset_params("compact", forget_after_days=0.0), seed=1)),
     Case("model (nab preset, warm-up not over)",
          lambda: HtmModel(preset_params("nab", warmup_samples=50, warmup_range_padding=0.25), seed=8),
          _model_step, HtmModel.from_state,

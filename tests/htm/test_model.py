@@ -157,3 +157,16 @@ def test_time_marks_survive_a_round_trip_and_bad_ones_are_refused():
 def test_forget_after_days_must_be_a_positive_number_of_days(days):
     with pytest.raises(ValueError, match="forget_after_days"):
         preset_params("small", forget_after_days=days)
+
+
+def test_compact_preset_holds_a_fraction_of_the_small_presets_bytes():
+    # the density preset (issue #16) must stay much lighter than `small` on the same stream:
+    # fewer columns and cells, small encoders, short likelihood window, forgetting after 3 days
+    rows = _two_regimes(6, 6)
+    models = {name: HtmModel(preset_params(name, min_value=0, max_value=100), seed=5) for name in ("small", "compact")}
+    for ts, v in rows:
+        for model in models.values():
+            model.step(ts, v)
+    compact, small = models["compact"], models["small"]
+    assert compact.memory_bytes() < 0.5 * small.memory_bytes()
+    assert len(compact.to_bytes()) < 0.5 * len(small.to_bytes())
