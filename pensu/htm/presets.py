@@ -9,7 +9,7 @@
   smaller RDSE), roughly a quarter of the memory and time of ``nab``.
 * ``compact``: the density preset of issue #16 (256 columns × 12 cells, forgetting after 3 days,
   small encoders): under 1 MB resident and 0.5 MB of checkpoint per mature analyzer, for
-  about 2-4 NAB points (see `_compact` for its figures and how it was chosen).
+  about 4 NAB points on the streaming line and 2-3 on the reports (see `_compact`).
 
 Each preset is an anomaly model (likelihood + spatial-anomaly heads). `prediction_params`
 turns any preset into a prediction model (predictor head, no likelihood).
@@ -89,10 +89,20 @@ def _small() -> ModelParams:
 # The density preset (issue #16): <= 1 MB resident per mature analyzer and a <= 0.5 MB checkpoint.
 # Measured with bench/density.py --preset compact (machine_temperature, 20,000 samples, anomaly +
 # prediction model on one shared core) and NAB streaming (bench/nab_run.py --mode streaming).
-# FIGURES_PLACEHOLDER
-# How it was chosen: every candidate under the memory targets was compared on the even-indexed
-# half of the NAB files at seed 42 (streaming standard; `nab` scores 70.6 there), the winner
-# checked on the odd half and on all files with seeds 42 and 7 (docs/scaling.md lists them all).
+# Mature analyzer: 0.698 MB of arrays (SP 0.085, TM 0.424 for 26,599 synapses on 1,900 segments,
+# predictor 0.166, likelihood 0.023), 0.910 MB RSS per analyzer with 2,001 held (--count 2000;
+# `nab`: 3.71 MB), checkpoint 0.435 MB (`nab`: 2.16 MB). NAB streaming (standard / low FP / low
+# FN) 69.1 / 59.8 / 74.3 at seed 42 and 66.7 / 60.1 / 71.5 at seed 7, reports 70.6 / 61.8 / 75.5
+# and 67.3 / 58.3 / 72.2 (`nab`: 72.7 / 62.9 / 77.8, 71.0 / 62.1 / 76.4; reports 72.4 / 61.5 /
+# 77.9, 70.2 / 58.7 / 75.8). Forecasts as `nab`'s (the head reads columns and time of week):
+# taxi 5-step MAPE 0.079 (0.077), 1-step MAE nyc_taxi 586.4 (594.6), machine_temperature 0.798
+# (0.798), speed_6005 7.128 (7.135) (bench/forecast.py --preset compact). Engine CPU per sample
+# of a metric pair: median 346-477 µs vs 973-990 µs for `nab` (bench/htm_step.py, interleaved,
+# loaded 2-core machine).
+# How it was chosen: 14 candidates (9 within the memory targets) were compared on the even-indexed
+# half of the NAB files at seed 42 (streaming standard: this one 68.8, `nab` 70.6), the winner
+# checked on the odd half (70.1) and on all files with seeds 42 and 7 (docs/scaling.md lists
+# every candidate with its bytes and scores).
 # What bought the density, in order of bytes: forgetting segments idle 3 days instead of 35
 # (the TM's segments are what grows: 6,590 → 1,843 segments at 512 columns; at 5-minute data 3
 # days act like 3-7 because the forgetting marks come every 1,000 samples); fewer synapses per
