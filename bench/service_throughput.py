@@ -194,11 +194,10 @@ def scenario(metrics: int, cap: int, warm_samples: int, timed_samples: int, fetc
         for phase in range(rounds):
             started = time.time()
             produce(kafka.bootstrap_servers, settings.metrics_kafka_topic, metrics, index, timed_samples)
-            target += 3 * metrics * timed_samples
-            before_count = reader.count
+            previous, target = target, target + 3 * metrics * timed_samples
             got = reader.wait_for(target, timeout=3600)
             elapsed = reader.last_at - started
-            samples = (got - before_count) // 3
+            samples = (got - previous) // 3
             rate = samples / elapsed
             rates.append(rate)
             line = (f"metrics={metrics} cap={cap} store={store} sync interval={sync_interval}s "
