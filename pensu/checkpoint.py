@@ -32,6 +32,7 @@ import os
 import struct
 import tempfile
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -44,12 +45,15 @@ from pensu.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # sha256 trailer: what every release reads (files, Kafka)
+FORMAT_CRC32 = 2  # crc32 trailer: the log store's records (pensu.checkpoint_log)
 MAGIC = b"PENSUCKP"
 _PREFIX = struct.Struct(">8sHI")  # magic, format version, header length
 _PAYLOAD_LEN = struct.Struct(">Q")
 _DIGEST_SIZE = hashlib.sha256().digest_size
-_MIN_SIZE = _PREFIX.size + _PAYLOAD_LEN.size + _DIGEST_SIZE
+_CRC32 = struct.Struct(">I")
+_TRAILER_SIZE = {FORMAT_VERSION: _DIGEST_SIZE, FORMAT_CRC32: _CRC32.size}
+READABLE_VERSIONS = tuple(_TRAILER_SIZE)
 _SUFFIX = ".ckpt"
 _TEMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = "quarantine"
@@ -90,10 +94,21 @@ def checkpoint_key(metric: str) -> str:
     return hashlib.sha256(metric.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def encode_checkpoint(header: CheckpointHeader, payload: bytes) -> bytes:
-    """Serialize a header and payload into the checksummed checkpoint file format."""
-    if header.format_version != FORMAT_VERSION:
-        raise CheckpointError(f"this build writes checkpoint format {FORMAT_VERSION}, not {header.format_version}")
+def encode_checkpoint(header: CheckpointHeader, payload: bytes, version: int = FORMAT_VERSION) -> bytes:
+    """Serialize a header and payload into the checksummed checkpoint format `version`."""
+    # One copy of the payload (a mature one is megabytes and this runs at every swap).
+    return b"".join(encode_checkpoint_parts(header, payload, version))
+
+
+def encode_checkpoint_parts(header: CheckpointHeader, payload: bytes,
+                            version: int = FORMAT_VERSION) -> tuple[bytes, bytes, bytes]:
+    """(head, payload, checksum): the pieces of `encode_checkpoint`, for a `writev` without joining them.
+
+    `version` 1 (`FORMAT_VERSION`) ends in a sha256, `FORMAT_CRC32` (2) in a crc32 (see the module
+    docstring); `header.format_version` may be either (it tells what a loaded header was read from)."""
+    if header.format_version not in _TRAILER_SIZE or version not in _TRAILER_SIZE:
+        raise CheckpointError(f"this build writes checkpoint formats {sorted(_TRAILER_SIZE)}, not "
+                              f"{version if version not in _TRAILER_SIZE else header.format_version}")
     try:
         header_bytes = msgpack.packb({
             "metric": header.metric,
@@ -105,40 +120,77 @@ def encode_checkpoint(header: CheckpointHeader, payload: bytes) -> bytes:
     except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
         # e.g. a lone surrogate in the name or an offset beyond 64 bits: not storable as given.
         raise CheckpointError(_one_line(f"cannot encode checkpoint header: {type(exc).__name__}: {exc}")) from exc
-    head = b"".join((_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)), header_bytes,
+    head = b"".join((_PREFIX.pack(MAGIC, version, len(header_bytes)), header_bytes,
                      _PAYLOAD_LEN.pack(len(payload))))
+    if version == FORMAT_CRC32:
+        return head, payload, _CRC32.pack(zlib.crc32(payload, zlib.crc32(head)))
     digest = hashlib.sha256(head)
     digest.update(payload)
-    # One copy of the payload (a mature one is megabytes and this runs at every swap).
-    return b"".join((head, payload, digest.digest()))
+    return head, payload, digest.digest()
 
 
-def decode_checkpoint(blob: bytes, expected_metric: str | None = None) -> tuple[CheckpointHeader, bytes]:
-    """Parse checkpoint bytes; raise `CheckpointCorrupt` with a one-line reason if untrustworthy."""
-    if len(blob) < _PREFIX.size:
-        raise CheckpointCorrupt(f"truncated: {len(blob)} bytes")
-    magic, version, header_len = _PREFIX.unpack_from(blob)
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """Where the parts of a checkpoint of `size` bytes lie, read from its first bytes (`checkpoint_layout`)."""
+
+    version: int
+    payload_at: int  # bytes before the payload: the head (prefix, header, payload length)
+    payload_length: int
+    checksum_size: int
+
+
+def checkpoint_layout(first: bytes, size: int) -> CheckpointLayout:
+    """The layout of a checkpoint of `size` bytes from its first bytes (enough for the prefix at least).
+
+    Raises `CheckpointCorrupt` when the magic, version or lengths cannot be those of a checkpoint."""
+    if len(first) < _PREFIX.size or size < _PREFIX.size:
+        raise CheckpointCorrupt(f"truncated: {size} bytes")
+    magic, version, header_len = _PREFIX.unpack_from(first)
     if magic != MAGIC:
         raise CheckpointCorrupt("bad magic bytes")
     # Version before checksum: another version may lay out (and checksum) its bytes differently.
-    if version != FORMAT_VERSION:
+    checksum_size = _TRAILER_SIZE.get(version)
+    if checksum_size is None:
         raise CheckpointCorrupt(f"unsupported format version {version}")
     payload_len_at = _PREFIX.size + header_len
-    if len(blob) < payload_len_at + _PAYLOAD_LEN.size + _DIGEST_SIZE:
-        raise CheckpointCorrupt(f"truncated: {len(blob)} bytes, header alone needs more")
-    (payload_len,) = _PAYLOAD_LEN.unpack_from(blob, payload_len_at)
     payload_at = payload_len_at + _PAYLOAD_LEN.size
-    expected_size = payload_at + payload_len + _DIGEST_SIZE
-    if len(blob) != expected_size:
-        kind = "truncated" if len(blob) < expected_size else "trailing bytes"
-        raise CheckpointCorrupt(f"{kind}: {len(blob)} bytes, expected {expected_size}")
-    body = memoryview(blob)[:-_DIGEST_SIZE]
-    if hashlib.sha256(body).digest() != blob[-_DIGEST_SIZE:]:
+    if size < payload_at + checksum_size:
+        raise CheckpointCorrupt(f"truncated: {size} bytes, header alone needs more")
+    if len(first) < payload_at:
+        return CheckpointLayout(version, payload_at, -1, checksum_size)  # caller reads the whole head
+    (payload_len,) = _PAYLOAD_LEN.unpack_from(first, payload_len_at)
+    expected_size = payload_at + payload_len + checksum_size
+    if size != expected_size:
+        kind = "truncated" if size < expected_size else "trailing bytes"
+        raise CheckpointCorrupt(f"{kind}: {size} bytes, expected {expected_size}")
+    return CheckpointLayout(version, payload_at, payload_len, checksum_size)
+
+
+def verify_checkpoint(head: bytes, payload: bytes | memoryview, checksum: bytes, layout: CheckpointLayout,
+                      expected_metric: str | None = None) -> CheckpointHeader:
+    """Check the parts of a checkpoint laid out as `layout`; return its header or raise `CheckpointCorrupt`."""
+    if layout.version == FORMAT_CRC32:
+        good = _CRC32.pack(zlib.crc32(payload, zlib.crc32(head))) == checksum
+    else:
+        digest = hashlib.sha256(head)
+        digest.update(payload)
+        good = digest.digest() == checksum
+    if not good:
         raise CheckpointCorrupt("checksum mismatch")
-    header = _decode_header(blob[_PREFIX.size:payload_len_at], version)
+    header = _decode_header(head[_PREFIX.size:layout.payload_at - _PAYLOAD_LEN.size], layout.version)
     if expected_metric is not None and header.metric != expected_metric:
         raise CheckpointCorrupt("metric mismatch: file holds another metric")
-    return header, bytes(blob[payload_at:payload_at + payload_len])
+    return header
+
+
+def decode_checkpoint(blob: bytes, expected_metric: str | None = None) -> tuple[CheckpointHeader, bytes]:
+    """Parse checkpoint bytes (any readable format); raise `CheckpointCorrupt` (one-line reason) if untrustworthy."""
+    layout = checkpoint_layout(blob, len(blob))
+    end = layout.payload_at + layout.payload_length
+    view = memoryview(blob)
+    header = verify_checkpoint(blob[:layout.payload_at], view[layout.payload_at:end], blob[end:], layout,
+                               expected_metric)
+    return header, bytes(view[layout.payload_at:end])
 
 
 def _decode_header(raw: bytes, version: int) -> CheckpointHeader:

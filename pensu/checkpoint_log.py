@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pensu.checkpoint import (
+    FORMAT_CRC32,
     QUARANTINE_DIR,
     CheckpointCorrupt,
     CheckpointEntry,
@@ -56,10 +57,11 @@ from pensu.checkpoint import (
     CheckpointStore,
     LocalCheckpointStore,
     checkpoint_key,
-    decode_checkpoint,
-    encode_checkpoint,
+    checkpoint_layout,
+    encode_checkpoint_parts,
     fsync_directory,
     quarantine_target,
+    verify_checkpoint,
 )
 from pensu.errors import CheckpointError
 
@@ -76,6 +78,7 @@ _FIELDS = struct.Struct(">IB32sdI")
 _CRC = struct.Struct(">I")
 RECORD_HEADER_SIZE = _FIELDS.size + _CRC.size
 _LIVE_FRACTION = 0.5  # compact a sealed segment once less than this share of it is live
+_HEAD_READ = 1024  # a load's first read: a checkpoint's head (prefix, header, payload length) fits in most
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ class LogCheckpointStore(CheckpointStore):
         except OSError as exc:
             raise CheckpointError(f"cannot create checkpoint log segment {path.name}: {exc}") from exc
         try:
-            _write_all(fd, SEGMENT_MAGIC, b"")
+            _write_all(fd, SEGMENT_MAGIC)
             if self.durable:
                 os.fsync(fd)
                 fsync_directory(self.log_directory)
@@ -292,18 +295,18 @@ class LogCheckpointStore(CheckpointStore):
             self._active_fd = -1
 
     # -- writing ---------------------------------------------------------------------------
-    def _append(self, head: bytes, body: bytes = b"") -> _Location:
-        """Append one record (its header, then its body) to the log; return where it went. Raises OSError."""
+    def _append(self, head: bytes, *body: bytes) -> _Location:
+        """Append one record (its header, then its body in parts) to the log; return where it went. Raises OSError."""
         if self._active is None or self._active_fd < 0:
             raise OSError("the checkpoint log is closed or read-only")
-        size = len(head) + len(body)
+        size = len(head) + sum(len(part) for part in body)
         if self._active.size + size > self.segment_bytes and self._active.size > len(SEGMENT_MAGIC):
             self._roll()
         segment = self._active
         assert segment is not None
         offset = segment.size
         try:
-            _write_all(self._active_fd, head, body)
+            _write_all(self._active_fd, head, *body)
         except OSError:
             # Leave no partial record behind it: later appends must stay readable.
             try:
@@ -337,13 +340,13 @@ class LogCheckpointStore(CheckpointStore):
             self._last_sync = time.monotonic()
 
     def save(self, header: CheckpointHeader, payload: bytes) -> None:
-        """Append the metric's checkpoint; it replaces the previous one."""
-        blob = encode_checkpoint(header, payload)
+        """Append the metric's checkpoint (format `FORMAT_CRC32`); it replaces the previous one."""
+        parts = encode_checkpoint_parts(header, payload, FORMAT_CRC32)
         key_hex = checkpoint_key(header.metric)
         key = bytes.fromhex(key_hex)
         with self._mutex:
             try:
-                where = self._append(_record_header(_PUT, key, time.time(), len(blob)), blob)
+                where = self._append(_record_header(_PUT, key, time.time(), sum(len(p) for p in parts)), *parts)
                 self._apply(_PUT, key, where)
                 self._commit()
             except OSError as exc:
@@ -418,24 +421,43 @@ class LogCheckpointStore(CheckpointStore):
             if where is None:
                 return self._files.load(metric) if key_hex in self._legacy else None
             try:
-                blob = self._read_body(where)
+                return self._read_checkpoint(where, metric)
             except OSError as exc:
                 raise CheckpointError(" ".join(f"cannot read checkpoint of {metric!r}: {exc}".split())) from exc
-            try:
-                return decode_checkpoint(blob, expected_metric=metric)
             except CheckpointCorrupt as exc:
+                try:
+                    blob = self._read_body(where)  # the whole record, for the quarantine
+                except OSError:
+                    blob = b""
                 self._quarantine_key(key, blob, exc.reason)
                 raise
+
+    def _read_checkpoint(self, where: _Location, metric: str) -> tuple[CheckpointHeader, bytes]:
+        """Read and verify a record's checkpoint in its parts: the payload is read into its own bytes
+        (no copy of it out of one blob). Raises OSError, or `CheckpointCorrupt` (nothing quarantined)."""
+        body_at = where.offset + RECORD_HEADER_SIZE
+        size = where.body_length
+        fd = os.open(self._segments[where.segment].path, os.O_RDONLY)
+        try:
+            head = _pread_exactly(fd, min(size, _HEAD_READ), body_at)
+            layout = checkpoint_layout(head, size)
+            if layout.payload_length < 0:  # a head longer than the first read (a long name, many offsets)
+                head = _pread_exactly(fd, layout.payload_at, body_at)
+                layout = checkpoint_layout(head, size)
+            payload_end = body_at + layout.payload_at + layout.payload_length
+            payload = _pread_exactly(fd, layout.payload_length, body_at + layout.payload_at)
+            checksum = _pread_exactly(fd, layout.checksum_size, payload_end)
+        finally:
+            os.close(fd)
+        header = verify_checkpoint(head[:layout.payload_at], payload, checksum, layout, expected_metric=metric)
+        return header, payload
 
     def _read_body(self, where: _Location) -> bytes:
         fd = os.open(self._segments[where.segment].path, os.O_RDONLY)
         try:
-            blob = os.pread(fd, where.body_length, where.offset + RECORD_HEADER_SIZE)
+            return _pread_exactly(fd, where.body_length, where.offset + RECORD_HEADER_SIZE)
         finally:
             os.close(fd)
-        if len(blob) != where.body_length:
-            raise OSError(f"short read: {len(blob)} of {where.body_length} bytes")
-        return blob
 
     # -- deleting, quarantine, listing -----------------------------------------------------
     def delete(self, metric: str) -> None:
@@ -525,10 +547,18 @@ def _raw_key(key: str) -> bytes:
     return bytes.fromhex(key)
 
 
-def _write_all(fd: int, head: bytes, body: bytes) -> None:
-    """Write head then body (one `writev`, no joined copy of a megabyte body)."""
-    written = os.writev(fd, (head, body)) if body else os.write(fd, head)
-    if written < len(head) + len(body):  # short write (a signal, a nearly full disk): finish it plainly
-        rest = memoryview(b"".join((head, body)))[written:]
+def _pread_exactly(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(f"short read: {len(data)} of {length} bytes")
+    return data
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Write the parts in order (one `writev`, no joined copy of a megabyte body)."""
+    written = os.writev(fd, parts) if len(parts) > 1 else os.write(fd, parts[0])
+    total = sum(len(part) for part in parts)
+    if written < total:  # short write (a signal, a nearly full disk): finish it plainly
+        rest = memoryview(b"".join(parts))[written:]
         while rest:
             rest = rest[os.write(fd, rest):]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import os
 import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
 
 from pensu.checkpoint import (
+    FORMAT_CRC32,
     CheckpointCorrupt,
     CheckpointHeader,
     LocalCheckpointStore,
@@ -219,7 +223,8 @@ def test_a_delete_survives_compaction_of_its_segment_while_an_older_put_remains(
         for k in range(4):  # keep the first segment mostly live, so it is never compacted
             store.save(header(f"kept-{k}"), payload(f"kept-{k}", 0))
         # "gone" fills the first segment but for 10 bytes: its delete record must start the second
-        fill = 16 * 1024 - store._active.size - RECORD_HEADER_SIZE - len(encode_checkpoint(header("gone"), b"")) - 10
+        empty = encode_checkpoint(header("gone"), b"", FORMAT_CRC32)
+        fill = 16 * 1024 - store._active.size - RECORD_HEADER_SIZE - len(empty) - 10
         store.save(header("gone"), payload("gone", 0, size=fill))
         first = segments(directory)[0]
         store.delete("gone")
@@ -330,3 +335,115 @@ def test_service_uses_the_log_store_and_a_second_instance_on_its_directory_is_re
         first.store.close()
     again = PensuService(load_settings(env))  # the lock went with the first store
     again.store.close()
+
+
+# --- record bodies: checkpoint format 2 (crc32), format 1 (sha256) still read ------------------
+
+FIXTURES = Path(__file__).resolve().parent / "data"
+
+
+def test_records_are_checkpoints_of_format_2_with_a_crc32(store: LogCheckpointStore, directory: Path) -> None:
+    store.save(header("f2", 3), payload("f2", 3))
+    data = segments(directory)[-1].read_bytes()
+    body = data[len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE:]
+    assert body == encode_checkpoint(header("f2", 3), payload("f2", 3), FORMAT_CRC32)
+    assert struct.unpack_from(">8sH", body) == (b"PENSUCKP", FORMAT_CRC32)
+    assert struct.unpack(">I", body[-4:])[0] == zlib.crc32(body[:-4])
+
+
+def as_read(saved: CheckpointHeader) -> CheckpointHeader:
+    """A header as the log store reads it back (its records are checkpoints of format 2)."""
+    return dataclasses.replace(saved, format_version=FORMAT_CRC32)
+
+
+def fixture_log(directory: Path) -> None:
+    """The segment written by the build before checkpoint format 2 (tests/data/checkpoint-log-format1.md)."""
+    (directory / "log").mkdir(parents=True)
+    (directory / "log" / "0000000001.seg").write_bytes(
+        gzip.decompress((FIXTURES / "checkpoint-log-format1.seg.gz").read_bytes()))
+
+
+def fixture_header(metric: str, count: int) -> CheckpointHeader:
+    return CheckpointHeader(metric=metric, sample_count=count, last_timestamp=1_700_000_000.5,
+                            last_offsets={"metrics:3": 40 + count}, saved_at=1_700_000_100.0 + count)
+
+
+def test_a_log_written_with_sha256_checkpoints_still_loads_compacts_and_mixes(directory: Path) -> None:
+    fixture_log(directory)
+    # Segments smaller than the fixture's: it is sealed at open, and less than half of it is live.
+    store = LogCheckpointStore(directory, segment_bytes=12 * 1024, durable=False)
+    try:
+        assert store.load("fixture.a") == (fixture_header("fixture.a", 2), payload("fixture.a", 2))
+        assert store.load("fixture.b") == (fixture_header("fixture.b", 1), payload("fixture.b", 1))
+        assert store.load("fixture.gone") is None
+        store.save(header("new", 1), payload("new", 1))  # a format-2 record next to format-1 ones
+        assert not (directory / "log" / "0000000001.seg").exists()
+    finally:
+        store.close()
+    again = LogCheckpointStore(directory, segment_bytes=12 * 1024)
+    try:
+        assert again.load("fixture.a") == (fixture_header("fixture.a", 2), payload("fixture.a", 2))
+        assert again.load("fixture.b") == (fixture_header("fixture.b", 1), payload("fixture.b", 1))
+        assert again.load("fixture.gone") is None
+        assert again.load("new") == (as_read(header("new", 1)), payload("new", 1))
+    finally:
+        again.close()
+
+
+def test_a_corrupt_sha256_checkpoint_of_the_old_format_is_quarantined(directory: Path) -> None:
+    fixture_log(directory)
+    seg = directory / "log" / "0000000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE + 500] ^= 0x01  # inside fixture.a's first (superseded) payload
+    (first_body,) = struct.unpack_from(">I", data, len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE - 8)
+    second = len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE + first_body
+    data[second + RECORD_HEADER_SIZE + 2000] ^= 0x01  # inside fixture.b's payload
+    seg.write_bytes(bytes(data))
+    store = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    try:
+        assert store.load("fixture.a") == (fixture_header("fixture.a", 2), payload("fixture.a", 2))
+        store.save(header("appended", 1), payload("appended", 1))  # format 2 behind format 1 in one segment
+        with pytest.raises(CheckpointCorrupt, match="checksum"):
+            store.load("fixture.b")
+        assert store.load("fixture.b") is None
+        assert len(list((directory / "quarantine").iterdir())) == 1
+    finally:
+        store.close()
+    again = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    try:
+        assert again.load("fixture.b") is None and again.load("appended") == (as_read(header("appended", 1)),
+                                                                               payload("appended", 1))
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("where", ["head", "payload", "checksum"])
+def test_any_flipped_bit_of_a_format_2_body_is_caught(directory: Path, where: str) -> None:
+    store = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    store.save(header("flip", 1), payload("flip", 1))
+    store.close()
+    seg = segments(directory)[-1]
+    data = bytearray(seg.read_bytes())
+    body_at = len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE
+    at = {"head": body_at + 30, "payload": len(data) - 100, "checksum": len(data) - 2}[where]
+    data[at] ^= 0x10
+    seg.write_bytes(bytes(data))
+    again = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    try:
+        with pytest.raises(CheckpointCorrupt):
+            again.load("flip")
+        assert again.load("flip") is None
+        quarantined = list((directory / "quarantine").iterdir())
+        assert [q.read_bytes() for q in quarantined] == [bytes(data[body_at:])]  # the whole record body
+    finally:
+        again.close()
+
+
+def test_a_header_longer_than_the_first_read_loads(store: LogCheckpointStore) -> None:
+    long_name = "long." + "x" * 3000
+    many = CheckpointHeader(metric=long_name, sample_count=4, last_timestamp=None,
+                            last_offsets={f"metrics:{p}": p for p in range(200)}, saved_at=1.0)
+    store.save(many, payload(long_name, 4))
+    assert store.load(long_name) == (as_read(many), payload(long_name, 4))
+    store.save(header("empty", 1), b"")
+    assert store.load("empty") == (as_read(header("empty", 1)), b"")
