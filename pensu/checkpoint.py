@@ -32,7 +32,6 @@ import os
 import struct
 import tempfile
 import time
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -41,18 +40,19 @@ from typing import Any, TypeGuard
 
 import msgpack
 
+from pensu.checksum import xxh64
 from pensu.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # sha256 trailer: what every release reads (files, Kafka)
-FORMAT_CRC32 = 2  # crc32 trailer: the log store's records (pensu.checkpoint_log)
+FORMAT_XXH64 = 2  # XXH64 trailer: the log store's records (pensu.checkpoint_log)
 MAGIC = b"PENSUCKP"
 _PREFIX = struct.Struct(">8sHI")  # magic, format version, header length
 _PAYLOAD_LEN = struct.Struct(">Q")
 _DIGEST_SIZE = hashlib.sha256().digest_size
-_CRC32 = struct.Struct(">I")
-_TRAILER_SIZE = {FORMAT_VERSION: _DIGEST_SIZE, FORMAT_CRC32: _CRC32.size}
+_XXH64 = struct.Struct(">Q")
+_TRAILER_SIZE = {FORMAT_VERSION: _DIGEST_SIZE, FORMAT_XXH64: _XXH64.size}
 READABLE_VERSIONS = tuple(_TRAILER_SIZE)
 _SUFFIX = ".ckpt"
 _TEMP_PREFIX = ".tmp-"
@@ -104,7 +104,7 @@ def encode_checkpoint_parts(header: CheckpointHeader, payload: bytes,
                             version: int = FORMAT_VERSION) -> tuple[bytes, bytes, bytes]:
     """(head, payload, checksum): the pieces of `encode_checkpoint`, for a `writev` without joining them.
 
-    `version` 1 (`FORMAT_VERSION`) ends in a sha256, `FORMAT_CRC32` (2) in a crc32 (see the module
+    `version` 1 (`FORMAT_VERSION`) ends in a sha256, `FORMAT_XXH64` (2) in an XXH64 (see the module
     docstring); `header.format_version` may be either (it tells what a loaded header was read from)."""
     if header.format_version not in _TRAILER_SIZE or version not in _TRAILER_SIZE:
         raise CheckpointError(f"this build writes checkpoint formats {sorted(_TRAILER_SIZE)}, not "
@@ -122,11 +122,16 @@ def encode_checkpoint_parts(header: CheckpointHeader, payload: bytes,
         raise CheckpointError(_one_line(f"cannot encode checkpoint header: {type(exc).__name__}: {exc}")) from exc
     head = b"".join((_PREFIX.pack(MAGIC, version, len(header_bytes)), header_bytes,
                      _PAYLOAD_LEN.pack(len(payload))))
-    if version == FORMAT_CRC32:
-        return head, payload, _CRC32.pack(zlib.crc32(payload, zlib.crc32(head)))
+    if version == FORMAT_XXH64:
+        return head, payload, _xxh64_trailer(head, payload)
     digest = hashlib.sha256(head)
     digest.update(payload)
     return head, payload, digest.digest()
+
+
+def _xxh64_trailer(head: bytes, payload: bytes | memoryview) -> bytes:
+    """Format 2's checksum: XXH64 of the payload, seeded with the XXH64 of the head before it."""
+    return _XXH64.pack(xxh64(payload, xxh64(head)))
 
 
 @dataclass(frozen=True)
@@ -169,8 +174,8 @@ def checkpoint_layout(first: bytes, size: int) -> CheckpointLayout:
 def verify_checkpoint(head: bytes, payload: bytes | memoryview, checksum: bytes, layout: CheckpointLayout,
                       expected_metric: str | None = None) -> CheckpointHeader:
     """Check the parts of a checkpoint laid out as `layout`; return its header or raise `CheckpointCorrupt`."""
-    if layout.version == FORMAT_CRC32:
-        good = _CRC32.pack(zlib.crc32(payload, zlib.crc32(head))) == checksum
+    if layout.version == FORMAT_XXH64:
+        good = _xxh64_trailer(head, payload) == checksum
     else:
         digest = hashlib.sha256(head)
         digest.update(payload)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pensu.checkpoint import (
-    FORMAT_CRC32,
+    FORMAT_XXH64,
     QUARANTINE_DIR,
     CheckpointCorrupt,
     CheckpointEntry,
@@ -340,8 +340,8 @@ class LogCheckpointStore(CheckpointStore):
             self._last_sync = time.monotonic()
 
     def save(self, header: CheckpointHeader, payload: bytes) -> None:
-        """Append the metric's checkpoint (format `FORMAT_CRC32`); it replaces the previous one."""
-        parts = encode_checkpoint_parts(header, payload, FORMAT_CRC32)
+        """Append the metric's checkpoint (format `FORMAT_XXH64`); it replaces the previous one."""
+        parts = encode_checkpoint_parts(header, payload, FORMAT_XXH64)
         key_hex = checkpoint_key(header.metric)
         key = bytes.fromhex(key_hex)
         with self._mutex:

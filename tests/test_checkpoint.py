@@ -519,28 +519,27 @@ def test_format_3_analyzer_checkpoint_still_loads_and_continues() -> None:
     assert again.sample_count == analyzer.sample_count
 
 
-# --- checkpoint format 2 (crc32 trailer; what the log store writes) ---------------------------
+# --- checkpoint format 2 (XXH64 trailer; what the log store writes) ---------------------------
 
-def test_format_2_round_trips_and_lays_out_a_crc32_trailer() -> None:
-    import zlib
+def test_format_2_round_trips_and_lays_out_an_xxh64_trailer() -> None:
+    from pensu.checkpoint import FORMAT_XXH64
+    from pensu.checksum import xxh64
 
-    from pensu.checkpoint import FORMAT_CRC32
-
-    blob = encode_checkpoint(header("m"), b"payload", FORMAT_CRC32)
-    assert struct.unpack_from(">8sH", blob) == (MAGIC, FORMAT_CRC32)
-    assert blob[:-4] == encode_checkpoint(header("m"), b"payload")[:-32].replace(
-        struct.pack(">H", FORMAT_VERSION), struct.pack(">H", FORMAT_CRC32), 1)
-    assert struct.unpack(">I", blob[-4:])[0] == zlib.crc32(blob[:-4])
+    blob = encode_checkpoint(header("m"), b"payload", FORMAT_XXH64)
+    assert struct.unpack_from(">8sH", blob) == (MAGIC, FORMAT_XXH64)
+    head = encode_checkpoint(header("m"), b"payload")[:-32 - len(b"payload")].replace(
+        struct.pack(">H", FORMAT_VERSION), struct.pack(">H", FORMAT_XXH64), 1)
+    assert blob == head + b"payload" + struct.pack(">Q", xxh64(b"payload", xxh64(head)))
     read, payload = decode_checkpoint(blob, expected_metric="m")
-    assert payload == b"payload" and read.format_version == FORMAT_CRC32
-    assert read == CheckpointHeader(**{**header("m").__dict__, "format_version": FORMAT_CRC32})
+    assert payload == b"payload" and read.format_version == FORMAT_XXH64
+    assert read == CheckpointHeader(**{**header("m").__dict__, "format_version": FORMAT_XXH64})
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "sha256 trailer"])
 def test_damaged_format_2_checkpoints_are_refused(damage: str) -> None:
-    from pensu.checkpoint import FORMAT_CRC32
+    from pensu.checkpoint import FORMAT_XXH64
 
-    blob = bytearray(encode_checkpoint(header("m"), b"x" * 100, FORMAT_CRC32))
+    blob = bytearray(encode_checkpoint(header("m"), b"x" * 100, FORMAT_XXH64))
     if damage == "flip":
         blob[-50] ^= 0x04
     elif damage == "truncate":
@@ -548,6 +547,6 @@ def test_damaged_format_2_checkpoints_are_refused(damage: str) -> None:
     elif damage == "extend":
         blob += b"\0"
     else:  # a format-1 checksum under a format-2 version: lengths no longer fit
-        blob[-4:] = hashlib.sha256(bytes(blob[:-4])).digest()
+        blob[-8:] = hashlib.sha256(bytes(blob[:-8])).digest()
     with pytest.raises(CheckpointCorrupt, match="checksum|truncated|trailing"):
         decode_checkpoint(bytes(blob), expected_metric="m")

@@ -9,13 +9,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import pytest
 
 from pensu.checkpoint import (
-    FORMAT_CRC32,
+    FORMAT_XXH64,
     CheckpointCorrupt,
     CheckpointHeader,
     LocalCheckpointStore,
@@ -23,6 +22,7 @@ from pensu.checkpoint import (
     encode_checkpoint,
 )
 from pensu.checkpoint_log import RECORD_HEADER_SIZE, SEGMENT_MAGIC, LogCheckpointStore
+from pensu.checksum import xxh64
 from pensu.errors import CheckpointError
 
 
@@ -223,7 +223,7 @@ def test_a_delete_survives_compaction_of_its_segment_while_an_older_put_remains(
         for k in range(4):  # keep the first segment mostly live, so it is never compacted
             store.save(header(f"kept-{k}"), payload(f"kept-{k}", 0))
         # "gone" fills the first segment but for 10 bytes: its delete record must start the second
-        empty = encode_checkpoint(header("gone"), b"", FORMAT_CRC32)
+        empty = encode_checkpoint(header("gone"), b"", FORMAT_XXH64)
         fill = 16 * 1024 - store._active.size - RECORD_HEADER_SIZE - len(empty) - 10
         store.save(header("gone"), payload("gone", 0, size=fill))
         first = segments(directory)[0]
@@ -337,23 +337,24 @@ def test_service_uses_the_log_store_and_a_second_instance_on_its_directory_is_re
     again.store.close()
 
 
-# --- record bodies: checkpoint format 2 (crc32), format 1 (sha256) still read ------------------
+# --- record bodies: checkpoint format 2 (XXH64), format 1 (sha256) still read ------------------
 
 FIXTURES = Path(__file__).resolve().parent / "data"
 
 
-def test_records_are_checkpoints_of_format_2_with_a_crc32(store: LogCheckpointStore, directory: Path) -> None:
+def test_records_are_checkpoints_of_format_2_with_an_xxh64(store: LogCheckpointStore, directory: Path) -> None:
     store.save(header("f2", 3), payload("f2", 3))
     data = segments(directory)[-1].read_bytes()
     body = data[len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE:]
-    assert body == encode_checkpoint(header("f2", 3), payload("f2", 3), FORMAT_CRC32)
-    assert struct.unpack_from(">8sH", body) == (b"PENSUCKP", FORMAT_CRC32)
-    assert struct.unpack(">I", body[-4:])[0] == zlib.crc32(body[:-4])
+    assert body == encode_checkpoint(header("f2", 3), payload("f2", 3), FORMAT_XXH64)
+    assert struct.unpack_from(">8sH", body) == (b"PENSUCKP", FORMAT_XXH64)
+    head_size = len(body) - len(payload("f2", 3)) - 8
+    assert struct.unpack(">Q", body[-8:])[0] == xxh64(payload("f2", 3), xxh64(body[:head_size]))
 
 
 def as_read(saved: CheckpointHeader) -> CheckpointHeader:
     """A header as the log store reads it back (its records are checkpoints of format 2)."""
-    return dataclasses.replace(saved, format_version=FORMAT_CRC32)
+    return dataclasses.replace(saved, format_version=FORMAT_XXH64)
 
 
 def fixture_log(directory: Path) -> None:
