@@ -8,12 +8,24 @@ and unlinking a file per save costs the same again: 0.46-0.60 ms per 100 kB save
 development machine, against 0.056 ms for appending the same bytes to one open file and 0.014 ms
 for reading them back with one `pread` (measured side by side; docs/scaling.md "Swapping").
 
+Swap cost after format 2 and the background thread (`bench/log_store.py`, one save and one load
+per swapped metric, CPU µs medians of 5 rounds, 3 runs each alternating with main 15145b2 on the
+2-core VM at load 3-4.5):
+
+    checkpoint                 save: main -> now      load: main -> now
+    110 kB (young analyzer)    175-210 -> 125-155     136-159 -> 83-94
+    2.2 MB (mature analyzer)   5,080-5,430 -> 3,670-3,770     2,490-2,560 -> 930-995
+
 Design (a Bitcask-style log):
     * `<dir>/log/<id>.seg`: segment files, `SEGMENT_MAGIC` then records. A record is a fixed
       header — magic, kind (put / delete), the raw sha256 key of the metric, the time it was
       written, the body length, and a crc32 of those fields — followed for a put by the body,
-      which is the very checkpoint blob of `pensu.checkpoint.encode_checkpoint` (its own sha256
-      and metric name are verified at every load, as for the file store).
+      a checkpoint of `pensu.checkpoint` (its checksum and metric name are verified at every load,
+      as for the file store). Saves write format 2 (an XXH64 checksum instead of sha256), in one
+      `writev` of record header, checkpoint head, payload and checksum; a load reads the head, then
+      the payload into its own bytes, then the checksum (no copy of the payload out of a blob).
+      Records of format 1 (sha256, written before) load as before and are copied as they are
+      by compaction.
     * In memory, a key directory maps each metric's key to the segment, offset and length of its
       latest record; it is rebuilt at open by reading the record headers only (not the bodies).
       A later record wins, a delete record removes the key.
@@ -25,8 +37,13 @@ Design (a Bitcask-style log):
       at most about twice the live checkpoints plus one segment. A delete record is carried
       forward while an older segment might still hold a put it has to hide.
     * Durability as `LocalCheckpointStore`: `sync_interval_s=0` makes every save durable before
-      it returns (`fdatasync` of the segment); above 0 the segment is synced at the first save
-      after the interval and at `close()` (group commit).
+      it returns (`fdatasync` of the segment); above 0 the segment is synced once the interval
+      has passed and at `close()` (group commit). Slow file-system calls run on one background
+      thread, in submission order: the group-commit `fdatasync` (a save does not wait for it; a
+      host crash can lose the saves of the last interval plus that sync's duration), the sync of
+      a sealed segment, and compaction's sync of the copies followed by the unlink of the
+      original (50-80 ms for a 64 MB segment on the development VM). `sync()` and `close()` wait
+      for that thread; compaction waits for it when two deletions are pending.
     * One writer: the directory is locked (`flock`) for the life of the store; a second process
       is refused with one message. Several instances therefore need separate directories, unlike
       the file store, which a shared volume can serve to all of them.
@@ -97,6 +114,18 @@ class _Segment:
     path: Path
     size: int
     live: int = 0  # bytes of records the key directory points at
+    read_fd: int = -1  # opened at the first load from it, closed when the segment goes or the store closes
+
+    def reader(self) -> int:
+        """A descriptor to `pread` records from (kept open: opening per load cost ~10 µs). Raises OSError."""
+        if self.read_fd < 0:
+            self.read_fd = os.open(self.path, os.O_RDONLY)
+        return self.read_fd
+
+    def close_reader(self) -> None:
+        if self.read_fd >= 0:
+            fd, self.read_fd = self.read_fd, -1
+            os.close(fd)
 
 
 class _Background:
@@ -489,6 +518,7 @@ class LogCheckpointStore(CheckpointStore):
         finally:
             os.close(fd)
         del self._segments[victim.ident]  # the key directory points at the copies already
+        victim.close_reader()
         self._background.unlinks_pending += 1
         # The copies are durable before the original goes; both in the background, in that order
         # (a crash before the unlink leaves the original, whose records the copies supersede).
@@ -534,27 +564,21 @@ class LogCheckpointStore(CheckpointStore):
         (no copy of it out of one blob). Raises OSError, or `CheckpointCorrupt` (nothing quarantined)."""
         body_at = where.offset + RECORD_HEADER_SIZE
         size = where.body_length
-        fd = os.open(self._segments[where.segment].path, os.O_RDONLY)
-        try:
-            head = _pread_exactly(fd, min(size, _HEAD_READ), body_at)
+        fd = self._segments[where.segment].reader()
+        head = _pread_exactly(fd, min(size, _HEAD_READ), body_at)
+        layout = checkpoint_layout(head, size)
+        if layout.payload_length < 0:  # a head longer than the first read (a long name, many offsets)
+            head = _pread_exactly(fd, layout.payload_at, body_at)
             layout = checkpoint_layout(head, size)
-            if layout.payload_length < 0:  # a head longer than the first read (a long name, many offsets)
-                head = _pread_exactly(fd, layout.payload_at, body_at)
-                layout = checkpoint_layout(head, size)
-            payload_end = body_at + layout.payload_at + layout.payload_length
-            payload = _pread_exactly(fd, layout.payload_length, body_at + layout.payload_at)
-            checksum = _pread_exactly(fd, layout.checksum_size, payload_end)
-        finally:
-            os.close(fd)
+        payload_end = body_at + layout.payload_at + layout.payload_length
+        payload = _pread_exactly(fd, layout.payload_length, body_at + layout.payload_at)
+        checksum = _pread_exactly(fd, layout.checksum_size, payload_end)
         header = verify_checkpoint(head[:layout.payload_at], payload, checksum, layout, expected_metric=metric)
         return header, payload
 
     def _read_body(self, where: _Location) -> bytes:
-        fd = os.open(self._segments[where.segment].path, os.O_RDONLY)
-        try:
-            return _pread_exactly(fd, where.body_length, where.offset + RECORD_HEADER_SIZE)
-        finally:
-            os.close(fd)
+        return _pread_exactly(self._segments[where.segment].reader(), where.body_length,
+                              where.offset + RECORD_HEADER_SIZE)
 
     # -- deleting, quarantine, listing -----------------------------------------------------
     def delete(self, metric: str) -> None:
@@ -629,12 +653,16 @@ class LogCheckpointStore(CheckpointStore):
     def close(self) -> None:
         """Finish background work, sync pending saves, close the active segment and release the directory lock."""
         with self._mutex:
-            if self._lock_fd < 0:
+            if self._lock_fd < 0:  # closed already, or a read-only view
+                for segment in self._segments.values():
+                    segment.close_reader()
                 return
             try:
                 self._background.stop()
                 self._seal(wait=True)
             finally:
+                for segment in self._segments.values():
+                    segment.close_reader()
                 os.close(self._lock_fd)
                 self._lock_fd = -1
 

@@ -509,3 +509,23 @@ def test_group_commit_saves_do_not_wait_for_the_sync(directory: Path, monkeypatc
         assert again.load("g")[0].sample_count == 4  # type: ignore[index]
     finally:
         again.close()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_segment_readers_are_closed_with_the_store_and_with_compacted_segments(directory: Path) -> None:
+    before = open_descriptors()
+    store = LogCheckpointStore(directory, segment_bytes=16 * 1024, durable=False)
+    for version in range(30):  # rolls and compacts; every save is also loaded back
+        store.save(header(f"r{version % 3}"), payload("r", version))
+        assert store.load(f"r{version % 3}") is not None
+    store.sync()
+    assert open_descriptors() - before <= store.segment_count() + 2  # readers, the active segment, the lock
+    view = LogCheckpointStore(directory, read_only=True)
+    assert view.load("r0") is not None
+    view.close()
+    store.close()
+    assert open_descriptors() == before
