@@ -139,7 +139,14 @@ class _Background:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.unlinks_pending = 0  # compacted segments not yet deleted (the disk holds them meanwhile)
+        # Compacted segments handed over for deletion and deleted: each counter has one writer thread.
+        self.unlinks_submitted = 0
+        self.unlinks_done = 0
+
+    @property
+    def unlinks_pending(self) -> int:
+        """Compacted segments not yet deleted (the disk holds them meanwhile)."""
+        return self.unlinks_submitted - self.unlinks_done
 
     def submit(self, job: Callable[[], object]) -> None:
         if self._thread is None:
@@ -517,19 +524,19 @@ class LogCheckpointStore(CheckpointStore):
                 offset += RECORD_HEADER_SIZE + length
         finally:
             os.close(fd)
-        del self._segments[victim.ident]  # the key directory points at the copies already
-        victim.close_reader()
-        self._background.unlinks_pending += 1
         # The copies are durable before the original goes; both in the background, in that order
         # (a crash before the unlink leaves the original, whose records the copies supersede).
         if self.durable:
-            self._sync_in_background(then=lambda: self._unlink_segment(victim))
+            self._sync_in_background(then=lambda: self._unlink_segment(victim))  # may raise OSError: nothing changed
         else:
             self._background.submit(lambda: self._unlink_segment(victim))
+        self._background.unlinks_submitted += 1
+        del self._segments[victim.ident]  # the key directory points at the copies already
+        victim.close_reader()
 
     def _unlink_segment(self, victim: _Segment) -> None:
         """(Background) delete a compacted segment and make that durable."""
-        self._background.unlinks_pending -= 1
+        self._background.unlinks_done += 1
         try:
             os.unlink(victim.path)
             if self.durable:
