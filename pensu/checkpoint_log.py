@@ -8,13 +8,17 @@ and unlinking a file per save costs the same again: 0.46-0.60 ms per 100 kB save
 development machine, against 0.056 ms for appending the same bytes to one open file and 0.014 ms
 for reading them back with one `pread` (measured side by side; docs/scaling.md "Swapping").
 
-Swap cost after format 2 and the background thread (`bench/log_store.py`, one save and one load
-per swapped metric, CPU µs medians of 5 rounds, 3 runs each alternating with main 15145b2 on the
-2-core VM at load 3-4.5):
+Swap cost after format 2, the unjoined parts and the background thread (`bench/log_store.py`,
+one save and one load per swapped metric, CPU µs, medians of 5 rounds; 6 runs per size, main
+15145b2/f7146ca and this code alternating on the 2-core VM at load 1.2-4.5; `--root /work/main`
+runs the same script on main's code):
 
-    checkpoint                 save: main -> now      load: main -> now
-    110 kB (young analyzer)    175-210 -> 125-155     136-159 -> 83-94
-    2.2 MB (mature analyzer)   5,080-5,430 -> 3,670-3,770     2,490-2,560 -> 930-995
+    checkpoint                 save: main -> now             load: main -> now
+    110 kB (young analyzer)    175-210 -> 120-155            127-159 -> 62-94
+    2.2 MB (mature analyzer)   4,590-5,430 -> 3,300-3,770    2,300-2,560 -> 830-995
+
+and `bench/swap_registry.py --store log --mature 20000 --metrics 400 --cap 40`: 36-40 -> 62-67
+samples/s, p99 latency 206-212 -> 89-99 ms (the saves no longer wait for `fdatasync`/`unlink`).
 
 Design (a Bitcask-style log):
     * `<dir>/log/<id>.seg`: segment files, `SEGMENT_MAGIC` then records. A record is a fixed
@@ -389,22 +393,25 @@ class LogCheckpointStore(CheckpointStore):
             os.fdatasync(fd)
             return True
         except OSError as exc:
-            log.error("checkpoint log: cannot sync a segment (retried at the next sync): %s", exc)
+            log.error("checkpoint log: cannot sync a segment (its latest saves may not survive a host crash; the "
+                      "next sync tries the active segment again): %s", exc)
             self._unsynced = True
             return False
         finally:
             if close:
                 os.close(fd)
 
-    def _sync_in_background(self, then: Callable[[], None] | None = None) -> None:
-        """Sync the active segment in the background (a duplicate of its descriptor), then run `then`."""
+    def _sync_in_background(self, then: Callable[[bool], None] | None = None) -> None:
+        """Sync the active segment in the background (a duplicate of its descriptor), then run
+        `then(synced)`."""
         fd = os.dup(self._active_fd)
         self._unsynced = False
         self._last_sync = time.monotonic()
 
         def job() -> None:
-            if self._sync_fd(fd, close=True) and then is not None:
-                then()
+            synced = self._sync_fd(fd, close=True)
+            if then is not None:
+                then(synced)
 
         self._background.submit(job)
 
@@ -527,16 +534,20 @@ class LogCheckpointStore(CheckpointStore):
         # The copies are durable before the original goes; both in the background, in that order
         # (a crash before the unlink leaves the original, whose records the copies supersede).
         if self.durable:
-            self._sync_in_background(then=lambda: self._unlink_segment(victim))  # may raise OSError: nothing changed
+            self._sync_in_background(then=lambda synced: self._unlink_segment(victim, synced))  # may raise OSError
         else:
-            self._background.submit(lambda: self._unlink_segment(victim))
+            self._background.submit(lambda: self._unlink_segment(victim, True))
         self._background.unlinks_submitted += 1
         del self._segments[victim.ident]  # the key directory points at the copies already
         victim.close_reader()
 
-    def _unlink_segment(self, victim: _Segment) -> None:
-        """(Background) delete a compacted segment and make that durable."""
+    def _unlink_segment(self, victim: _Segment, synced: bool) -> None:
+        """(Background) delete a compacted segment, once its copies are durable, and make that durable."""
         self._background.unlinks_done += 1
+        if not synced:
+            log.error("checkpoint log: compacted segment %s kept (its copies could not be synced); it is read "
+                      "again at the next start, its records superseded", victim.path.name)
+            return
         try:
             os.unlink(victim.path)
             if self.durable:
