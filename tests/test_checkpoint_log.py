@@ -529,3 +529,33 @@ def test_segment_readers_are_closed_with_the_store_and_with_compacted_segments(d
     view.close()
     store.close()
     assert open_descriptors() == before
+
+
+def test_a_compacted_segment_whose_copies_cannot_be_synced_is_kept(directory: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    store = LogCheckpointStore(directory, segment_bytes=16 * 1024, sync_interval_s=3600.0)
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    try:
+        for version in range(3):
+            store.save(header(f"k{version}"), payload("k", version))
+        first = segments(directory)[0]
+        monkeypatch.setattr(os, "fdatasync", failing)
+        for version in range(12):  # rolls; the first segment becomes sparse and is compacted
+            store.save(header("k0"), payload("k0", version))
+            store.save(header("k1"), payload("k1", version))
+        store._background.drain()
+        assert "kept (its copies could not be synced)" in caplog.text
+        assert first.exists()
+        assert store._background.unlinks_pending == 0
+        monkeypatch.undo()
+    finally:
+        store.close()
+    again = LogCheckpointStore(directory, segment_bytes=16 * 1024)
+    try:  # the kept segment is read again; the later copies and saves win
+        assert again.load("k0") == (as_read(header("k0")), payload("k0", 11))
+        assert again.load("k2") == (as_read(header("k2")), payload("k", 2))
+    finally:
+        again.close()
