@@ -39,7 +39,8 @@ WORKDIR /var/lib/pensu
 # Warm the numba cache as the runtime user, so the files belong to it and the first samples a
 # container sees are not delayed by JIT compilation. A configured value range skips the
 # model's value warm-up, so the spatial pooler, temporal memory, likelihood and predictor
-# kernels all run; a serialisation round trip covers the restore path. Kernels reached only
+# kernels all run; a serialisation round trip covers the restore path, and the log checkpoint
+# store's checksum is compiled too. Kernels reached only
 # by rare branches still compile lazily into the same (writable) cache at run time.
 RUN python - <<'EOF'
 import math
@@ -57,6 +58,9 @@ for i in range(300):
     forecast.step(ts, value)
 HtmModel.from_bytes(anomaly.to_bytes()).step(ts + 300, 50.0)
 HtmModel.from_bytes(forecast.to_bytes()).step(ts + 300, 50.0)
+from pensu.checksum import xxh64  # the log checkpoint store's record checksum
+
+xxh64(anomaly.to_bytes())
 print("numba cache warmed")
 EOF
 

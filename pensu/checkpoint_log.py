@@ -8,12 +8,28 @@ and unlinking a file per save costs the same again: 0.46-0.60 ms per 100 kB save
 development machine, against 0.056 ms for appending the same bytes to one open file and 0.014 ms
 for reading them back with one `pread` (measured side by side; docs/scaling.md "Swapping").
 
+Swap cost after format 2, the unjoined parts and the background thread (`bench/log_store.py`,
+one save and one load per swapped metric, CPU µs, medians of 5 rounds; 6 runs per size, main
+15145b2/f7146ca and this code alternating on the 2-core VM at load 1.2-4.5; `--root /work/main`
+runs the same script on main's code):
+
+    checkpoint                 save: main -> now             load: main -> now
+    110 kB (young analyzer)    175-210 -> 120-155            127-159 -> 62-94
+    2.2 MB (mature analyzer)   4,590-5,430 -> 3,300-3,770    2,300-2,560 -> 830-995
+
+and `bench/swap_registry.py --store log --mature 20000 --metrics 400 --cap 40`: 36-40 -> 62-67
+samples/s, p99 latency 206-212 -> 89-99 ms (the saves no longer wait for `fdatasync`/`unlink`).
+
 Design (a Bitcask-style log):
     * `<dir>/log/<id>.seg`: segment files, `SEGMENT_MAGIC` then records. A record is a fixed
       header — magic, kind (put / delete), the raw sha256 key of the metric, the time it was
       written, the body length, and a crc32 of those fields — followed for a put by the body,
-      which is the very checkpoint blob of `pensu.checkpoint.encode_checkpoint` (its own sha256
-      and metric name are verified at every load, as for the file store).
+      a checkpoint of `pensu.checkpoint` (its checksum and metric name are verified at every load,
+      as for the file store). Saves write format 2 (an XXH64 checksum instead of sha256), in one
+      `writev` of record header, checkpoint head, payload and checksum; a load reads the head, then
+      the payload into its own bytes, then the checksum (no copy of the payload out of a blob).
+      Records of format 1 (sha256, written before) load as before and are copied as they are
+      by compaction.
     * In memory, a key directory maps each metric's key to the segment, offset and length of its
       latest record; it is rebuilt at open by reading the record headers only (not the bodies).
       A later record wins, a delete record removes the key.
@@ -25,8 +41,13 @@ Design (a Bitcask-style log):
       at most about twice the live checkpoints plus one segment. A delete record is carried
       forward while an older segment might still hold a put it has to hide.
     * Durability as `LocalCheckpointStore`: `sync_interval_s=0` makes every save durable before
-      it returns (`fdatasync` of the segment); above 0 the segment is synced at the first save
-      after the interval and at `close()` (group commit).
+      it returns (`fdatasync` of the segment); above 0 the segment is synced once the interval
+      has passed and at `close()` (group commit). Slow file-system calls run on one background
+      thread, in submission order: the group-commit `fdatasync` (a save does not wait for it; a
+      host crash can lose the saves of the last interval plus that sync's duration), the sync of
+      a sealed segment, and compaction's sync of the copies followed by the unlink of the
+      original (50-80 ms for a 64 MB segment on the development VM). `sync()` and `close()` wait
+      for that thread; compaction waits for it when two deletions are pending.
     * One writer: the directory is locked (`flock`) for the life of the store; a second process
       is refused with one message. Several instances therefore need separate directories, unlike
       the file store, which a shared volume can serve to all of them.
@@ -40,15 +61,17 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pensu.checkpoint import (
+    FORMAT_XXH64,
     QUARANTINE_DIR,
     CheckpointCorrupt,
     CheckpointEntry,
@@ -56,10 +79,11 @@ from pensu.checkpoint import (
     CheckpointStore,
     LocalCheckpointStore,
     checkpoint_key,
-    decode_checkpoint,
-    encode_checkpoint,
+    checkpoint_layout,
+    encode_checkpoint_parts,
     fsync_directory,
     quarantine_target,
+    verify_checkpoint,
 )
 from pensu.errors import CheckpointError
 
@@ -76,6 +100,8 @@ _FIELDS = struct.Struct(">IB32sdI")
 _CRC = struct.Struct(">I")
 RECORD_HEADER_SIZE = _FIELDS.size + _CRC.size
 _LIVE_FRACTION = 0.5  # compact a sealed segment once less than this share of it is live
+_UNLINKS_PENDING_MAX = 2  # compacted segments waiting for their background deletion before compaction waits
+_HEAD_READ = 1024  # a load's first read: a checkpoint's head (prefix, header, payload length) fits in most
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,70 @@ class _Segment:
     path: Path
     size: int
     live: int = 0  # bytes of records the key directory points at
+    read_fd: int = -1  # opened at the first load from it, closed when the segment goes or the store closes
+
+    def reader(self) -> int:
+        """A descriptor to `pread` records from (kept open: opening per load cost ~10 µs). Raises OSError."""
+        if self.read_fd < 0:
+            self.read_fd = os.open(self.path, os.O_RDONLY)
+        return self.read_fd
+
+    def close_reader(self) -> None:
+        if self.read_fd >= 0:
+            fd, self.read_fd = self.read_fd, -1
+            os.close(fd)
+
+
+class _Background:
+    """One daemon thread running the store's slow file-system jobs (syncs, unlinks) in submission order.
+
+    `fdatasync` of a segment and `unlink` of a compacted 64 MB one block for 50-80 ms each on the
+    development VM's disk; both release the GIL, so the thread lets the service go on with its
+    samples meanwhile. Jobs run in order, so a job that syncs copies runs before the unlink of
+    their originals, and `drain` waits for everything submitted."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # Compacted segments handed over for deletion and deleted: each counter has one writer thread.
+        self.unlinks_submitted = 0
+        self.unlinks_done = 0
+
+    @property
+    def unlinks_pending(self) -> int:
+        """Compacted segments not yet deleted (the disk holds them meanwhile)."""
+        return self.unlinks_submitted - self.unlinks_done
+
+    def submit(self, job: Callable[[], object]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pensu-checkpoint-log", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def drain(self) -> None:
+        """Wait until every job submitted so far has run."""
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._jobs.put(done.set)
+        done.wait()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # a job logs its own failures; this keeps the thread alive regardless
+                log.exception("checkpoint log: background job failed")
 
 
 def _record_header(kind: int, key: bytes, written_at: float, body_length: int) -> bytes:
@@ -117,7 +207,8 @@ class LogCheckpointStore(CheckpointStore):
         self.log_directory = self.directory / LOG_DIR
         self.quarantine_directory = self.directory / QUARANTINE_DIR
         self._mutex = threading.RLock()
-        self._unsynced = False
+        self._background = _Background()  # group-commit syncs, sealed segments, compaction's unlinks
+        self._unsynced = False  # appended since the last sync (or its submission to the background)
         self._last_sync = time.monotonic()
         self._keys: dict[bytes, _Location] = {}
         self._segments: dict[int, _Segment] = {}
@@ -267,7 +358,7 @@ class LogCheckpointStore(CheckpointStore):
         except OSError as exc:
             raise CheckpointError(f"cannot create checkpoint log segment {path.name}: {exc}") from exc
         try:
-            _write_all(fd, SEGMENT_MAGIC, b"")
+            _write_all(fd, SEGMENT_MAGIC)
             if self.durable:
                 os.fsync(fd)
                 fsync_directory(self.log_directory)
@@ -280,30 +371,63 @@ class LogCheckpointStore(CheckpointStore):
         if sealed is not None and sealed.ident in self._segments and self._is_sparse(sealed):
             self._sparse.add(sealed.ident)
 
-    def _seal(self) -> None:
+    def _seal(self, wait: bool = False) -> None:
+        """Close the active segment, synced first when durable (in the background under group commit)."""
         if self._active_fd < 0:
             return
+        fd, self._active_fd = self._active_fd, -1
+        sync = self.durable and self._unsynced
+        self._unsynced = False
+        if sync and self.sync_interval_s > 0.0 and not wait:
+            self._background.submit(lambda: self._sync_fd(fd, close=True))
+            return
         try:
-            if self.durable and self._unsynced:
-                os.fdatasync(self._active_fd)
-                self._unsynced = False
+            if sync:
+                os.fdatasync(fd)
         finally:
-            os.close(self._active_fd)
-            self._active_fd = -1
+            os.close(fd)
+
+    def _sync_fd(self, fd: int, close: bool) -> bool:
+        """(Background) `fdatasync(fd)`; True when it succeeded, else logged and the store marked unsynced."""
+        try:
+            os.fdatasync(fd)
+            return True
+        except OSError as exc:
+            log.error("checkpoint log: cannot sync a segment (its latest saves may not survive a host crash; the "
+                      "next sync tries the active segment again): %s", exc)
+            self._unsynced = True
+            return False
+        finally:
+            if close:
+                os.close(fd)
+
+    def _sync_in_background(self, then: Callable[[bool], None] | None = None) -> None:
+        """Sync the active segment in the background (a duplicate of its descriptor), then run
+        `then(synced)`."""
+        fd = os.dup(self._active_fd)
+        self._unsynced = False
+        self._last_sync = time.monotonic()
+
+        def job() -> None:
+            synced = self._sync_fd(fd, close=True)
+            if then is not None:
+                then(synced)
+
+        self._background.submit(job)
 
     # -- writing ---------------------------------------------------------------------------
-    def _append(self, head: bytes, body: bytes = b"") -> _Location:
-        """Append one record (its header, then its body) to the log; return where it went. Raises OSError."""
+    def _append(self, head: bytes, *body: bytes) -> _Location:
+        """Append one record (its header, then its body in parts) to the log; return where it went. Raises OSError."""
         if self._active is None or self._active_fd < 0:
             raise OSError("the checkpoint log is closed or read-only")
-        size = len(head) + len(body)
+        size = len(head) + sum(len(part) for part in body)
         if self._active.size + size > self.segment_bytes and self._active.size > len(SEGMENT_MAGIC):
             self._roll()
         segment = self._active
         assert segment is not None
         offset = segment.size
         try:
-            _write_all(self._active_fd, head, body)
+            _write_all(self._active_fd, head, *body)
         except OSError:
             # Leave no partial record behind it: later appends must stay readable.
             try:
@@ -313,20 +437,25 @@ class LogCheckpointStore(CheckpointStore):
                 self._roll()
             raise
         segment.size += size
+        self._unsynced = True
         _, _, _, written_at, length = _FIELDS.unpack_from(head)
         return _Location(segment.ident, offset, length, written_at)
 
     def _commit(self) -> None:
-        """Make the appends durable as the sync policy says."""
+        """Make the appends durable as the sync policy says: before returning (interval 0), or in the
+        background once the interval has passed (group commit: the save does not wait for the disk)."""
         if not self.durable:
+            self._unsynced = False
             return
-        self._unsynced = True
-        if self.sync_interval_s == 0.0 or time.monotonic() - self._last_sync >= self.sync_interval_s:
+        if self.sync_interval_s == 0.0:
             self.sync()
+        elif self._unsynced and time.monotonic() - self._last_sync >= self.sync_interval_s:
+            self._sync_in_background()
 
     def sync(self) -> None:
-        """Make every append so far durable (group commit; a no-op when nothing is pending)."""
+        """Make every append so far durable and finish background work (a no-op when nothing is pending)."""
         with self._mutex:
+            self._background.drain()
             if not self._unsynced or self._active_fd < 0:
                 return
             try:
@@ -337,13 +466,13 @@ class LogCheckpointStore(CheckpointStore):
             self._last_sync = time.monotonic()
 
     def save(self, header: CheckpointHeader, payload: bytes) -> None:
-        """Append the metric's checkpoint; it replaces the previous one."""
-        blob = encode_checkpoint(header, payload)
+        """Append the metric's checkpoint (format `FORMAT_XXH64`); it replaces the previous one."""
+        parts = encode_checkpoint_parts(header, payload, FORMAT_XXH64)
         key_hex = checkpoint_key(header.metric)
         key = bytes.fromhex(key_hex)
         with self._mutex:
             try:
-                where = self._append(_record_header(_PUT, key, time.time(), len(blob)), blob)
+                where = self._append(_record_header(_PUT, key, time.time(), sum(len(p) for p in parts)), *parts)
                 self._apply(_PUT, key, where)
                 self._commit()
             except OSError as exc:
@@ -382,6 +511,8 @@ class LogCheckpointStore(CheckpointStore):
                           victim.path.name, exc)
 
     def _compact(self, victim: _Segment) -> None:
+        if self._background.unlinks_pending >= _UNLINKS_PENDING_MAX:
+            self._background.drain()  # a slow disk: bound the segments waiting for deletion
         older_exists = any(ident < victim.ident for ident in self._segments)
         fd = os.open(victim.path, os.O_RDONLY)
         try:
@@ -400,13 +531,30 @@ class LogCheckpointStore(CheckpointStore):
                 offset += RECORD_HEADER_SIZE + length
         finally:
             os.close(fd)
+        # The copies are durable before the original goes; both in the background, in that order
+        # (a crash before the unlink leaves the original, whose records the copies supersede).
         if self.durable:
-            self._unsynced = True
-            self.sync()  # the copies are durable before the originals go
-        os.unlink(victim.path)
-        del self._segments[victim.ident]
-        if self.durable:
-            fsync_directory(self.log_directory)
+            self._sync_in_background(then=lambda synced: self._unlink_segment(victim, synced))  # may raise OSError
+        else:
+            self._background.submit(lambda: self._unlink_segment(victim, True))
+        self._background.unlinks_submitted += 1
+        del self._segments[victim.ident]  # the key directory points at the copies already
+        victim.close_reader()
+
+    def _unlink_segment(self, victim: _Segment, synced: bool) -> None:
+        """(Background) delete a compacted segment, once its copies are durable, and make that durable."""
+        self._background.unlinks_done += 1
+        if not synced:
+            log.error("checkpoint log: compacted segment %s kept (its copies could not be synced); it is read "
+                      "again at the next start, its records superseded", victim.path.name)
+            return
+        try:
+            os.unlink(victim.path)
+            if self.durable:
+                fsync_directory(self.log_directory)
+        except OSError as exc:
+            log.error("checkpoint log: cannot delete the compacted segment %s (it is read again at the next start, "
+                      "its records superseded): %s", victim.path.name, exc)
 
     # -- reading ---------------------------------------------------------------------------
     def load(self, metric: str) -> tuple[CheckpointHeader, bytes] | None:
@@ -418,24 +566,37 @@ class LogCheckpointStore(CheckpointStore):
             if where is None:
                 return self._files.load(metric) if key_hex in self._legacy else None
             try:
-                blob = self._read_body(where)
+                return self._read_checkpoint(where, metric)
             except OSError as exc:
                 raise CheckpointError(" ".join(f"cannot read checkpoint of {metric!r}: {exc}".split())) from exc
-            try:
-                return decode_checkpoint(blob, expected_metric=metric)
             except CheckpointCorrupt as exc:
+                try:
+                    blob = self._read_body(where)  # the whole record, for the quarantine
+                except OSError:
+                    blob = b""
                 self._quarantine_key(key, blob, exc.reason)
                 raise
 
+    def _read_checkpoint(self, where: _Location, metric: str) -> tuple[CheckpointHeader, bytes]:
+        """Read and verify a record's checkpoint in its parts: the payload is read into its own bytes
+        (no copy of it out of one blob). Raises OSError, or `CheckpointCorrupt` (nothing quarantined)."""
+        body_at = where.offset + RECORD_HEADER_SIZE
+        size = where.body_length
+        fd = self._segments[where.segment].reader()
+        head = _pread_exactly(fd, min(size, _HEAD_READ), body_at)
+        layout = checkpoint_layout(head, size)
+        if layout.payload_length < 0:  # a head longer than the first read (a long name, many offsets)
+            head = _pread_exactly(fd, layout.payload_at, body_at)
+            layout = checkpoint_layout(head, size)
+        payload_end = body_at + layout.payload_at + layout.payload_length
+        payload = _pread_exactly(fd, layout.payload_length, body_at + layout.payload_at)
+        checksum = _pread_exactly(fd, layout.checksum_size, payload_end)
+        header = verify_checkpoint(head[:layout.payload_at], payload, checksum, layout, expected_metric=metric)
+        return header, payload
+
     def _read_body(self, where: _Location) -> bytes:
-        fd = os.open(self._segments[where.segment].path, os.O_RDONLY)
-        try:
-            blob = os.pread(fd, where.body_length, where.offset + RECORD_HEADER_SIZE)
-        finally:
-            os.close(fd)
-        if len(blob) != where.body_length:
-            raise OSError(f"short read: {len(blob)} of {where.body_length} bytes")
-        return blob
+        return _pread_exactly(self._segments[where.segment].reader(), where.body_length,
+                              where.offset + RECORD_HEADER_SIZE)
 
     # -- deleting, quarantine, listing -----------------------------------------------------
     def delete(self, metric: str) -> None:
@@ -508,13 +669,18 @@ class LogCheckpointStore(CheckpointStore):
             return len(self._segments)
 
     def close(self) -> None:
-        """Sync pending saves, close the active segment and release the directory lock."""
+        """Finish background work, sync pending saves, close the active segment and release the directory lock."""
         with self._mutex:
-            if self._lock_fd < 0:
+            if self._lock_fd < 0:  # closed already, or a read-only view
+                for segment in self._segments.values():
+                    segment.close_reader()
                 return
             try:
-                self._seal()
+                self._background.stop()
+                self._seal(wait=True)
             finally:
+                for segment in self._segments.values():
+                    segment.close_reader()
                 os.close(self._lock_fd)
                 self._lock_fd = -1
 
@@ -525,10 +691,18 @@ def _raw_key(key: str) -> bytes:
     return bytes.fromhex(key)
 
 
-def _write_all(fd: int, head: bytes, body: bytes) -> None:
-    """Write head then body (one `writev`, no joined copy of a megabyte body)."""
-    written = os.writev(fd, (head, body)) if body else os.write(fd, head)
-    if written < len(head) + len(body):  # short write (a signal, a nearly full disk): finish it plainly
-        rest = memoryview(b"".join((head, body)))[written:]
+def _pread_exactly(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(f"short read: {len(data)} of {length} bytes")
+    return data
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Write the parts in order (one `writev`, no joined copy of a megabyte body)."""
+    written = os.writev(fd, parts) if len(parts) > 1 else os.write(fd, parts[0])
+    total = sum(len(part) for part in parts)
+    if written < total:  # short write (a signal, a nearly full disk): finish it plainly
+        rest = memoryview(b"".join(parts))[written:]
         while rest:
             rest = rest[os.write(fd, rest):]

@@ -17,6 +17,7 @@ import pytest
 from pensu.checkpoint import (
     FORMAT_VERSION,
     MAGIC,
+    READABLE_VERSIONS,
     CheckpointCorrupt,
     CheckpointHeader,
     LocalCheckpointStore,
@@ -96,7 +97,7 @@ def test_delete_removes_and_tolerates_absent(store: LocalCheckpointStore) -> Non
 
 def test_writing_a_foreign_format_version_is_refused(store: LocalCheckpointStore) -> None:
     with pytest.raises(CheckpointError):
-        store.save(header("m", format_version=FORMAT_VERSION + 1), b"p")
+        store.save(header("m", format_version=max(READABLE_VERSIONS) + 1), b"p")
 
 
 # --- hostile names ----------------------------------------------------------------------
@@ -208,10 +209,11 @@ def test_unknown_version_with_valid_checksum(store: LocalCheckpointStore) -> Non
     path = saved_file(store)
     header_bytes = msgpack.packb({"metric": "m", "sample_count": 1, "last_timestamp": None,
                                   "last_offsets": {}, "saved_at": 1.0})
-    bad = rebuild(FORMAT_VERSION + 1, header_bytes, b"p")
+    unknown = max(READABLE_VERSIONS) + 1
+    bad = rebuild(unknown, header_bytes, b"p")
     assert rebuild(FORMAT_VERSION, header_bytes, b"p") != bad
     path.write_bytes(bad)
-    assert_quarantined(store, "m", bad, f"version {FORMAT_VERSION + 1}")
+    assert_quarantined(store, "m", bad, f"version {unknown}")
 
 
 def test_documented_layout_matches_the_encoder(store: LocalCheckpointStore) -> None:
@@ -515,3 +517,36 @@ def test_format_3_analyzer_checkpoint_still_loads_and_continues() -> None:
     again = MetricAnalyzer.from_bytes(analyzer.to_bytes(), Thresholds())  # and re-saves as format 4
     assert msgpack.unpackb(analyzer.to_bytes(), raw=False)["version"] == ANALYZER_FORMAT
     assert again.sample_count == analyzer.sample_count
+
+
+# --- checkpoint format 2 (XXH64 trailer; what the log store writes) ---------------------------
+
+def test_format_2_round_trips_and_lays_out_an_xxh64_trailer() -> None:
+    from pensu.checkpoint import FORMAT_XXH64
+    from pensu.checksum import xxh64
+
+    blob = encode_checkpoint(header("m"), b"payload", FORMAT_XXH64)
+    assert struct.unpack_from(">8sH", blob) == (MAGIC, FORMAT_XXH64)
+    head = encode_checkpoint(header("m"), b"payload")[:-32 - len(b"payload")].replace(
+        struct.pack(">H", FORMAT_VERSION), struct.pack(">H", FORMAT_XXH64), 1)
+    assert blob == head + b"payload" + struct.pack(">Q", xxh64(b"payload", xxh64(head)))
+    read, payload = decode_checkpoint(blob, expected_metric="m")
+    assert payload == b"payload" and read.format_version == FORMAT_XXH64
+    assert read == CheckpointHeader(**{**header("m").__dict__, "format_version": FORMAT_XXH64})
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "sha256 trailer"])
+def test_damaged_format_2_checkpoints_are_refused(damage: str) -> None:
+    from pensu.checkpoint import FORMAT_XXH64
+
+    blob = bytearray(encode_checkpoint(header("m"), b"x" * 100, FORMAT_XXH64))
+    if damage == "flip":
+        blob[-50] ^= 0x04
+    elif damage == "truncate":
+        del blob[-1]
+    elif damage == "extend":
+        blob += b"\0"
+    else:  # a format-1 checksum under a format-2 version: lengths no longer fit
+        blob[-8:] = hashlib.sha256(bytes(blob[:-8])).digest()
+    with pytest.raises(CheckpointCorrupt, match="checksum|truncated|trailing"):
+        decode_checkpoint(bytes(blob), expected_metric="m")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import os
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from pensu.checkpoint import (
+    FORMAT_XXH64,
     CheckpointCorrupt,
     CheckpointHeader,
     LocalCheckpointStore,
@@ -19,6 +23,7 @@ from pensu.checkpoint import (
     encode_checkpoint,
 )
 from pensu.checkpoint_log import RECORD_HEADER_SIZE, SEGMENT_MAGIC, LogCheckpointStore
+from pensu.checksum import xxh64
 from pensu.errors import CheckpointError
 
 
@@ -199,6 +204,9 @@ def test_compaction_bounds_the_disk_and_keeps_every_latest_checkpoint(directory:
                 store.delete("c0")
         live = store.live_bytes()
         assert store.disk_bytes() <= 2 * live + 2 * 64 * 1024, (store.disk_bytes(), live)
+        on_disk = sum(seg.stat().st_size for seg in segments(directory))  # compacted ones may await deletion
+        assert on_disk <= store.disk_bytes() + 2 * 64 * 1024
+        store.sync()  # waits for the background deletions too
         assert len(segments(directory)) == store.segment_count()
         for metric in metrics:
             loaded = store.load(metric)
@@ -219,7 +227,8 @@ def test_a_delete_survives_compaction_of_its_segment_while_an_older_put_remains(
         for k in range(4):  # keep the first segment mostly live, so it is never compacted
             store.save(header(f"kept-{k}"), payload(f"kept-{k}", 0))
         # "gone" fills the first segment but for 10 bytes: its delete record must start the second
-        fill = 16 * 1024 - store._active.size - RECORD_HEADER_SIZE - len(encode_checkpoint(header("gone"), b"")) - 10
+        empty = encode_checkpoint(header("gone"), b"", FORMAT_XXH64)
+        fill = 16 * 1024 - store._active.size - RECORD_HEADER_SIZE - len(empty) - 10
         store.save(header("gone"), payload("gone", 0, size=fill))
         first = segments(directory)[0]
         store.delete("gone")
@@ -330,3 +339,223 @@ def test_service_uses_the_log_store_and_a_second_instance_on_its_directory_is_re
         first.store.close()
     again = PensuService(load_settings(env))  # the lock went with the first store
     again.store.close()
+
+
+# --- record bodies: checkpoint format 2 (XXH64), format 1 (sha256) still read ------------------
+
+FIXTURES = Path(__file__).resolve().parent / "data"
+
+
+def test_records_are_checkpoints_of_format_2_with_an_xxh64(store: LogCheckpointStore, directory: Path) -> None:
+    store.save(header("f2", 3), payload("f2", 3))
+    data = segments(directory)[-1].read_bytes()
+    body = data[len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE:]
+    assert body == encode_checkpoint(header("f2", 3), payload("f2", 3), FORMAT_XXH64)
+    assert struct.unpack_from(">8sH", body) == (b"PENSUCKP", FORMAT_XXH64)
+    head_size = len(body) - len(payload("f2", 3)) - 8
+    assert struct.unpack(">Q", body[-8:])[0] == xxh64(payload("f2", 3), xxh64(body[:head_size]))
+
+
+def as_read(saved: CheckpointHeader) -> CheckpointHeader:
+    """A header as the log store reads it back (its records are checkpoints of format 2)."""
+    return dataclasses.replace(saved, format_version=FORMAT_XXH64)
+
+
+def fixture_log(directory: Path) -> None:
+    """The segment written by the build before checkpoint format 2 (tests/data/checkpoint-log-format1.md)."""
+    (directory / "log").mkdir(parents=True)
+    (directory / "log" / "0000000001.seg").write_bytes(
+        gzip.decompress((FIXTURES / "checkpoint-log-format1.seg.gz").read_bytes()))
+
+
+def fixture_header(metric: str, count: int) -> CheckpointHeader:
+    return CheckpointHeader(metric=metric, sample_count=count, last_timestamp=1_700_000_000.5,
+                            last_offsets={"metrics:3": 40 + count}, saved_at=1_700_000_100.0 + count)
+
+
+def test_a_log_written_with_sha256_checkpoints_still_loads_compacts_and_mixes(directory: Path) -> None:
+    fixture_log(directory)
+    # Segments smaller than the fixture's: it is sealed at open, and less than half of it is live.
+    store = LogCheckpointStore(directory, segment_bytes=12 * 1024, durable=False)
+    try:
+        assert store.load("fixture.a") == (fixture_header("fixture.a", 2), payload("fixture.a", 2))
+        assert store.load("fixture.b") == (fixture_header("fixture.b", 1), payload("fixture.b", 1))
+        assert store.load("fixture.gone") is None
+        store.save(header("new", 1), payload("new", 1))  # a format-2 record next to format-1 ones
+        store.sync()  # compaction deletes the segment in the background
+        assert not (directory / "log" / "0000000001.seg").exists()
+    finally:
+        store.close()
+    again = LogCheckpointStore(directory, segment_bytes=12 * 1024)
+    try:
+        assert again.load("fixture.a") == (fixture_header("fixture.a", 2), payload("fixture.a", 2))
+        assert again.load("fixture.b") == (fixture_header("fixture.b", 1), payload("fixture.b", 1))
+        assert again.load("fixture.gone") is None
+        assert again.load("new") == (as_read(header("new", 1)), payload("new", 1))
+    finally:
+        again.close()
+
+
+def test_a_corrupt_sha256_checkpoint_of_the_old_format_is_quarantined(directory: Path) -> None:
+    fixture_log(directory)
+    seg = directory / "log" / "0000000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE + 500] ^= 0x01  # inside fixture.a's first (superseded) payload
+    (first_body,) = struct.unpack_from(">I", data, len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE - 8)
+    second = len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE + first_body
+    data[second + RECORD_HEADER_SIZE + 2000] ^= 0x01  # inside fixture.b's payload
+    seg.write_bytes(bytes(data))
+    store = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    try:
+        assert store.load("fixture.a") == (fixture_header("fixture.a", 2), payload("fixture.a", 2))
+        store.save(header("appended", 1), payload("appended", 1))  # format 2 behind format 1 in one segment
+        with pytest.raises(CheckpointCorrupt, match="checksum"):
+            store.load("fixture.b")
+        assert store.load("fixture.b") is None
+        assert len(list((directory / "quarantine").iterdir())) == 1
+    finally:
+        store.close()
+    again = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    try:
+        assert again.load("fixture.b") is None and again.load("appended") == (as_read(header("appended", 1)),
+                                                                               payload("appended", 1))
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("where", ["head", "payload", "checksum"])
+def test_any_flipped_bit_of_a_format_2_body_is_caught(directory: Path, where: str) -> None:
+    store = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    store.save(header("flip", 1), payload("flip", 1))
+    store.close()
+    seg = segments(directory)[-1]
+    data = bytearray(seg.read_bytes())
+    body_at = len(SEGMENT_MAGIC) + RECORD_HEADER_SIZE
+    at = {"head": body_at + 30, "payload": len(data) - 100, "checksum": len(data) - 2}[where]
+    data[at] ^= 0x10
+    seg.write_bytes(bytes(data))
+    again = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    try:
+        with pytest.raises(CheckpointCorrupt):
+            again.load("flip")
+        assert again.load("flip") is None
+        quarantined = list((directory / "quarantine").iterdir())
+        assert [q.read_bytes() for q in quarantined] == [bytes(data[body_at:])]  # the whole record body
+    finally:
+        again.close()
+
+
+def test_a_header_longer_than_the_first_read_loads(store: LogCheckpointStore) -> None:
+    long_name = "long." + "x" * 3000
+    many = CheckpointHeader(metric=long_name, sample_count=4, last_timestamp=None,
+                            last_offsets={f"metrics:{p}": p for p in range(200)}, saved_at=1.0)
+    store.save(many, payload(long_name, 4))
+    assert store.load(long_name) == (as_read(many), payload(long_name, 4))
+    store.save(header("empty", 1), b"")
+    assert store.load("empty") == (as_read(header("empty", 1)), b"")
+
+
+# --- background work: group-commit syncs and compaction's deletions -----------------------------
+
+def test_a_failed_background_sync_is_logged_and_retried(directory: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    store = LogCheckpointStore(directory, segment_bytes=1 << 20, sync_interval_s=0.001)
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def fail_first(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fail_first)
+    try:
+        store.save(header("s", 1), payload("s", 1))
+        time.sleep(0.01)
+        store.save(header("s", 2), payload("s", 2))  # the interval has passed: a sync in the background
+        store._background.drain()
+        assert "cannot sync a segment" in caplog.text
+        store.sync()  # the failure left the store unsynced: this syncs again, in the caller
+        assert len(calls) >= 2
+        assert store.load("s")[0].sample_count == 2  # type: ignore[index]
+    finally:
+        store.close()
+
+
+def test_group_commit_saves_do_not_wait_for_the_sync(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    store = LogCheckpointStore(directory, segment_bytes=1 << 20, sync_interval_s=0.001)
+    release = threading.Event()
+    real = os.fdatasync
+
+    def slow(fd: int) -> None:
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow)
+    try:
+        store.save(header("g", 1), payload("g", 1))
+        time.sleep(0.01)
+        for version in range(2, 5):  # each returns while the first sync is still held
+            store.save(header("g", version), payload("g", version))
+        assert store.load("g")[0].sample_count == 4  # type: ignore[index]
+    finally:
+        release.set()
+        store.close()
+    again = LogCheckpointStore(directory, segment_bytes=1 << 20)
+    try:
+        assert again.load("g")[0].sample_count == 4  # type: ignore[index]
+    finally:
+        again.close()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_segment_readers_are_closed_with_the_store_and_with_compacted_segments(directory: Path) -> None:
+    before = open_descriptors()
+    store = LogCheckpointStore(directory, segment_bytes=16 * 1024, durable=False)
+    for version in range(30):  # rolls and compacts; every save is also loaded back
+        store.save(header(f"r{version % 3}"), payload("r", version))
+        assert store.load(f"r{version % 3}") is not None
+    store.sync()
+    assert open_descriptors() - before <= store.segment_count() + 2  # readers, the active segment, the lock
+    view = LogCheckpointStore(directory, read_only=True)
+    assert view.load("r0") is not None
+    view.close()
+    store.close()
+    assert open_descriptors() == before
+
+
+def test_a_compacted_segment_whose_copies_cannot_be_synced_is_kept(directory: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    store = LogCheckpointStore(directory, segment_bytes=16 * 1024, sync_interval_s=3600.0)
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    try:
+        for version in range(3):
+            store.save(header(f"k{version}"), payload("k", version))
+        first = segments(directory)[0]
+        monkeypatch.setattr(os, "fdatasync", failing)
+        for version in range(12):  # rolls; the first segment becomes sparse and is compacted
+            store.save(header("k0"), payload("k0", version))
+            store.save(header("k1"), payload("k1", version))
+        store._background.drain()
+        assert "kept (its copies could not be synced)" in caplog.text
+        assert first.exists()
+        assert store._background.unlinks_pending == 0
+        monkeypatch.undo()
+    finally:
+        store.close()
+    again = LogCheckpointStore(directory, segment_bytes=16 * 1024)
+    try:  # the kept segment is read again; the later copies and saves win
+        assert again.load("k0") == (as_read(header("k0")), payload("k0", 11))
+        assert again.load("k2") == (as_read(header("k2")), payload("k", 2))
+    finally:
+        again.close()
