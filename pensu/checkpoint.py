@@ -137,16 +137,17 @@ def encode_checkpoint_parts(header: CheckpointHeader, payload: bytes,
         raise CheckpointError(_one_line(f"cannot encode checkpoint header: {type(exc).__name__}: {exc}")) from exc
     head = b"".join((_PREFIX.pack(MAGIC, version, len(header_bytes)), header_bytes,
                      _PAYLOAD_LEN.pack(len(payload))))
+    return head, payload, _trailer(version, head, payload)
+
+
+def _trailer(version: int, head: bytes, payload: bytes | memoryview) -> bytes:
+    """The checksum that ends a checkpoint of format `version`: format 1 the sha256 of head and
+    payload, format 2 the XXH64 of the payload seeded with the XXH64 of the head."""
     if version == FORMAT_XXH64:
-        return head, payload, _xxh64_trailer(head, payload)
+        return _XXH64.pack(xxh64(payload, xxh64(head)))
     digest = hashlib.sha256(head)
     digest.update(payload)
-    return head, payload, digest.digest()
-
-
-def _xxh64_trailer(head: bytes, payload: bytes | memoryview) -> bytes:
-    """Format 2's checksum: XXH64 of the payload, seeded with the XXH64 of the head before it."""
-    return _XXH64.pack(xxh64(payload, xxh64(head)))
+    return digest.digest()
 
 
 @dataclass(frozen=True)
@@ -189,13 +190,7 @@ def checkpoint_layout(first: bytes, size: int) -> CheckpointLayout:
 def verify_checkpoint(head: bytes, payload: bytes | memoryview, checksum: bytes, layout: CheckpointLayout,
                       expected_metric: str | None = None) -> CheckpointHeader:
     """Check the parts of a checkpoint laid out as `layout`; return its header or raise `CheckpointCorrupt`."""
-    if layout.version == FORMAT_XXH64:
-        good = _xxh64_trailer(head, payload) == checksum
-    else:
-        digest = hashlib.sha256(head)
-        digest.update(payload)
-        good = digest.digest() == checksum
-    if not good:
+    if _trailer(layout.version, head, payload) != checksum:
         raise CheckpointCorrupt("checksum mismatch")
     header = _decode_header(head[_PREFIX.size:layout.payload_at - _PAYLOAD_LEN.size], layout.version)
     if expected_metric is not None and header.metric != expected_metric:
